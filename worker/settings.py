@@ -1,0 +1,53 @@
+"""Runtime settings, read from the environment under the names of SPEC §10."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Broker connection, shared by the worker, the relay and every CLI command that talks to Kafka."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str
+    kafka_group_id: str = "customer-worker"
+    commands_topic: str = "customers.upsert.v1"
+    events_topic: str = "customers.events.v1"
+    dlq_topic: str = "customers.upsert.v1.dlq"
+    kafka_enable_idempotence: bool = True
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    kafka_max_request_size: int = Field(default=2 * 1024 * 1024, ge=1024 * 1024)
+
+
+class Settings(KafkaSettings):
+    """Everything `customer-worker run` needs; names beyond SPEC §10 are documented in the README."""
+
+    database_url: str
+    providers_file: Path | None = None
+    signing_keys_file: Path | None = None
+    require_signatures: bool = False
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_timeout_ms: int = Field(default=50, ge=0)
+    inbox_retention_days: float = Field(default=7.0, gt=0)
+    poison_max_attempts: int = Field(default=3, ge=1)
+    db_pool_size: int = Field(default=4, ge=1)
+    relay_batch_size: int = Field(default=1_000, ge=1)
+    relay_idle_interval: float = Field(default=0.05, gt=0)
+    provider_max_attempts: int = Field(default=6, ge=1)
+    provider_concurrency: int = Field(default=8, ge=1)
+    provider_sync_budget: float = Field(default=5.0, gt=0)
