@@ -1,0 +1,215 @@
+"""One entry point from a raw Kafka record to exactly one answer (SPEC §2, §7, §8, §11).
+
+    decode(value, headers, context) -> Command | Rejection | DeadLetter
+
+* `DeadLetter`: the record cannot be answered per customer (`invalid_json`, `invalid_envelope`, `too_large`).
+* `Rejection`: a readable envelope whose command is refused; `errors` is Lago's `{path: [codes]}`.
+* `Command`: a valid command, ready for the domain. The provider-connection checks that need the stored customer
+  (a provider or code the command omits) are finished by the domain, before anything is written.
+
+Pure: no I/O, no clock, no logging. Nothing here raises for any input bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+from pydantic import ValidationError
+
+from worker.contract.codes import BASE, DlqReason, ErrorCode, Errors
+from worker.contract.customer import CustomerInput, strip_nul
+from worker.contract.links import LinkRequest, link_request, precheck
+from worker.contract.rules import add_error, cross_field_errors, pydantic_errors
+from worker.providers.registry import ProviderRegistry
+from worker.security import SIGNATURE_HEADER, SigningKeys
+
+MAX_VALUE_BYTES: Final = 1024 * 1024
+_IDENTIFIER_MAX: Final = 255
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_NUL_ESCAPE: Final = b"\\u0000"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeContext:
+    signing_keys: SigningKeys
+    registry: ProviderRegistry
+    max_value_bytes: int = MAX_VALUE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    message_id: str
+    organization_id: str
+    occurred_at: datetime | None
+    customer: CustomerInput
+    link: LinkRequest | None
+    traceparent: str | None
+    unknown_fields: int
+
+    @property
+    def external_id(self) -> str:
+        # A valid command always has one: CustomerInput rejects a missing, null or blank external_id.
+        assert self.customer.external_id is not None
+        return self.customer.external_id
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    message_id: str
+    organization_id: str
+    external_id: str | None
+    errors: Errors
+    traceparent: str | None
+    # A forged command must not claim a real command's message_id (SPEC §11): not recorded as processed.
+    record_as_processed: bool = True
+    unknown_fields: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: DlqReason
+    error: str = field(default="")
+
+
+Decoded = Command | Rejection | DeadLetter
+
+
+def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Decoded:
+    if not value:
+        return DeadLetter(DlqReason.INVALID_JSON, "empty value (tombstone)")
+    if len(value) > context.max_value_bytes:
+        return DeadLetter(DlqReason.TOO_LARGE, f"value of {len(value)} bytes exceeds {context.max_value_bytes}")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return DeadLetter(DlqReason.INVALID_JSON, _json_error(exc))
+    if not isinstance(document, dict):
+        return DeadLetter(DlqReason.INVALID_ENVELOPE, f"value is a JSON {_json_type(document)}, not an object")
+    message_id = document.get("message_id")
+    organization_id = document.get("organization_id")
+    customer = document.get("customer")
+    problem = _identifier_problem("message_id", message_id) or _identifier_problem("organization_id", organization_id)
+    if problem is None and not isinstance(customer, dict):
+        problem = "customer is missing or not an object"
+    if problem is not None:
+        return DeadLetter(DlqReason.INVALID_ENVELOPE, problem)
+    assert isinstance(message_id, str) and isinstance(organization_id, str) and isinstance(customer, dict)
+
+    traceparent, signature = _read_headers(headers)
+    if _NUL_ESCAPE in value:
+        customer = strip_nul(customer)
+    readable_external_id = _readable_external_id(customer)
+
+    if not context.signing_keys.verify(organization_id, value, signature):
+        return Rejection(
+            message_id=message_id,
+            organization_id=organization_id,
+            external_id=readable_external_id,
+            errors={BASE: [ErrorCode.INVALID_SIGNATURE.value]},
+            traceparent=traceparent,
+            record_as_processed=False,
+        )
+
+    errors: Errors = {}
+    occurred_at = _occurred_at(document.get("occurred_at"), errors)
+    parsed: CustomerInput | None = None
+    try:
+        parsed = CustomerInput.model_validate(customer)
+    except ValidationError as exc:
+        pydantic_errors(exc, errors)
+    cross_field_errors(customer, errors)
+
+    link = link_request(parsed) if parsed is not None else None
+    if link is not None:
+        failure = precheck(context.registry, organization_id, link)
+        if failure is not None:
+            add_error(errors, BASE, failure.code.value)
+
+    if errors or parsed is None:
+        return Rejection(
+            message_id=message_id,
+            organization_id=organization_id,
+            external_id=readable_external_id,
+            errors=errors,
+            traceparent=traceparent,
+            unknown_fields=parsed.unknown_fields_seen() if parsed is not None else 0,
+        )
+    return Command(
+        message_id=message_id,
+        organization_id=organization_id,
+        occurred_at=occurred_at,
+        customer=parsed,
+        link=link,
+        traceparent=traceparent,
+        unknown_fields=parsed.unknown_fields_seen(),
+    )
+
+
+def _identifier_problem(name: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{name} is missing or not a string"
+    if not 1 <= len(value) <= _IDENTIFIER_MAX:
+        return f"{name} must have 1 to {_IDENTIFIER_MAX} characters"
+    if _CONTROL.search(value) is not None:
+        return f"{name} contains control characters"
+    return None
+
+
+def _read_headers(headers: Headers) -> tuple[str | None, bytes | None]:
+    traceparent: str | None = None
+    signature: bytes | None = None
+    for key, raw in headers:
+        lowered = key.lower()
+        if lowered == "traceparent" and raw:
+            candidate = raw.decode("ascii", errors="replace").strip()
+            if _TRACEPARENT.fullmatch(candidate) is not None:
+                traceparent = candidate
+        elif lowered == SIGNATURE_HEADER:
+            signature = raw
+    return traceparent, signature
+
+
+def _readable_external_id(customer: dict[str, Any]) -> str | None:
+    external_id = customer.get("external_id")
+    if isinstance(external_id, str) and external_id.strip():
+        return external_id
+    return None
+
+
+def _occurred_at(raw: Any, errors: Errors) -> datetime | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str) and len(raw) >= 20 and raw[10] in "Tt ":
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    errors["occurred_at"] = [ErrorCode.VALUE_IS_INVALID.value]
+    return None
+
+
+def _json_error(exc: orjson.JSONDecodeError) -> str:
+    # orjson's message names the position and the kind of fault, never the content.
+    return f"not UTF-8 JSON: {exc.msg} at byte {exc.pos}"[:200]
+
+
+def _json_type(document: Any) -> str:
+    if isinstance(document, list):
+        return "array"
+    if isinstance(document, str):
+        return "string"
+    if isinstance(document, bool):
+        return "boolean"
+    if isinstance(document, int | float):
+        return "number"
+    return "null"
