@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,10 +29,15 @@ class KafkaSettings(BaseSettings):
     kafka_max_request_size: int = Field(default=2 * 1024 * 1024, ge=1024 * 1024)
 
 
-class Settings(KafkaSettings):
-    """Everything `customer-worker run` needs; names beyond SPEC §10 are documented in the README."""
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
     database_url: str
+
+
+class Settings(KafkaSettings, DatabaseSettings):
+    """Everything `customer-worker run` needs; names beyond SPEC §10 are documented in the README."""
+
     providers_file: Path | None = None
     signing_keys_file: Path | None = None
     require_signatures: bool = False
@@ -51,3 +56,12 @@ class Settings(KafkaSettings):
     provider_max_attempts: int = Field(default=6, ge=1)
     provider_concurrency: int = Field(default=8, ge=1)
     provider_sync_budget: float = Field(default=5.0, gt=0)
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad setting, named as its environment variable; the offending value is never echoed."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        name = str(error["loc"][0]).upper() if error["loc"] else "(settings)"
+        lines.append(f"{name}: {error['msg']}")
+    return "; ".join(lines)

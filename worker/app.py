@@ -1,0 +1,243 @@
+"""Composition root: builds every part from settings and runs the worker. Nothing else wires adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
+
+import asyncpg
+import structlog
+from aiokafka import TopicPartition
+
+from worker.contract.decode import DecodeContext
+from worker.observability import Health, HealthServer, Metrics
+from worker.providers.registry import ProviderRegistry, load_registry
+from worker.relay import OutboxRelay
+from worker.security import SigningKeys, load_signing_keys
+from worker.service import BatchReport, BatchService, RawRecord, until_done
+from worker.settings import Settings
+from worker.store import migrations
+from worker.store.db import create_pool
+from worker.transport.consumer import CommandConsumer
+from worker.transport.producers import DeadLetterProducer, KafkaProducer
+
+log = structlog.get_logger("worker.app")
+
+EXIT_OK: Final = 0
+EXIT_CONFIG: Final = 2
+EXIT_PENDING_MIGRATIONS: Final = 3
+_MAINTENANCE_INTERVAL: Final = 5.0
+_PRUNE_CHUNK: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """What is read once at start: a bad file stops the worker before it connects to anything."""
+
+    settings: Settings
+    registry: ProviderRegistry
+    signing_keys: SigningKeys
+
+
+def load_configuration(settings: Settings) -> Configuration:
+    return Configuration(
+        settings=settings,
+        registry=load_registry(settings.providers_file),
+        signing_keys=load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures),
+    )
+
+
+class Worker:
+    def __init__(self, configuration: Configuration, *, metrics: Metrics | None = None) -> None:
+        self._config = configuration
+        self._settings = configuration.settings
+        self.metrics = metrics or Metrics()
+        self.health = Health()
+        self._stop = asyncio.Event()
+        self._partitions: set[int] = set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> int:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop)
+        http = HealthServer(self.health, self.metrics, host="0.0.0.0", port=settings.http_port)
+        await http.start()
+        pool = await create_pool(settings.database_url, size=settings.db_pool_size)
+        producer = KafkaProducer(settings)
+        try:
+            return await self._serve(pool, producer)
+        finally:
+            await producer.stop()
+            await pool.close()
+            await http.stop()
+
+    async def _serve(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer) -> int:
+        settings = self._settings
+        if not await self._until_or_stopped(lambda: self._check_database(pool), "postgres"):
+            return EXIT_OK
+        async with pool.acquire() as conn:
+            waiting = await migrations.pending(conn)
+        if waiting:
+            log.error(
+                "migrations_pending",
+                pending=[f"{m.version:04d}_{m.name}" for m in waiting],
+                hint="run `customer-worker migrate` first",
+            )
+            return EXIT_PENDING_MIGRATIONS
+        if not await self._until_or_stopped(producer.start, "kafka"):
+            return EXIT_OK
+
+        relay = OutboxRelay(
+            pool=pool,
+            sender=producer,
+            topic=settings.events_topic,
+            batch_size=settings.relay_batch_size,
+            idle_interval=settings.relay_idle_interval,
+            on_published=self._published,
+        )
+        service = BatchService(
+            pool=pool,
+            decode_context=DecodeContext(signing_keys=self._config.signing_keys, registry=self._config.registry),
+            registry=self._config.registry,
+            dead_letters=DeadLetterProducer(producer, settings.dlq_topic),
+            poison_max_attempts=settings.poison_max_attempts,
+        )
+
+        async def on_batch(records: Sequence[RawRecord]) -> None:
+            started = time.perf_counter()
+            report = await service.handle(records)
+            relay.notify()
+            self._record(report, time.perf_counter() - started)
+
+        consumer = CommandConsumer(settings, on_batch, self._on_assignment)
+        if not await self._until_or_stopped(lambda: _start_broker(consumer), "kafka"):
+            return EXIT_OK
+        self.health.broker_ok = True
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        maintenance = asyncio.create_task(self._maintain(pool, consumer), name="maintenance")
+        log.info("worker_started", topic=settings.commands_topic, group=settings.kafka_group_id)
+        await self._stop.wait()
+
+        deadline = asyncio.get_running_loop().time() + settings.shutdown_timeout * 0.9
+        log.info("worker_stopping")
+        maintenance.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer.broker.stop(), timeout=settings.shutdown_timeout * 0.6)
+        relay.stop()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(relay_task, timeout=max(deadline - asyncio.get_running_loop().time(), 0.1))
+        await relay.drain(deadline)
+        log.info("worker_stopped", events_published=relay.stats.published)
+        return EXIT_OK
+
+    async def _until_or_stopped(self, operation: Callable[[], Awaitable[None]], dependency: str) -> bool:
+        """Wait for a dependency through outages (not ready meanwhile); False when a stop came first."""
+        task = asyncio.ensure_future(until_done(operation, dependency))
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stop.cancel()
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def _check_database(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        await pool.fetchval("SELECT 1")
+        self.health.database_ok = True
+
+    def _published(self, count: int) -> None:
+        self.metrics.events_published_total.inc(count)
+
+    def _on_assignment(self, partitions: set[int]) -> None:
+        for gone in self._partitions - partitions:
+            self.metrics.forget_partition(gone)
+        self._partitions = partitions
+        self.health.partitions_assigned = bool(partitions)
+
+    def _record(self, report: BatchReport, seconds: float) -> None:
+        summary = report.summary
+        metrics = self.metrics
+        metrics.batch(report.records, seconds)
+        for outcome, count in (
+            ("created", summary.created),
+            ("updated", summary.updated),
+            ("rejected", summary.rejected),
+            ("skipped", summary.skipped),
+            ("duplicate", summary.duplicates),
+            ("invalid_signature", summary.invalid_signature),
+        ):
+            if count:
+                metrics.command(outcome, count)  # type: ignore[arg-type]
+        for reason, count in report.dead_letters.items():
+            metrics.command("dead_lettered", count)
+            metrics.dead_lettered(reason, count)  # type: ignore[arg-type]
+        if summary.unknown_fields:
+            metrics.unknown_fields_total.inc(summary.unknown_fields)
+
+    async def _maintain(self, pool: asyncpg.Pool[asyncpg.Record], consumer: CommandConsumer) -> None:
+        retention = timedelta(days=self._settings.inbox_retention_days)
+        while True:
+            try:
+                await self._prune_inbox(pool, retention)
+                row = await pool.fetchrow(
+                    "SELECT count(*) AS backlog, "
+                    "coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age FROM outbox"
+                )
+                assert row is not None
+                self.metrics.set_outbox(row["backlog"], row["age"])
+                self.health.database_ok = True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.health.database_ok = False
+                log.warning("maintenance_failed", error_type=type(exc).__name__)
+            await self._update_lag(consumer)
+            await asyncio.sleep(_MAINTENANCE_INTERVAL)
+
+    async def _prune_inbox(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
+        while True:
+            deleted = await pool.execute(
+                "DELETE FROM processed_messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM processed_messages "
+                "WHERE processed_at < now() - $1::interval LIMIT $2))",
+                retention,
+                _PRUNE_CHUNK,
+            )
+            if int(deleted.split()[-1]) < _PRUNE_CHUNK:
+                return
+
+    async def _update_lag(self, consumer: CommandConsumer) -> None:
+        kafka = consumer.subscriber.consumer
+        if kafka is None:
+            return
+        try:
+            assigned: list[TopicPartition] = list(kafka.assignment())
+            if not assigned:
+                return
+            ends = await kafka.end_offsets(assigned)
+            for partition in assigned:
+                committed = await kafka.committed(partition)
+                self.metrics.set_consumer_lag(partition.partition, max(ends[partition] - (committed or 0), 0))
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
+            log.debug("lag_unavailable", error_type=type(exc).__name__)
+
+
+async def _start_broker(consumer: CommandConsumer) -> None:
+    try:
+        await consumer.broker.start()
+    except BaseException:
+        # A half-started broker would keep its consumer: stop it so the next attempt starts clean.
+        with contextlib.suppress(Exception):
+            await consumer.broker.stop()
+        raise

@@ -1,0 +1,165 @@
+"""The stored customer and how a valid command changes it (SPEC §4). Pure: no I/O, no clock, no ids made here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+from worker.contract.customer import CustomerInput
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataEntry:
+    key: str
+    value: str
+    display_in_invoice: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    """One row of `customers` (its metadata included); field names are the column names."""
+
+    id: UUID
+    organization_id: str
+    external_id: str
+    created_at: datetime
+    updated_at: datetime
+    high_water_mark: datetime | None = None
+    name: str | None = None
+    firstname: str | None = None
+    lastname: str | None = None
+    legal_name: str | None = None
+    legal_number: str | None = None
+    tax_identification_number: str | None = None
+    phone: str | None = None
+    url: str | None = None
+    logo_url: str | None = None
+    email: str | None = None
+    address_line1: str | None = None
+    address_line2: str | None = None
+    city: str | None = None
+    zipcode: str | None = None
+    state: str | None = None
+    country: str | None = None
+    currency: str | None = None
+    timezone: str | None = None
+    customer_type: str | None = None
+    net_payment_term: int | None = None
+    finalize_zero_amount_invoice: str = "inherit"
+    invoice_grace_period: int | None = None
+    document_locale: str | None = None
+    payment_provider: str | None = None
+    payment_provider_code: str | None = None
+    provider_customer_id: str | None = None
+    provider_payment_methods: tuple[str, ...] | None = None
+    shipping_address_line1: str | None = None
+    shipping_address_line2: str | None = None
+    shipping_city: str | None = None
+    shipping_zipcode: str | None = None
+    shipping_state: str | None = None
+    shipping_country: str | None = None
+    tax_codes: tuple[str, ...] = ()
+    metadata: tuple[MetadataEntry, ...] = ()
+
+
+COLUMNS: Final = tuple(f.name for f in fields(CustomerState))
+
+# Top-level body fields that map one to one onto a column.
+_PLAIN_FIELDS: Final = (
+    "name",
+    "firstname",
+    "lastname",
+    "legal_name",
+    "legal_number",
+    "tax_identification_number",
+    "phone",
+    "url",
+    "logo_url",
+    "email",
+    "address_line1",
+    "address_line2",
+    "city",
+    "zipcode",
+    "state",
+    "country",
+    "currency",
+    "timezone",
+    "customer_type",
+    "net_payment_term",
+)
+_ADDRESS_FIELDS: Final = ("address_line1", "address_line2", "city", "zipcode", "state", "country")
+_BILLING_FIELDS: Final = (
+    "invoice_grace_period",
+    "document_locale",
+    "payment_provider",
+    "payment_provider_code",
+    "provider_customer_id",
+)
+PROVIDER_PUSHED_FIELDS: Final = frozenset({"name", "firstname", "lastname", "email", "phone", *_ADDRESS_FIELDS})
+"""Changes that are pushed to a linked Stripe customer (SPEC §9)."""
+
+
+def patch_of(body: CustomerInput) -> dict[str, Any]:
+    """The columns a command sets: absent fields are left out, `null` ones are present as None (SPEC §4)."""
+    given = body.model_fields_set
+    patch: dict[str, Any] = {name: getattr(body, name) for name in _PLAIN_FIELDS if name in given}
+    if "finalize_zero_amount_invoice" in given:
+        patch["finalize_zero_amount_invoice"] = body.finalize_zero_amount_invoice or "inherit"
+    if "tax_codes" in given:
+        patch["tax_codes"] = tuple(body.tax_codes or ())
+    if "metadata" in given:
+        patch["metadata"] = tuple(
+            MetadataEntry(item.key or "", item.value or "", bool(item.display_in_invoice))
+            for item in body.metadata or ()
+        )
+    if "shipping_address" in given:
+        shipping = body.shipping_address
+        for name in _ADDRESS_FIELDS:
+            if shipping is None:
+                patch[f"shipping_{name}"] = None
+            elif name in shipping.model_fields_set:
+                patch[f"shipping_{name}"] = getattr(shipping, name)
+    if "billing_configuration" in given:
+        billing = body.billing_configuration
+        if billing is None:
+            patch.update(dict.fromkeys(_BILLING_FIELDS))
+        else:
+            billing_given = billing.model_fields_set
+            patch.update({name: getattr(billing, name) for name in _BILLING_FIELDS if name in billing_given})
+            if billing.provider_payment_methods:
+                patch["provider_payment_methods"] = tuple(dict.fromkeys(billing.provider_payment_methods))
+            if "payment_provider" in billing_given and billing.payment_provider is None:
+                # Explicit `payment_provider: null` unlinks (SPEC §9).
+                patch["payment_provider_code"] = None
+                patch["provider_customer_id"] = None
+    return patch
+
+
+def new_customer(
+    customer_id: UUID, organization_id: str, external_id: str, now: datetime, patch: dict[str, Any]
+) -> CustomerState:
+    blank = CustomerState(
+        id=customer_id, organization_id=organization_id, external_id=external_id, created_at=now, updated_at=now
+    )
+    return replace(blank, **patch)
+
+
+def apply_patch(state: CustomerState, now: datetime, patch: dict[str, Any]) -> CustomerState:
+    return replace(state, updated_at=now, **patch)
+
+
+def is_stale(state: CustomerState | None, occurred_at: datetime | None) -> bool:
+    """SPEC §5 and §11: earlier than the high-water mark is stale; equal is not; no timestamp never is."""
+    if state is None or occurred_at is None or state.high_water_mark is None:
+        return False
+    return occurred_at < state.high_water_mark
+
+
+def advance_high_water_mark(current: datetime | None, occurred_at: datetime | None) -> datetime | None:
+    if occurred_at is None:
+        return current
+    if current is None or occurred_at > current:
+        return occurred_at
+    return current

@@ -1,0 +1,172 @@
+"""Applying one batch's commands to the customers they touch (SPEC §4, §5, §9, §11). Pure.
+
+`fold_customer` takes a customer as stored (or None) and that customer's new commands in partition order, and
+returns the final state with one outcome per command. The store loads and locks, calls this, and writes the result;
+ids and the clock are passed in so the function stays deterministic under test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from worker.contract.codes import BASE, Errors
+from worker.contract.datasets import STRIPE_METHODS_WITHOUT_SETUP
+from worker.contract.decode import Command
+from worker.contract.links import resolve_connection
+from worker.domain.customer import (
+    PROVIDER_PUSHED_FIELDS,
+    CustomerState,
+    advance_high_water_mark,
+    apply_patch,
+    is_stale,
+    new_customer,
+    patch_of,
+)
+from worker.providers.registry import LookupFailure, ProviderRegistry
+
+JobKind = Literal["create", "update", "checkout"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderJob:
+    """A provider call the command asks for, recorded with the customer so that a crash cannot lose it."""
+
+    kind: JobKind
+    provider: str
+    connection_code: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    command: Command
+    created: bool
+    state: CustomerState
+    jobs: tuple[ProviderJob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Valid on its own, refused against the stored customer (provider lookup); writes no customer data."""
+
+    command: Command
+    errors: Errors
+
+
+Outcome = Applied | Skipped | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class FoldResult:
+    state: CustomerState | None
+    changed: bool
+    outcomes: tuple[Outcome, ...]
+
+
+def fold_customer(
+    stored: CustomerState | None,
+    commands: Sequence[Command],
+    *,
+    registry: ProviderRegistry,
+    now: datetime,
+    new_id: Callable[[], UUID],
+) -> FoldResult:
+    state = stored
+    changed = False
+    outcomes: list[Outcome] = []
+    for command in commands:
+        outcome = apply_command(state, command, registry=registry, now=now, new_id=new_id)
+        if isinstance(outcome, Applied):
+            state = outcome.state
+            changed = True
+        outcomes.append(outcome)
+    return FoldResult(state=state, changed=changed, outcomes=tuple(outcomes))
+
+
+def apply_command(
+    state: CustomerState | None,
+    command: Command,
+    *,
+    registry: ProviderRegistry,
+    now: datetime,
+    new_id: Callable[[], UUID],
+) -> Outcome:
+    if is_stale(state, command.occurred_at):
+        return Skipped(command)
+
+    patch = patch_of(command.customer)
+    link = command.link
+    linked_code: str | None = None
+    if link is not None:
+        found = resolve_connection(
+            registry,
+            command.organization_id,
+            link,
+            stored_provider=state.payment_provider if state else None,
+            stored_code=state.payment_provider_code if state else None,
+        )
+        if isinstance(found, LookupFailure):
+            return Refused(command, {BASE: [found.code.value]})
+        if found is not None:
+            linked_code = found.code
+            patch["payment_provider"] = found.provider
+            patch["payment_provider_code"] = found.code
+
+    if state is None:
+        after = new_customer(new_id(), command.organization_id, command.external_id, now, patch)
+        created = True
+    else:
+        after = apply_patch(state, now, patch)
+        created = False
+    after = replace(after, high_water_mark=advance_high_water_mark(after.high_water_mark, command.occurred_at))
+    if after.payment_provider == "stripe" and linked_code is not None and not after.provider_payment_methods:
+        after = replace(after, provider_payment_methods=("card",))
+    return Applied(command, created, after, _jobs(state, after, command, linked_code, patch))
+
+
+def _jobs(
+    before: CustomerState | None,
+    after: CustomerState,
+    command: Command,
+    linked_code: str | None,
+    patch: dict[str, object],
+) -> tuple[ProviderJob, ...]:
+    provider = after.payment_provider
+    link = command.link
+    if provider is None or after.payment_provider_code is None:
+        return ()
+    message_id = command.message_id
+    code = after.payment_provider_code
+    if linked_code is not None and link is not None:
+        if link.sync_with_provider and not after.provider_customer_id:
+            return (ProviderJob("create", provider, code, message_id),)
+        newly_linked = link.provider_customer_id and (
+            before is None or before.provider_customer_id != after.provider_customer_id
+        )
+        if newly_linked and before is not None and _needs_checkout(after):
+            return (ProviderJob("checkout", provider, code, message_id),)
+        return ()
+    if (
+        provider == "stripe"
+        and before is not None
+        and before.provider_customer_id
+        and after.provider_customer_id == before.provider_customer_id
+        and any(field in patch and getattr(before, field) != getattr(after, field) for field in PROVIDER_PUSHED_FIELDS)
+    ):
+        return (ProviderJob("update", provider, code, message_id),)
+    return ()
+
+
+def _needs_checkout(state: CustomerState) -> bool:
+    if state.payment_provider != "stripe":
+        return False
+    return any(method not in STRIPE_METHODS_WITHOUT_SETUP for method in state.provider_payment_methods or ("card",))

@@ -1,0 +1,123 @@
+"""The outbox relay: publishes outbox rows to the events topic in id order, then deletes them.
+
+One relay publishes at a time across all replicas (a transaction-scoped advisory lock), so events leave in the order
+they were written, which is partition order for each customer. Rows are deleted in the transaction that read them,
+after the broker acknowledged them: a crash in between rolls the delete back and the rows are published again with
+the same `event_id` (at least once, SPEC §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import asyncpg
+import structlog
+
+from worker.service import is_outage
+
+log = structlog.get_logger("worker.relay")
+
+_LOCK_KEY: Final = 0x6375_7374_7265_6C61  # "custrela"
+_CLAIM: Final = "SELECT id, event_key, event_type, traceparent, payload FROM outbox ORDER BY id LIMIT $1"
+_DELETE: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+
+
+class EventSender(Protocol):
+    async def send_all(
+        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None: ...
+
+
+class Hook(Protocol):
+    def __call__(self, published: int) -> None: ...
+
+
+@dataclass(slots=True)
+class RelayStats:
+    published: int = 0
+    rounds: int = 0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool[asyncpg.Record],
+        sender: EventSender,
+        topic: str,
+        batch_size: int = 1000,
+        idle_interval: float = 0.05,
+        on_published: Hook | None = None,
+    ) -> None:
+        self._pool = pool
+        self._sender = sender
+        self._topic = topic
+        self._batch_size = batch_size
+        self._idle_interval = idle_interval
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._on_published = on_published
+        self.stats = RelayStats()
+
+    def notify(self) -> None:
+        """New rows were committed in this process: publish now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                published = await self.publish_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                # The relay never gives up: an outage or a broker refusal is retried; rows stay in the outbox.
+                log.warning("relay_retry", error_type=type(exc).__name__, outage=is_outage(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if published < self._batch_size:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle_interval)
+
+    async def drain(self, deadline: float) -> None:
+        """Publish what is committed until the outbox is empty or the deadline (loop time) passes (SIGTERM)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            try:
+                published = await asyncio.wait_for(self.publish_once(), timeout=max(deadline - loop.time(), 0.01))
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return
+            if published == 0:
+                return
+
+    async def publish_once(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
+                return 0
+            rows = await conn.fetch(_CLAIM, self._batch_size)
+            if not rows:
+                return 0
+            messages = []
+            for row in rows:
+                headers = [("event-type", row["event_type"].encode()), ("content-type", b"application/json")]
+                if row["traceparent"]:
+                    headers.append(("traceparent", row["traceparent"].encode()))
+                messages.append((row["event_key"].encode(), bytes(row["payload"]), headers))
+            await self._sender.send_all(self._topic, messages)
+            await conn.execute(_DELETE, [row["id"] for row in rows])
+        self.stats.published += len(rows)
+        self.stats.rounds += 1
+        if self._on_published is not None:
+            self._on_published(len(rows))
+        return len(rows)

@@ -1,0 +1,185 @@
+"""The use case: answer one batch of raw records, durably, before its offsets may be committed.
+
+`BatchService.handle` returns only when every record of the batch is answered: applied, rejected or skipped in one
+database transaction, or copied to the DLQ. Dependency outages (PostgreSQL, the broker) are waited out with
+backoff, without limit; a failure that is not an outage (a bug, a value PostgreSQL refuses) is retried a bounded
+number of times, then the batch is split and the records that still fail go to the DLQ as `processing_error`.
+No framework imports: tests drive this without Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+import asyncpg
+import stamina
+import structlog
+
+from worker.contract.codes import DlqReason
+from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
+from worker.providers.registry import ProviderRegistry
+from worker.store.batch import BatchSummary, apply_batch
+
+log = structlog.get_logger("worker.service")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A consumed record exactly as read: the DLQ copies key, value and headers byte for byte."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, letters: Sequence[tuple[RawRecord, DeadLetter]]) -> None:
+        """Returns once the broker acknowledged every letter; raises on failure."""
+
+
+@dataclass(slots=True)
+class BatchReport:
+    records: int = 0
+    summary: BatchSummary = field(default_factory=BatchSummary)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+
+
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A dependency that is down or busy, as opposed to a fault in the data or the code."""
+    return isinstance(exc, _OUTAGES)
+
+
+async def until_done(operation: Callable[[], Awaitable[T]], dependency: str) -> T:
+    """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes."""
+    async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
+        with attempt:
+            if attempt.num > 1:
+                log.warning("dependency_retry", dependency=dependency, attempt=attempt.num)
+            return await operation()
+    raise AssertionError("unreachable: retry_context without limits only ends by returning or raising")
+
+
+class PoisonError(Exception):
+    """Raised for a record that fails the same way on every attempt."""
+
+
+class BatchService:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        decode_context: DecodeContext,
+        registry: ProviderRegistry,
+        dead_letters: DeadLetterSink,
+        poison_max_attempts: int = 3,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._pool = pool
+        self._decode_context = decode_context
+        self._registry = registry
+        self._dead_letters = dead_letters
+        self._poison_max_attempts = poison_max_attempts
+        self._clock = clock
+
+    async def handle(self, records: Sequence[RawRecord]) -> BatchReport:
+        report = BatchReport(records=len(records))
+        letters: list[tuple[RawRecord, DeadLetter]] = []
+        answers: list[tuple[RawRecord, Command | Rejection]] = []
+        for record in records:
+            decoded = decode(record.value, record.headers, self._decode_context)
+            if isinstance(decoded, DeadLetter):
+                letters.append((record, decoded))
+            else:
+                answers.append((record, decoded))
+        if answers:
+            try:
+                report.summary = await self._apply([answer for _, answer in answers])
+            except PoisonError:
+                report.summary, poisoned = await self._apply_one_by_one(answers)
+                letters.extend(poisoned)
+        if letters:
+            letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
+            await until_done(lambda: self._dead_letters.send(letters), "kafka")
+            for record, letter in letters:
+                report.dead_letters[letter.reason.value] = report.dead_letters.get(letter.reason.value, 0) + 1
+                log.warning(
+                    "dead_lettered",
+                    reason=letter.reason.value,
+                    error=letter.error,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+        return report
+
+    async def _apply(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
+        failures = 0
+        while True:
+            try:
+                return await until_done(lambda: self._apply_once(answers), "postgres")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # anything but an outage counts towards the poison limit
+                failures += 1
+                log.error(
+                    "batch_failed",
+                    error_type=type(exc).__name__,
+                    attempt=failures,
+                    max_attempts=self._poison_max_attempts,
+                    size=len(answers),
+                )
+                if failures >= self._poison_max_attempts:
+                    raise PoisonError(type(exc).__name__) from exc
+                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+
+    async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
+        async with self._pool.acquire() as conn:
+            return await apply_batch(conn, answers, registry=self._registry, now=self._clock())
+
+    async def _apply_one_by_one(
+        self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
+    ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
+        """Isolate the poison: each record alone, in order, so the good ones are still applied."""
+        total = BatchSummary()
+        poisoned: list[tuple[RawRecord, DeadLetter]] = []
+        for record, answer in answers:
+            try:
+                summary = await self._apply([answer])
+            except PoisonError as exc:
+                poisoned.append((record, DeadLetter(DlqReason.PROCESSING_ERROR, f"failed repeatedly: {exc}")))
+                continue
+            _merge(total, summary)
+        return total, poisoned
+
+
+def _merge(total: BatchSummary, part: BatchSummary) -> None:
+    total.created += part.created
+    total.updated += part.updated
+    total.rejected += part.rejected
+    total.invalid_signature += part.invalid_signature
+    total.skipped += part.skipped
+    total.duplicates += part.duplicates
+    total.unknown_fields += part.unknown_fields
+    total.events += part.events
+    total.jobs.extend(part.jobs)

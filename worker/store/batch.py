@@ -1,0 +1,199 @@
+"""One database transaction per batch (SPEC §4 and §5), with set-based statements only:
+
+1. record the batch's message ids in the inbox; those already there are duplicates and get no answer;
+2. load and lock the customers the new commands touch;
+3. fold each customer's commands in partition order (pure domain code);
+4. upsert the changed customers, write the outbox events and the provider jobs.
+
+Four statements whatever the batch size; the caller commits the Kafka offsets only after this returns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from worker.contract.decode import Command, Rejection
+from worker.domain.customer import CustomerState
+from worker.domain.events import OutboxEvent, build_event
+from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
+from worker.providers.registry import ProviderRegistry
+from worker.store.db import Conn
+from worker.store.rows import SELECT_FOR_UPDATE, column_arrays, state_from_row, upsert_sql
+
+Answer = Command | Rejection
+
+_INBOX: Final = (
+    "INSERT INTO processed_messages (organization_id, message_id) "
+    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING "
+    "RETURNING organization_id, message_id"
+)
+_UPSERT: Final = upsert_sql()
+_OUTBOX: Final = (
+    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+)
+_JOBS: Final = (
+    "INSERT INTO provider_jobs "
+    "(organization_id, customer_id, message_id, kind, provider, connection_code, traceparent) "
+    "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "
+    "ON CONFLICT ON CONSTRAINT provider_jobs_once DO NOTHING"
+)
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    created: int = 0
+    updated: int = 0
+    rejected: int = 0
+    invalid_signature: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    unknown_fields: int = 0
+    jobs: list[tuple[CustomerState, ProviderJob, str | None]] = field(default_factory=list)
+    events: int = 0
+
+
+async def apply_batch(
+    conn: Conn,
+    answers: Sequence[Answer],
+    *,
+    registry: ProviderRegistry,
+    now: datetime,
+) -> BatchSummary:
+    summary = BatchSummary()
+    async with conn.transaction():
+        fresh = await _record_in_inbox(conn, answers, summary)
+        outcomes = await _fold(conn, [answer for answer in fresh if isinstance(answer, Command)], registry, now)
+        events: list[OutboxEvent] = []
+        for answer in fresh:
+            if isinstance(answer, Rejection):
+                events.append(_rejected(answer, now))
+                if answer.record_as_processed:
+                    summary.rejected += 1
+                else:
+                    summary.invalid_signature += 1
+                summary.unknown_fields += answer.unknown_fields
+                continue
+            summary.unknown_fields += answer.unknown_fields
+            events.append(_answer(outcomes[id(answer)], now, summary))
+        await _write(conn, outcomes.values(), events, summary)
+        summary.events = len(events)
+    return summary
+
+
+async def _record_in_inbox(conn: Conn, answers: Sequence[Answer], summary: BatchSummary) -> list[Answer]:
+    """The answers to act on, in batch order: first deliveries, and signature failures (never recorded)."""
+    seen: set[tuple[str, str]] = set()
+    candidates: list[Answer] = []
+    for answer in answers:
+        if isinstance(answer, Rejection) and not answer.record_as_processed:
+            candidates.append(answer)
+            continue
+        key = (answer.organization_id, answer.message_id)
+        if key in seen:
+            summary.duplicates += 1
+            continue
+        seen.add(key)
+        candidates.append(answer)
+    if not seen:
+        return candidates
+    organizations, message_ids = zip(*seen, strict=True)
+    inserted = {(row[0], row[1]) for row in await conn.fetch(_INBOX, organizations, message_ids)}
+    fresh = []
+    for answer in candidates:
+        recorded = not isinstance(answer, Rejection) or answer.record_as_processed
+        if recorded and (answer.organization_id, answer.message_id) not in inserted:
+            summary.duplicates += 1
+            continue
+        fresh.append(answer)
+    return fresh
+
+
+async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry, now: datetime) -> dict[int, Outcome]:
+    by_customer: dict[tuple[str, str], list[Command]] = {}
+    for command in commands:
+        by_customer.setdefault((command.organization_id, command.external_id), []).append(command)
+    if not by_customer:
+        return {}
+    organizations, external_ids = zip(*by_customer, strict=True)
+    stored = {
+        (state.organization_id, state.external_id): state
+        for state in map(state_from_row, await conn.fetch(SELECT_FOR_UPDATE, organizations, external_ids))
+    }
+    outcomes: dict[int, Outcome] = {}
+    for key, customer_commands in by_customer.items():
+        result = fold_customer(stored.get(key), customer_commands, registry=registry, now=now, new_id=uuid.uuid4)
+        for command, outcome in zip(customer_commands, result.outcomes, strict=True):
+            outcomes[id(command)] = outcome
+    return outcomes
+
+
+def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
+    return build_event(
+        event_id=uuid.uuid4(),
+        event_type="customer.rejected",
+        organization_id=rejection.organization_id,
+        message_id=rejection.message_id,
+        external_id=rejection.external_id,
+        occurred_at=now,
+        traceparent=rejection.traceparent,
+        errors=rejection.errors,
+    )
+
+
+def _answer(outcome: Outcome, now: datetime, summary: BatchSummary) -> OutboxEvent:
+    command = outcome.command
+    common = {
+        "event_id": uuid.uuid4(),
+        "organization_id": command.organization_id,
+        "message_id": command.message_id,
+        "external_id": command.external_id,
+        "occurred_at": now,
+        "traceparent": command.traceparent,
+    }
+    if isinstance(outcome, Skipped):
+        summary.skipped += 1
+        return build_event(event_type="customer.skipped", extra={"reason": "stale"}, **common)  # type: ignore[arg-type]
+    if isinstance(outcome, Refused):
+        summary.rejected += 1
+        return build_event(event_type="customer.rejected", errors=outcome.errors, **common)  # type: ignore[arg-type]
+    if outcome.created:
+        summary.created += 1
+    else:
+        summary.updated += 1
+    summary.jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
+    event_type = "customer.created" if outcome.created else "customer.updated"
+    return build_event(event_type=event_type, customer=outcome.state, **common)  # type: ignore[arg-type]
+
+
+async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEvent], summary: BatchSummary) -> None:
+    final: dict[uuid.UUID, CustomerState] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, Applied):
+            final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
+    if final:
+        await conn.execute(_UPSERT, *column_arrays(list(final.values())))
+    if events:
+        await conn.execute(
+            _OUTBOX,
+            [event.event_id for event in events],
+            [event.key for event in events],
+            [event.event_type for event in events],
+            [event.traceparent for event in events],
+            [event.payload for event in events],
+        )
+    if summary.jobs:
+        await conn.execute(
+            _JOBS,
+            [state.organization_id for state, _, _ in summary.jobs],
+            [state.id for state, _, _ in summary.jobs],
+            [job.message_id for _, job, _ in summary.jobs],
+            [job.kind for _, job, _ in summary.jobs],
+            [job.provider for _, job, _ in summary.jobs],
+            [job.connection_code for _, job, _ in summary.jobs],
+            [traceparent for _, _, traceparent in summary.jobs],
+        )

@@ -1,0 +1,23 @@
+"""Connection pool for the worker; the connection type every store function accepts."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+
+async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool[asyncpg.Record]:
+    """Connections are made lazily and re-made after an outage; `min_size=0` lets start-up wait for PostgreSQL
+    through the caller's retry loop instead of failing here."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=size,
+        command_timeout=60,
+        max_inactive_connection_lifetime=300,
+        server_settings={"application_name": "customer-worker"},
+    )

@@ -1,0 +1,16 @@
+"""Arguments of `customer-worker bench`, apart so that the CLI parser does not import the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=100_000, help="commands to drain")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--rates", default="1000,2000,5000", help="offered loads for the latency runs, per second")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--skip-yardsticks", action="store_true")
+    parser.add_argument("--naive-count", type=int, default=3_000)
+    parser.add_argument("--with-providers", action="store_true", help="configure provider connections")
+    parser.add_argument("--data-dir", default=None)

@@ -1,0 +1,86 @@
+"""`customer-worker dlq replay`: republish dead-lettered records to the commands topic (SPEC §7 and §11).
+
+Reads the DLQ from its beginning up to its end as of the start (no consumer group, nothing committed), keeps the
+records that match the filters, strips the `dlq-*` headers and publishes key, value and the other headers unchanged.
+Safe to repeat: the worker answers a replayed command it already applied as a duplicate (by `message_id`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from worker.settings import KafkaSettings
+from worker.transport.options import client_options
+from worker.transport.producers import DLQ_HEADERS, KafkaProducer
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFilter:
+    reason: str | None = None
+    organization_id: str | None = None
+    from_offset: int | None = None
+    to_offset: int | None = None
+    partition: int | None = None
+
+    def matches(self, record: Any) -> bool:
+        if self.partition is not None and record.partition != self.partition:
+            return False
+        if self.from_offset is not None and record.offset < self.from_offset:
+            return False
+        if self.to_offset is not None and record.offset > self.to_offset:
+            return False
+        headers = dict(record.headers)
+        if self.reason is not None and headers.get("dlq-reason", b"").decode(errors="replace") != self.reason:
+            return False
+        return self.organization_id is None or _organization_of(record.value) == self.organization_id
+
+
+def _organization_of(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    organization_id = document.get("organization_id") if isinstance(document, dict) else None
+    return organization_id if isinstance(organization_id, str) else None
+
+
+async def replay(settings: KafkaSettings, selection: ReplayFilter) -> int:
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    producer = KafkaProducer(settings)
+    await producer.start()
+    republished = 0
+    try:
+        partitions = [
+            TopicPartition(settings.dlq_topic, p)
+            for p in sorted(consumer.partitions_for_topic(settings.dlq_topic) or ())
+        ]
+        if not partitions:
+            return 0
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=1000)
+            messages = []
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset < ends[tp] and selection.matches(record):
+                        headers = [(k, v) for k, v in record.headers if k not in DLQ_HEADERS]
+                        messages.append((record.key, record.value, headers))
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            if messages:
+                await producer.send_all(settings.commands_topic, messages)
+                republished += len(messages)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return republished

@@ -1,0 +1,166 @@
+"""The commands consumer: a FastStream batch subscriber with manual commits (the only FastStream code).
+
+FastStream 0.7 traps this module avoids (see INFRA.md):
+* its batch parser decodes every header as UTF-8 and fails the whole batch on one bad header: a raw parser and
+  decoder hand the untouched aiokafka records to the handler instead;
+* a raising handler's batch is neither committed nor re-read: the handler never raises, and seeks back to the
+  batch's first offsets if anything unexpected escapes, so the records are read again;
+* the default reset policy is `latest`: set to `earliest` (SPEC §11);
+* the default ack policy auto-commits: MANUAL, and offsets are committed explicitly, per partition, only after the
+  batch is answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import FAKE_CONSUMER
+from faststream.kafka.message import KafkaMessage as KafkaMessageClass
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from worker.service import RawRecord, until_done
+from worker.settings import Settings
+from worker.transport.options import ssl_context
+
+log = structlog.get_logger("worker.consumer")
+
+BatchHandler = Callable[[Sequence[RawRecord]], Awaitable[None]]
+AssignmentHook = Callable[[set[int]], None]
+
+
+def _raw_parser(records: tuple[ConsumerRecord[Any, Any], ...]) -> KafkaMessageClass:
+    return KafkaMessageClass(
+        raw_message=records,
+        body=b"",
+        message_id=f"{records[0].partition}-{records[0].offset}" if records else None,
+        consumer=FAKE_CONSUMER,
+    )
+
+
+def _raw_decoder(message: KafkaMessageClass) -> Any:
+    return None
+
+
+def security(settings: Settings) -> BaseSecurity | None:
+    context = ssl_context(settings)
+    protocol = settings.kafka_security_protocol
+    if protocol in ("PLAINTEXT",):
+        return None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    username = settings.kafka_sasl_username or ""
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    use_ssl = protocol == "SASL_SSL"
+    mechanism = settings.kafka_sasl_mechanism or "PLAIN"
+    if mechanism == "SCRAM-SHA-256":
+        return SASLScram256(username, password, ssl_context=context, use_ssl=use_ssl)
+    if mechanism == "SCRAM-SHA-512":
+        return SASLScram512(username, password, ssl_context=context, use_ssl=use_ssl)
+    return SASLPlaintext(username, password, ssl_context=context, use_ssl=use_ssl)
+
+
+def is_kafka_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OSError | TimeoutError) or (isinstance(exc, KafkaError) and exc.retriable)
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, hook: AssignmentHook) -> None:
+        self._hook = hook
+        self._partitions: set[int] = set()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._partitions -= {tp.partition for tp in revoked}
+        self._hook(set(self._partitions))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._partitions = {tp.partition for tp in assigned}
+        self._hook(set(self._partitions))
+
+
+class CommandConsumer:
+    def __init__(self, settings: Settings, handler: BatchHandler, on_assignment: AssignmentHook) -> None:
+        self._handler = handler
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            security=security(settings),
+            client_id="customer-worker",
+            graceful_timeout=settings.shutdown_timeout,
+            logger=logging.getLogger("faststream"),
+            consumer_only=True,
+        )
+        self.subscriber = self.broker.subscriber(
+            settings.commands_topic,
+            group_id=settings.kafka_group_id,
+            batch=True,
+            max_records=settings.batch_size,
+            batch_timeout_ms=settings.batch_timeout_ms,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            parser=_raw_parser,
+            decoder=_raw_decoder,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 200),
+            max_partition_fetch_bytes=settings.kafka_max_request_size,
+            fetch_max_bytes=max(50 * 1024 * 1024, settings.kafka_max_request_size),
+            listener=_Assignment(on_assignment),
+        )
+        self.subscriber(self._on_batch)
+
+    async def _on_batch(self, body: Any, message: KafkaMessage) -> None:
+        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        if not records:
+            return
+        try:
+            await self._handler(
+                [
+                    RawRecord(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value,
+                        headers=tuple(record.headers),
+                    )
+                    for record in records
+                ]
+            )
+            await self._commit(records)
+        except Exception:
+            log.exception("batch_abandoned", records=len(records))
+            self._rewind(records)
+
+    async def _commit(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+        consumer = self.subscriber.consumer
+        assert consumer is not None
+        try:
+            await until_done(lambda: consumer.commit(offsets), "kafka")
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partitions moved to another consumer mid-batch. The batch is applied in PostgreSQL; the new owner
+            # reads it again and the inbox answers each record as a duplicate.
+            log.warning("commit_skipped_after_rebalance", error_type=type(exc).__name__)
+
+    def _rewind(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        consumer = self.subscriber.consumer
+        if consumer is None:
+            return
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            first[partition] = min(first.get(partition, record.offset), record.offset)
+        for partition, offset in first.items():
+            try:
+                consumer.seek(partition, offset)
+            except IllegalStateError:
+                continue

@@ -1,0 +1,79 @@
+"""Producers for the DLQ (SPEC §7) and the events topic (SPEC §6). Plain aiokafka: sends are pipelined and the
+caller awaits the broker's acknowledgement of the whole set before it commits anything."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+
+from worker.contract.decode import DeadLetter
+from worker.service import RawRecord
+from worker.settings import KafkaSettings
+from worker.transport.options import producer_options
+
+DLQ_HEADERS = frozenset(
+    {"dlq-reason", "dlq-error", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset", "dlq-failed-at"}
+)
+
+
+class KafkaProducer:
+    """One aiokafka producer; `start` retries are the caller's (see `service.until_done`)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(**producer_options(self._settings))
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def send_all(
+        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None:
+        """Send (key, value, headers) in order and return when the broker acknowledged every one of them."""
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        pending = [
+            await self._producer.send(topic, value=value, key=key, headers=headers) for key, value, headers in messages
+        ]
+        await asyncio.gather(*pending)
+
+
+class DeadLetterProducer:
+    """Copies records to the DLQ with key, value and headers unchanged, plus the `dlq-*` headers of SPEC §7."""
+
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    async def send(self, letters: Sequence[tuple[RawRecord, DeadLetter]]) -> None:
+        failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+        messages = []
+        for record, letter in letters:
+            headers = [
+                *record.headers,
+                ("dlq-reason", letter.reason.value.encode()),
+                ("dlq-error", letter.error.encode("utf-8", errors="replace")),
+                ("dlq-source-topic", record.topic.encode()),
+                ("dlq-source-partition", str(record.partition).encode()),
+                ("dlq-source-offset", str(record.offset).encode()),
+                ("dlq-failed-at", failed_at),
+            ]
+            messages.append((record.key, record.value, headers))
+        await self._producer.send_all(self._topic, messages)
