@@ -17,6 +17,7 @@ from typing import Final, Protocol
 import asyncpg
 import structlog
 
+from worker.faults import crash_point
 from worker.service import is_outage
 
 log = structlog.get_logger("worker.relay")
@@ -115,6 +116,7 @@ class OutboxRelay:
                     headers.append(("traceparent", row["traceparent"].encode()))
                 messages.append((row["event_key"].encode(), bytes(row["payload"]), headers))
             await self._sender.send_all(self._topic, messages)
+            crash_point("after_relay_publish")
             await conn.execute(_DELETE, [row["id"] for row in rows])
         self.stats.published += len(rows)
         self.stats.rounds += 1

@@ -26,6 +26,7 @@ from faststream.kafka.message import FAKE_CONSUMER
 from faststream.kafka.message import KafkaMessage as KafkaMessageClass
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
+from worker.faults import crash_point
 from worker.service import RawRecord, until_done
 from worker.settings import Settings
 from worker.transport.options import ssl_context
@@ -132,6 +133,7 @@ class CommandConsumer:
                     for record in records
                 ]
             )
+            crash_point("after_db_commit")
             await self._commit(records)
         except Exception:
             log.exception("batch_abandoned", records=len(records))
