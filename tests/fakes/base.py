@@ -24,6 +24,7 @@ Faults are consumed first-in first-out among those whose optional `method` / `pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -233,7 +234,7 @@ class FakeServer:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._serve_start())
-            except BaseException as exc:  # surfaced to start()
+            except Exception as exc:  # noqa: BLE001 - handed to start(), which raises it
                 failure.append(exc)
                 ready.set()
                 loop.close()
@@ -295,9 +296,7 @@ class FakeServer:
         self._stopping = asyncio.Event()
         app = web.Application(middlewares=[web.middleware(self._pipeline)], client_max_size=8 * 1024 * 1024)
         self.setup_routes(app)
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
-        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -559,10 +558,8 @@ class FakeServer:
         if stopping is None:
             await asyncio.sleep(seconds)
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     @staticmethod
     def _drop(request: web.Request) -> web.Response:
@@ -627,9 +624,10 @@ class FakeServer:
             if replay is not None:
                 response, outcome = replay
             else:
-                response, outcome = await self._dispatch(request, handler), "handled"
-                if not isinstance(response, web.Response):
+                answered = await self._dispatch(request, handler)
+                if not isinstance(answered, web.Response):
                     raise TypeError("fake handlers must return web.Response")
+                response, outcome = answered, "handled"
                 if store_key is not None:
                     self._store(store_key, request, response)
                     store_key = None

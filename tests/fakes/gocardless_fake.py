@@ -284,7 +284,9 @@ class FakeGoCardless(FakeServer):
         customer = self.customers.get(customer_id)
         if customer is None:
             raise GoCardlessApiError(
-                404, "invalid_api_usage", "Resource not found",
+                404,
+                "invalid_api_usage",
+                "Resource not found",
                 [{"reason": "resource_not_found", "message": "Resource not found"}],
             )
         return customer
@@ -335,7 +337,11 @@ class FakeGoCardless(FakeServer):
                 422,
                 "validation_failed",
                 "Validation failed",
-                [validation_error("mandate_request", "must be provided if payment_request is blank", "billing_requests")],
+                [
+                    validation_error(
+                        "mandate_request", "must be provided if payment_request is blank", "billing_requests"
+                    )
+                ],
             )
         links = params.get("links") or {}
         customer_id = links.get("customer") if isinstance(links, dict) else None
@@ -395,7 +401,9 @@ class FakeGoCardless(FakeServer):
         billing_request = self.billing_requests.get(request.match_info["id"])
         if billing_request is None:
             raise GoCardlessApiError(
-                404, "invalid_api_usage", "Resource not found",
+                404,
+                "invalid_api_usage",
+                "Resource not found",
                 [{"reason": "resource_not_found", "message": "Resource not found"}],
             )
         return self.json_response({"billing_requests": billing_request})

@@ -186,9 +186,7 @@ class FakeStripe(FakeServer):
                 code="idempotency_key_in_use",
             )
         if status >= 500:
-            return stripe_error_body(
-                "An unknown error occurred while processing your request.", type_="api_error"
-            )
+            return stripe_error_body("An unknown error occurred while processing your request.", type_="api_error")
         return stripe_error_body("Invalid request.")
 
     def unauthorized_response(self, request: web.Request) -> web.Response:
@@ -246,9 +244,7 @@ class FakeStripe(FakeServer):
         for name in params:
             if name not in allowed:
                 shown = f"{prefix}[{name}]" if prefix else name
-                raise StripeApiError(
-                    400, f"Received unknown parameter: {shown}", code="parameter_unknown", param=shown
-                )
+                raise StripeApiError(400, f"Received unknown parameter: {shown}", code="parameter_unknown", param=shown)
 
     def _check_email(self, email: Any) -> None:
         if email in (None, ""):
@@ -275,7 +271,9 @@ class FakeStripe(FakeServer):
         for key, item in value.items():
             if len(key) > 40:
                 raise StripeApiError(
-                    400, "Metadata keys can have up to 40 characters.", code="parameter_invalid_string_too_long",
+                    400,
+                    "Metadata keys can have up to 40 characters.",
+                    code="parameter_invalid_string_too_long",
                     param=f"metadata[{key}]",
                 )
             if item == "":
@@ -283,8 +281,10 @@ class FakeStripe(FakeServer):
                 continue
             if not isinstance(item, str) or len(item) > 500:
                 raise StripeApiError(
-                    400, "Metadata values can have up to 500 characters.",
-                    code="parameter_invalid_string_too_long", param=f"metadata[{key}]",
+                    400,
+                    "Metadata values can have up to 500 characters.",
+                    code="parameter_invalid_string_too_long",
+                    param=f"metadata[{key}]",
                 )
             merged[key] = item
         if len(merged) > 50:
@@ -295,7 +295,9 @@ class FakeStripe(FakeServer):
         customer = self.customers.get(customer_id)
         if customer is None:
             raise StripeApiError(
-                404 if param == "id" else 400, f"No such customer: '{customer_id}'", code="resource_missing",
+                404 if param == "id" else 400,
+                f"No such customer: '{customer_id}'",
+                code="resource_missing",
                 param=param,
             )
         return customer
@@ -375,7 +377,9 @@ class FakeStripe(FakeServer):
             raise StripeApiError(400, "Missing required param: mode.", code="parameter_missing", param="mode")
         if mode not in CHECKOUT_MODES:
             raise StripeApiError(
-                400, f"Invalid mode: must be one of {', '.join(CHECKOUT_MODES)}", code="parameter_invalid_empty",
+                400,
+                f"Invalid mode: must be one of {', '.join(CHECKOUT_MODES)}",
+                code="parameter_invalid_empty",
                 param="mode",
             )
         ui_mode = params.get("ui_mode") or "hosted"
