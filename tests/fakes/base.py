@@ -105,6 +105,7 @@ class RecordedRequest:
     raw_body: bytes
     received_at: float
     status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
     outcome: str = "pending"
     """`handled`, `replayed`, `fault`, `dropped`, `rate_limited`, `unauthorized`, `in_progress`, `idempotency_error`."""
 
@@ -294,7 +295,11 @@ class FakeServer:
 
     async def _serve_start(self) -> None:
         self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[web.middleware(self._pipeline)], client_max_size=8 * 1024 * 1024)
+        @web.middleware
+        async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._pipeline(request, handler)
+
+        app = web.Application(middlewares=[pipeline], client_max_size=8 * 1024 * 1024)
         self.setup_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
@@ -546,9 +551,10 @@ class FakeServer:
             self._requests.append(rec)
         return rec
 
-    def _finish(self, rec: RecordedRequest, status: int | None, outcome: str) -> None:
+    def _finish(self, rec: RecordedRequest, response: web.StreamResponse | None, outcome: str) -> None:
         with self._changed:
-            rec.status = status
+            rec.status = response.status if response is not None else None
+            rec.response_headers = dict(response.headers) if response is not None else {}
             rec.outcome = outcome
             self._changed.notify_all()
 
@@ -576,8 +582,9 @@ class FakeServer:
         fault = self._take_fault(request.method, request.path)
 
         if fault is not None and fault.kind == "fail":
-            self._finish(rec, fault.status, "fault")
-            return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
+            response = web.Response(status=fault.status, body=fault.body, headers=fault.headers)
+            self._finish(rec, response, "fault")
+            return response
         if fault is not None and fault.kind == "drop" and not fault.after_processing:
             self._finish(rec, None, "dropped")
             return self._drop(request)
@@ -588,13 +595,13 @@ class FakeServer:
                 self._rate_limited += 1
         if wait > 0:
             response = self.rate_limited_response(request, max(1, math.ceil(wait)))
-            self._finish(rec, response.status, "rate_limited")
+            self._finish(rec, response, "rate_limited")
             return response
 
         principal = self.authenticate(request)
         if principal is None:
             response = self.unauthorized_response(request)
-            self._finish(rec, response.status, "unauthorized")
+            self._finish(rec, response, "unauthorized")
             return response
         request[PRINCIPAL_KEY] = principal
         extra = self.response_headers(request)
@@ -612,7 +619,7 @@ class FakeServer:
             if entry is not None and entry.response is None:
                 response = self.idempotency_in_progress_response(request, key)
                 response.headers.update(extra)
-                self._finish(rec, response.status, "in_progress")
+                self._finish(rec, response, "in_progress")
                 return response
             if entry is not None:
                 same = (entry.method, entry.path, entry.fingerprint) == (request.method, request.path, fingerprint)
@@ -643,7 +650,7 @@ class FakeServer:
         if fault is not None and fault.kind == "drop" and fault.after_processing:
             self._finish(rec, None, "dropped")
             return self._drop(request)
-        self._finish(rec, response.status, outcome)
+        self._finish(rec, response, outcome)
         return response
 
     def _store(self, store_key: tuple[str, str], request: web.Request, response: web.Response) -> None:

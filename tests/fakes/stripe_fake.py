@@ -209,7 +209,12 @@ class FakeStripe(FakeServer):
         )
 
     def response_headers(self, request: web.Request) -> dict[str, str]:
-        return {"Request-Id": new_id("req_", 14), "Stripe-Version": request.headers.get("Stripe-Version", "")}
+        headers = {"Request-Id": new_id("req_", 14)}
+        if request.headers.get("Stripe-Version"):
+            headers["Stripe-Version"] = request.headers["Stripe-Version"]
+        if request.headers.get("Idempotency-Key"):
+            headers["Idempotency-Key"] = request.headers["Idempotency-Key"]
+        return headers
 
     def idempotency_repeat_response(
         self, request: web.Request, key: str, entry: IdempotencyEntry, same_request: bool

@@ -1,0 +1,405 @@
+"""`customer-worker bench`: end-to-end throughput, latency and memory of the worker, with two yardsticks.
+
+1. Fill a fresh commands topic with N commands (creates, then updates of the same customers; 5% invalid; full Lago
+   bodies), start the worker as its own process and measure the drain rate: commands applied and their events
+   published per second, between 10% and 90% of the run (steady state).
+2. The lean reference pipeline and the naive mode (`bench_reference`) drain the same commands on the same servers.
+3. Publish-to-event latency percentiles at fixed offered loads, against a fresh worker process.
+4. The worker's peak RSS (VmHWM) over the whole run.
+
+Runs on the embedded stack, or on the servers of DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS when both are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from worker.bench_validation import MUTATIONS, valid_customer
+from worker.devstack import EmbeddedPostgres, EmbeddedTansu, free_port
+from worker.settings import KafkaSettings
+from worker.store import migrations
+from worker.tools.topics import create_topics
+
+ORGANIZATION = "org_bench"
+INVALID_SHARE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Servers:
+    admin_dsn: str
+    bootstrap: str
+
+
+@contextlib.contextmanager
+def servers(data_dir: str | None) -> Iterator[Servers]:
+    dsn, bootstrap = os.environ.get("DATABASE_URL"), os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if dsn and bootstrap:
+        yield Servers(dsn, bootstrap)
+        return
+    with tempfile.TemporaryDirectory(prefix="cw-bench-", dir=data_dir) as folder:
+        postgres = EmbeddedPostgres(Path(folder) / "pg")
+        tansu = EmbeddedTansu()
+        try:
+            yield Servers(postgres.start(), tansu.start())
+        finally:
+            tansu.stop()
+            postgres.stop()
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, query = dsn.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def fresh_database(admin_dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = _with_database(admin_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrations.migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+def _customer_body(rng: random.Random, index: int, *, providers: bool) -> dict[str, Any]:
+    body = valid_customer(rng, index)
+    if not providers:
+        billing = body["billing_configuration"]
+        for name in ("payment_provider", "payment_provider_code", "provider_customer_id", "sync", "sync_with_provider"):
+            billing.pop(name, None)
+        billing.pop("provider_payment_methods", None)
+    return body
+
+
+def build_commands(count: int, *, seed: int, providers: bool, prefix: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs: a create for each customer, then updates, with 5% invalid commands mixed in."""
+    rng = random.Random(seed)
+    customers = max(count // 2, 1)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    commands = []
+    for index in range(count):
+        customer_index = index % customers
+        body = _customer_body(rng, customer_index, providers=providers)
+        body["external_id"] = f"{prefix}_{customer_index:08d}"
+        if rng.random() < INVALID_SHARE:
+            rng.choice(MUTATIONS)(body)
+        document = {
+            "message_id": f"{prefix}-{index:09d}",
+            "organization_id": ORGANIZATION,
+            "occurred_at": (base + timedelta(milliseconds=index)).isoformat(),
+            "customer": body,
+        }
+        commands.append((f"{ORGANIZATION}:{body['external_id']}".encode(), orjson.dumps(document)))
+    return commands
+
+
+@contextlib.asynccontextmanager
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    kafka = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024, max_request_size=2 << 20
+    )
+    await kafka.start()
+    try:
+        yield kafka
+    finally:
+        await kafka.stop()
+
+
+async def fill(bootstrap: str, topic: str, commands: list[tuple[bytes, bytes]]) -> None:
+    async with producer(bootstrap) as kafka:
+        for start in range(0, len(commands), 5000):
+            chunk = commands[start : start + 5000]
+            sends = [await kafka.send(topic, value=value, key=key) for key, value in chunk]
+            await asyncio.gather(*sends)
+            _progress(f"filling {topic}: {start + len(chunk)}/{len(commands)}")
+    _progress_done()
+
+
+def _progress(line: str) -> None:
+    sys.stderr.write(f"\r\x1b[2K{line}")
+    sys.stderr.flush()
+
+
+def _progress_done() -> None:
+    sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _spawn(module: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    return subprocess.Popen([sys.executable, "-m", *module], env={**os.environ, **env}, stdout=log, stderr=log)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure_drain(dsn: str, total: int, label: str, process: subprocess.Popen[bytes]) -> float:
+    """Commands answered with their events published, per second, between 10% and 90% of `total`."""
+    conn = await asyncpg.connect(dsn)
+    marks: dict[float, float] = {}
+    started = time.monotonic()
+    try:
+        while True:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM processed_messages) AS applied, (SELECT count(*) FROM outbox) AS backlog"
+            )
+            assert row is not None
+            published = row["applied"] - (row["backlog"] if label == "worker" else 0)
+            now = time.monotonic()
+            for fraction in (0.1, 0.9):
+                if fraction not in marks and published >= total * fraction:
+                    marks[fraction] = now
+            _progress(f"{label}: {published}/{total} answered and published, {now - started:.0f} s")
+            if published >= total:
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"{label} exited with {process.returncode} before the drain ended")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+        _progress_done()
+    return 0.8 * total / max(marks[0.9] - marks[0.1], 1e-6)
+
+
+def _worker_env(servers: Servers, dsn: str, topics: dict[str, str], group: str, port: int) -> dict[str, str]:
+    return {
+        "DATABASE_URL": dsn,
+        "KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap,
+        "KAFKA_ENABLE_IDEMPOTENCE": os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "false"),
+        "KAFKA_GROUP_ID": group,
+        "COMMANDS_TOPIC": topics["commands"],
+        "EVENTS_TOPIC": topics["events"],
+        "DLQ_TOPIC": topics["dlq"],
+        "HTTP_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+    }
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+async def _wait_ready(port: int, process: subprocess.Popen[bytes], wait_seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode}")
+        if await asyncio.to_thread(_ready, port):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("worker not ready")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def measure_latency(
+    bootstrap: str, topics: dict[str, str], rate: int, seconds: float, *, seed: int, providers: bool
+) -> dict[str, float]:
+    """Publish at `rate` per second for `seconds`; percentiles of publish-to-event latency, first second excluded."""
+    commands = build_commands(int(rate * seconds), seed=seed, providers=providers, prefix=f"lat{rate}-{seed}")
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    consumer = AIOKafkaConsumer(
+        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    done = asyncio.Event()
+
+    async def collect() -> None:
+        while not done.is_set() or len(latencies) < len(sent):
+            batches = await consumer.getmany(timeout_ms=100)
+            arrived = time.monotonic()
+            for records in batches.values():
+                for record in records:
+                    message_id = orjson.loads(record.value).get("message_id")
+                    if message_id in sent:
+                        latencies.append(arrived - sent[message_id])
+            if done.is_set() and time.monotonic() - finished > 15:
+                return
+
+    finished = 0.0
+    collector = asyncio.create_task(collect())
+    try:
+        async with producer(bootstrap) as kafka:
+            tick = 0.01
+            per_tick = rate * tick
+            start = time.monotonic()
+            budget = 0.0
+            index = 0
+            while index < len(commands):
+                budget += per_tick
+                sends = []
+                while budget >= 1 and index < len(commands):
+                    key, value = commands[index]
+                    sent[orjson.loads(value)["message_id"]] = time.monotonic()
+                    sends.append(await kafka.send(topics["commands"], value=value, key=key))
+                    index += 1
+                    budget -= 1
+                await asyncio.gather(*sends)
+                next_tick = start + (index / rate)
+                await asyncio.sleep(max(next_tick - time.monotonic(), 0))
+            finished = time.monotonic()
+            done.set()
+            await asyncio.wait_for(collector, timeout=60)
+    finally:
+        done.set()
+        collector.cancel()
+        await consumer.stop()
+    warm = latencies[rate:] if len(latencies) > rate * 2 else latencies
+    quantiles = statistics.quantiles(warm, n=100) if len(warm) >= 2 else [float("nan")] * 99
+    return {
+        "received": len(latencies),
+        "sent": len(sent),
+        "p50_ms": quantiles[49] * 1000,
+        "p95_ms": quantiles[94] * 1000,
+        "p99_ms": quantiles[98] * 1000,
+        "max_ms": max(warm) * 1000 if warm else float("nan"),
+    }
+
+
+def _providers_file(folder: Path) -> dict[str, str]:
+    path = folder / "providers.yaml"
+    path.write_text(
+        "connections:\n"
+        f"  - {{organization_id: {ORGANIZATION}, code: stripe_main, provider: stripe, secret_env: BENCH_STRIPE_KEY,"
+        " api_base: 'http://127.0.0.1:9'}\n"
+    )
+    return {"PROVIDERS_FILE": str(path), "BENCH_STRIPE_KEY": "sk_test_bench"}
+
+
+async def run(args: argparse.Namespace) -> int:
+    run_id = uuid.uuid4().hex[:8]
+    rates = [int(rate) for rate in args.rates.split(",") if rate]
+    with servers(args.data_dir) as stack, tempfile.TemporaryDirectory(prefix="cw-bench-logs-") as logs_dir:
+        logs = Path(logs_dir)
+        extra_env = _providers_file(logs) if args.with_providers else {}
+        kafka = KafkaSettings(kafka_bootstrap_servers=stack.bootstrap)
+
+        async def topics(name: str, partitions: int) -> dict[str, str]:
+            names = {kind: f"bench-{run_id}-{name}-{kind}" for kind in ("commands", "events", "dlq")}
+            settings = kafka.model_copy(
+                update={
+                    "commands_topic": names["commands"],
+                    "events_topic": names["events"],
+                    "dlq_topic": names["dlq"],
+                }
+            )
+            await create_topics(settings, partitions=partitions, replication=1)
+            return names
+
+        print(f"customer-worker bench: {args.count} commands, {args.partitions} partitions, run {run_id}")
+        commands = build_commands(args.count, seed=1, providers=args.with_providers, prefix=f"b{run_id}")
+        drain_topics = await topics("drain", args.partitions)
+        await fill(stack.bootstrap, drain_topics["commands"], commands)
+
+        results: dict[str, float] = {}
+        worker_dsn = await fresh_database(stack.admin_dsn, f"bench_{run_id}_worker")
+        port = free_port()
+        env = {**_worker_env(stack, worker_dsn, drain_topics, f"bench-{run_id}-worker", port), **extra_env}
+        worker = _spawn(["worker", "run"], env, logs / "worker.log")
+        try:
+            results["worker"] = await measure_drain(worker_dsn, args.count, "worker", worker)
+            rss_drain = peak_rss_mb(worker.pid)
+        finally:
+            _stop(worker)
+
+        latency: dict[int, dict[str, float]] = {}
+        for rate in rates:
+            latency_topics = await topics(f"lat{rate}", args.partitions)
+            port = free_port()
+            env = {**_worker_env(stack, worker_dsn, latency_topics, f"bench-{run_id}-lat{rate}", port), **extra_env}
+            worker = _spawn(["worker", "run"], env, logs / f"worker-{rate}.log")
+            try:
+                await _wait_ready(port, worker)
+                _progress(f"latency at {rate}/s for {args.latency_seconds:.0f} s")
+                latency[rate] = await measure_latency(
+                    stack.bootstrap,
+                    latency_topics,
+                    rate,
+                    args.latency_seconds,
+                    seed=rate,
+                    providers=args.with_providers,
+                )
+                _progress_done()
+                rss_drain = max(rss_drain, peak_rss_mb(worker.pid))
+            finally:
+                _stop(worker)
+
+        if not args.skip_yardsticks:
+            for mode, count in (("lean", args.count), ("naive", min(args.naive_count, args.count))):
+                dsn = await fresh_database(stack.admin_dsn, f"bench_{run_id}_{mode}")
+                env = _worker_env(stack, dsn, {**drain_topics, "events": f"bench-{run_id}-{mode}-events"}, "", 0)
+                env["KAFKA_GROUP_ID"] = f"bench-{run_id}-{mode}"
+                env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", "500")
+                process = _spawn(
+                    ["worker.tools.bench_reference", "--mode", mode, "--count", str(count)], env, logs / f"{mode}.log"
+                )
+                try:
+                    results[mode] = await measure_drain(dsn, count, mode, process)
+                finally:
+                    process.kill()
+                    process.wait()
+
+        print()
+        print(f"drain rate, worker:          {results['worker']:10,.0f} commands/s (answered and published)")
+        if "lean" in results:
+            print(f"drain rate, lean reference:  {results['lean']:10,.0f} commands/s")
+            print(f"drain rate, naive mode:      {results['naive']:10,.0f} commands/s")
+            print(f"worker / lean reference:     {results['worker'] / results['lean']:10.2f}")
+            print(f"worker / naive mode:         {results['worker'] / results['naive']:10.1f}")
+        for rate, figures in latency.items():
+            print(
+                f"latency at {rate:>5}/s offered:   p50 {figures['p50_ms']:7.1f} ms   p95 {figures['p95_ms']:7.1f} ms"
+                f"   p99 {figures['p99_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms"
+                f"   ({int(figures['received'])}/{int(figures['sent'])} events)"
+            )
+        print(f"worker peak RSS (VmHWM):     {rss_drain:10.1f} MB")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return asyncio.run(run(args))

@@ -1,0 +1,194 @@
+"""The yardsticks of `customer-worker bench`, run as their own process on the same servers and commands.
+
+* `lean`: what this machine allows: plain aiokafka and asyncpg, no validation, no domain logic. Per batch (the
+  worker's batch size): one transaction with a set-based inbox insert, customer upsert and outbox insert; events
+  produced (same payload size, acks=all); offsets committed.
+* `naive`: the same work one message at a time: a transaction, an awaited event publish and an offset commit each.
+
+Progress is written to the database (`processed_messages`), where the benchmark reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from worker.domain.customer import COLUMNS
+
+_TEXT_COLUMNS: Final = tuple(
+    column
+    for column in COLUMNS
+    if column
+    not in {
+        "id",
+        "organization_id",
+        "external_id",
+        "created_at",
+        "updated_at",
+        "high_water_mark",
+        "net_payment_term",
+        "invoice_grace_period",
+        "provider_payment_methods",
+        "tax_codes",
+        "metadata",
+        "finalize_zero_amount_invoice",
+    }
+)
+_UPSERT: Final = (
+    "INSERT INTO customers (id, organization_id, external_id, created_at, updated_at, net_payment_term, "
+    f"tax_codes, metadata, {', '.join(_TEXT_COLUMNS)}) "
+    "SELECT gen_random_uuid(), o, e, now(), now(), n, t, m, "
+    + ", ".join(f"c{i}" for i in range(len(_TEXT_COLUMNS)))
+    + " FROM unnest($1::text[], $2::text[], $3::int4[], $4::jsonb[], $5::jsonb[], "
+    + ", ".join(f"${i + 6}::text[]" for i in range(len(_TEXT_COLUMNS)))
+    + ") AS r(o, e, n, t, m, "
+    + ", ".join(f"c{i}" for i in range(len(_TEXT_COLUMNS)))
+    + ") ON CONFLICT (organization_id, external_id) DO UPDATE SET updated_at = now(), "
+    "net_payment_term = EXCLUDED.net_payment_term, tax_codes = EXCLUDED.tax_codes, metadata = EXCLUDED.metadata, "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in _TEXT_COLUMNS)
+)
+_INBOX: Final = (
+    "INSERT INTO processed_messages (organization_id, message_id) SELECT * FROM unnest($1::text[], $2::text[]) "
+    "ON CONFLICT DO NOTHING RETURNING organization_id, message_id"
+)
+_OUTBOX: Final = (
+    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _row(document: dict[str, Any]) -> tuple[Any, ...]:
+    customer = document.get("customer") or {}
+    flat = dict(customer)
+    for name, value in (customer.get("billing_configuration") or {}).items():
+        flat.setdefault(name, value)
+    for name, value in (customer.get("shipping_address") or {}).items():
+        flat[f"shipping_{name}"] = value
+    term = customer.get("net_payment_term")
+    return (
+        document.get("organization_id"),
+        _text(customer.get("external_id")) or "",
+        term if isinstance(term, int) and not isinstance(term, bool) else None,
+        orjson.dumps(customer.get("tax_codes") or []).decode(),
+        orjson.dumps(customer.get("metadata") or []).decode(),
+        *(_text(flat.get(column)) for column in _TEXT_COLUMNS),
+    )
+
+
+def _event(document: dict[str, Any], now: str) -> tuple[uuid.UUID, str, bytes]:
+    event_id = uuid.uuid4()
+    customer = document.get("customer") or {}
+    key = f"{document.get('organization_id')}:{customer.get('external_id')}"
+    payload = orjson.dumps(
+        {
+            "event_id": str(event_id),
+            "event_type": "customer.updated",
+            "organization_id": document.get("organization_id"),
+            "message_id": document.get("message_id"),
+            "external_id": customer.get("external_id"),
+            "occurred_at": now,
+            "customer": customer,
+        }
+    )
+    return event_id, key, payload
+
+
+async def _apply(
+    conn: asyncpg.Connection[asyncpg.Record], documents: list[dict[str, Any]]
+) -> list[tuple[uuid.UUID, str, bytes]]:
+    now = datetime.now(UTC).isoformat()
+    async with conn.transaction():
+        fresh = {
+            (row[0], row[1])
+            for row in await conn.fetch(
+                _INBOX, [d["organization_id"] for d in documents], [d["message_id"] for d in documents]
+            )
+        }
+        kept = [d for d in documents if (d["organization_id"], d["message_id"]) in fresh]
+        last: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for document in kept:
+            row = _row(document)
+            last[(row[0], row[1])] = row
+        if last:
+            await conn.execute(_UPSERT, *(list(column) for column in zip(*last.values(), strict=True)))
+        events = [_event(d, now) for d in kept]
+        if events:
+            await conn.execute(
+                _OUTBOX,
+                [e[0] for e in events],
+                [e[1] for e in events],
+                ["customer.updated"] * len(events),
+                [None] * len(events),
+                [e[2] for e in events],
+            )
+    return events
+
+
+async def run(mode: str, count: int) -> None:
+    env = os.environ
+    batch_size = int(env.get("BATCH_SIZE", "500"))
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    consumer = AIOKafkaConsumer(
+        env["COMMANDS_TOPIC"],
+        bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+        group_id=env["KAFKA_GROUP_ID"],
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", "10000")),
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+        acks="all",
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        max_request_size=2 * 1024 * 1024,
+    )
+    await consumer.start()
+    await producer.start()
+    events_topic = env["EVENTS_TOPIC"]
+    processed = 0
+    try:
+        while processed < count:
+            fetched = await consumer.getmany(timeout_ms=50, max_records=batch_size if mode == "lean" else 1)
+            records: list[ConsumerRecord[Any, Any]] = [r for batch in fetched.values() for r in batch]
+            if not records:
+                continue
+            documents = [orjson.loads(record.value) for record in records]
+            events = await _apply(conn, documents)
+            sends = [await producer.send(events_topic, value=payload, key=key.encode()) for _, key, payload in events]
+            await asyncio.gather(*sends)
+            offsets: dict[TopicPartition, int] = {}
+            for record in records:
+                tp = TopicPartition(record.topic, record.partition)
+                offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+            await consumer.commit(offsets)
+            processed += len(records)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["lean", "naive"], required=True)
+    parser.add_argument("--count", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(run(args.mode, args.count))
+
+
+if __name__ == "__main__":
+    main()
