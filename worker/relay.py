@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -33,10 +33,6 @@ class EventSender(Protocol):
     ) -> None: ...
 
 
-class Hook(Protocol):
-    def __call__(self, published: int) -> None: ...
-
-
 @dataclass(slots=True)
 class RelayStats:
     published: int = 0
@@ -52,7 +48,7 @@ class OutboxRelay:
         topic: str,
         batch_size: int = 1000,
         idle_interval: float = 0.05,
-        on_published: Hook | None = None,
+        on_published: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._sender = sender

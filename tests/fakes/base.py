@@ -295,6 +295,7 @@ class FakeServer:
 
     async def _serve_start(self) -> None:
         self._stopping = asyncio.Event()
+
         @web.middleware
         async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
             return await self._pipeline(request, handler)
