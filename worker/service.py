@@ -133,7 +133,8 @@ class BatchService:
                 )
         return report
 
-    async def _apply(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
+    async def _apply(self, answers: Sequence[Command | Rejection], attempts: int | None = None) -> BatchSummary:
+        limit = attempts or self._poison_max_attempts
         failures = 0
         while True:
             try:
@@ -146,10 +147,10 @@ class BatchService:
                     "batch_failed",
                     error_type=type(exc).__name__,
                     attempt=failures,
-                    max_attempts=self._poison_max_attempts,
+                    max_attempts=limit,
                     size=len(answers),
                 )
-                if failures >= self._poison_max_attempts:
+                if failures >= limit:
                     raise PoisonError(type(exc).__name__) from exc
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
 
@@ -160,14 +161,23 @@ class BatchService:
     async def _apply_one_by_one(
         self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
-        """Isolate the poison: each record alone, in order, so the good ones are still applied."""
+        """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
         total = BatchSummary()
         poisoned: list[tuple[RawRecord, DeadLetter]] = []
-        for record, answer in answers:
+        pending: list[Sequence[tuple[RawRecord, Command | Rejection]]] = [answers]
+        while pending:
+            part = pending.pop(0)
+            single = len(part) == 1
             try:
-                summary = await self._apply([answer])
+                summary = await self._apply(
+                    [answer for _, answer in part], attempts=self._poison_max_attempts if single else 1
+                )
             except PoisonError as exc:
-                poisoned.append((record, DeadLetter(DlqReason.PROCESSING_ERROR, f"failed repeatedly: {exc}")))
+                if single:
+                    poisoned.append((part[0][0], DeadLetter(DlqReason.PROCESSING_ERROR, f"failed repeatedly: {exc}")))
+                else:
+                    middle = len(part) // 2
+                    pending[:0] = [part[:middle], part[middle:]]
                 continue
             _merge(total, summary)
         return total, poisoned

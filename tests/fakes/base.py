@@ -43,9 +43,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-BODY_KEY = "fake_body"
-PRINCIPAL_KEY = "fake_principal"
-RESOURCE_ID_KEY = "fake_resource_id"
+BODY_KEY: web.RequestKey[Any] = web.RequestKey("fake_body")
+PRINCIPAL_KEY = web.RequestKey("fake_principal", str)
+#: A handler sets this to the id of what it created: GoCardless's idempotency conflict answers with it.
+RESOURCE_ID_KEY = web.RequestKey("fake_resource_id", str)
 
 _FORM_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _FORM_PART = re.compile(r"\[([^\[\]]*)\]")
@@ -107,7 +108,8 @@ class RecordedRequest:
     status: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     outcome: str = "pending"
-    """`handled`, `replayed`, `fault`, `dropped`, `rate_limited`, `unauthorized`, `in_progress`, `idempotency_error`."""
+    """`handled`, `replayed`, `fault`, `dropped`, `rate_limited`, `unauthorized`, `in_progress`, `error`, or a
+    provider's repeat outcome (`idempotency_error` for Stripe, `idempotency_conflict` for GoCardless)."""
 
     @property
     def idempotency_key(self) -> str | None:
@@ -189,7 +191,7 @@ class FakeServer:
     """Base fake: threading, pipeline, faults, rate limiting, idempotency store. Subclasses add routes and the
     provider's auth, error shapes and idempotency rules."""
 
-    #: Prefix for `url`-relative documentation; subclasses override the hooks below.
+    #: Short provider name (informational); subclasses override the hooks below.
     name = "fake"
 
     def __init__(self, *, api_keys: Iterable[str] = (), host: str = "127.0.0.1", shutdown_timeout: float = 0.5) -> None:
@@ -307,7 +309,7 @@ class FakeServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
-        site = web.SockSite(runner, sock, shutdown_timeout=self.shutdown_timeout)
+        site = web.SockSite(runner, sock)
         await site.start()
         self._runner = runner
         self._port = sock.getsockname()[1]
@@ -534,7 +536,8 @@ class FakeServer:
 
     @staticmethod
     def principal_of(request: web.Request) -> str:
-        return str(request.get(PRINCIPAL_KEY, ""))
+        principal: str = request.get(PRINCIPAL_KEY, "")
+        return principal
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -636,9 +639,14 @@ class FakeServer:
                 if not isinstance(answered, web.Response):
                     raise TypeError("fake handlers must return web.Response")
                 response, outcome = answered, "handled"
+                for name, value in extra.items():
+                    response.headers.setdefault(name, value)
                 if store_key is not None:
                     self._store(store_key, request, response)
                     store_key = None
+        except BaseException:
+            self._finish(rec, None, "error")
+            raise
         finally:
             if store_key is not None:  # not stored: the key may be retried
                 with self._lock:
@@ -663,8 +671,7 @@ class FakeServer:
             body = response.body if isinstance(response.body, bytes) else b""
             headers = {k: v for k, v in response.headers.items() if k.lower() not in {"content-length", "date"}}
             entry.response = StoredResponse(response.status, body, headers)
-            resource_id = request.get(RESOURCE_ID_KEY)
-            entry.resource_id = str(resource_id) if resource_id is not None else None
+            entry.resource_id = request.get(RESOURCE_ID_KEY)
 
     async def _dispatch(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:

@@ -28,16 +28,17 @@ from tests.fakes.base import (
 DEFAULT_STRIPE_KEY = "sk_test_fake_4eC39HqLyjWDarjtT1zdp7dc"
 
 ADDRESS_FIELDS = ("city", "country", "line1", "line2", "postal_code", "state")
-CUSTOMER_PARAMS = frozenset(
+# The parameters of stripe 16.1.0's `CustomerCreateParams` / `CustomerUpdateParams` (API 2026-10-28.endive).
+CUSTOMER_CREATE_PARAMS = frozenset(
     {
         "address",
         "balance",
+        "business_name",
         "cash_balance",
-        "coupon",
-        "default_source",
         "description",
         "email",
         "expand",
+        "individual_name",
         "invoice_prefix",
         "invoice_settings",
         "metadata",
@@ -46,7 +47,6 @@ CUSTOMER_PARAMS = frozenset(
         "payment_method",
         "phone",
         "preferred_locales",
-        "promotion_code",
         "shipping",
         "source",
         "tax",
@@ -56,6 +56,9 @@ CUSTOMER_PARAMS = frozenset(
         "validate",
     }
 )
+CUSTOMER_UPDATE_PARAMS = (CUSTOMER_CREATE_PARAMS - {"payment_method", "tax_id_data", "test_clock"}) | {"default_source"}
+#: From this API version on, Checkout Sessions take `allowed_payment_method_types`; `payment_method_types` is gone.
+PAYMENT_METHOD_TYPES_REMOVED_IN = "2026-09-30"
 CHECKOUT_MODES = ("payment", "setup", "subscription")
 
 
@@ -311,7 +314,7 @@ class FakeStripe(FakeServer):
 
     def _create_customer(self, request: web.Request) -> web.Response:
         params: dict[str, Any] = self.body_of(request) or {}
-        self._reject_unknown(params, CUSTOMER_PARAMS)
+        self._reject_unknown(params, CUSTOMER_CREATE_PARAMS)
         self._check_email(params.get("email"))
         customer_id = new_id("cus_", 14)
         customer: dict[str, Any] = {
@@ -319,6 +322,7 @@ class FakeStripe(FakeServer):
             "object": "customer",
             "address": self._address(params.get("address")),
             "balance": int(params.get("balance") or 0),
+            "business_name": params.get("business_name") or None,
             "created": int(time.time()),
             "currency": None,
             "default_source": None,
@@ -326,6 +330,7 @@ class FakeStripe(FakeServer):
             "description": params.get("description") or None,
             "discount": None,
             "email": params.get("email") or None,
+            "individual_name": params.get("individual_name") or None,
             "invoice_prefix": customer_id[4:12].upper(),
             "invoice_settings": {
                 "custom_fields": None,
@@ -354,10 +359,10 @@ class FakeStripe(FakeServer):
     def _update_customer(self, request: web.Request) -> web.Response:
         params: dict[str, Any] = self.body_of(request) or {}
         customer = self._customer_or_404(request.match_info["id"])
-        self._reject_unknown(params, CUSTOMER_PARAMS)
+        self._reject_unknown(params, CUSTOMER_UPDATE_PARAMS)
         self._check_email(params.get("email"))
         updated = dict(customer)
-        for name in ("name", "email", "phone", "description"):
+        for name in ("name", "email", "phone", "description", "business_name", "individual_name"):
             if name in params:
                 updated[name] = params[name] or None  # "" unsets
         if "address" in params:
@@ -392,13 +397,24 @@ class FakeStripe(FakeServer):
             raise StripeApiError(
                 400, "Missing required param: success_url.", code="parameter_missing", param="success_url"
             )
-        methods = params.get("payment_method_types")
+        version = request.headers.get("Stripe-Version", "")
+        if "payment_method_types" in params and version[:10] >= PAYMENT_METHOD_TYPES_REMOVED_IN:
+            raise StripeApiError(
+                400,
+                f"`payment_method_types` is not supported on API version {version}: use "
+                "`allowed_payment_method_types` or dynamic payment methods.",
+                code="payment_method_types_no_longer_supported",
+                param="payment_method_types",
+            )
+        methods = params.get("allowed_payment_method_types", params.get("payment_method_types"))
         if methods is not None and not isinstance(methods, list):
-            raise StripeApiError(400, "Invalid array", code="parameter_invalid_empty", param="payment_method_types")
+            raise StripeApiError(
+                400, "Invalid array", code="parameter_invalid_empty", param="allowed_payment_method_types"
+            )
         if mode == "setup" and not methods and not params.get("currency"):
             raise StripeApiError(
                 400,
-                "You must provide `currency` in setup mode when `payment_method_types` is not passed.",
+                "You must provide `currency` in setup mode when `allowed_payment_method_types` is not passed.",
                 code="parameter_missing",
                 param="currency",
             )
@@ -419,6 +435,7 @@ class FakeStripe(FakeServer):
             "livemode": False,
             "metadata": self._metadata({}, params.get("metadata")),
             "mode": mode,
+            "allowed_payment_method_types": list(methods) if methods else None,
             "payment_method_types": list(methods or ["card"]),
             "payment_status": "no_payment_required" if mode == "setup" else "unpaid",
             "setup_intent": new_id("seti_", 24) if mode == "setup" else None,

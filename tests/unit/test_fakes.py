@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import Adyen
 import gocardless_pro
@@ -20,12 +20,17 @@ import requests
 import stripe
 from gocardless_pro import errors as gc_errors
 from stripe.params import CustomerCreateParams
+from stripe.params.checkout import SessionCreateParams
 
 from tests.fakes.adyen_fake import DEFAULT_ADYEN_KEY, DEFAULT_MERCHANT_ACCOUNT, FakeAdyen
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [
+    pytest.mark.timeout(30),
+    # stripe's HTTPXClient passes the form body as `data=`; httpx deprecates that (an SDK matter, not ours).
+    pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes/text content:DeprecationWarning"),
+]
 
 SHORT_TIMEOUT = 0.3
 
@@ -51,14 +56,21 @@ def fake_adyen() -> Iterator[FakeAdyen]:
         yield fake
 
 
+_sync_http_clients: list[stripe.HTTPClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stripe_http_clients() -> Iterator[None]:
+    yield
+    while _sync_http_clients:
+        _sync_http_clients.pop().close()  # type: ignore[no-untyped-call]
+
+
 def stripe_client(fake: FakeStripe, *, key: str = DEFAULT_STRIPE_KEY, timeout: float = 5.0) -> stripe.StripeClient:
-    """Sync Stripe client: requests with an explicit timeout, SDK-internal retries off."""
-    return stripe.StripeClient(
-        key,
-        base_addresses={"api": fake.url},
-        max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=timeout),
-    )
+    """Sync Stripe client: requests with an explicit timeout, SDK-internal retries off (closed after the test)."""
+    http = stripe.RequestsClient(timeout=timeout)
+    _sync_http_clients.append(http)
+    return stripe.StripeClient(key, base_addresses={"api": fake.url}, max_network_retries=0, http_client=http)
 
 
 def gc_client(fake: FakeGoCardless, *, token: str = DEFAULT_GOCARDLESS_TOKEN, timeout: float = 5.0) -> Any:
@@ -79,6 +91,12 @@ def adyen_links(fake: FakeAdyen, *, key: str = DEFAULT_ADYEN_KEY, timeout: float
     service = adyen.checkout.payment_links_api
     service.baseUrl = fake.checkout_url
     return service
+
+
+def stripe_header(err: stripe.StripeError, name: str) -> str:
+    """A response header of a Stripe error (case-insensitive: requests / httpx / aiohttp header mappings)."""
+    assert err.headers is not None
+    return err.headers[name]
 
 
 STRIPE_CUSTOMER: CustomerCreateParams = {
@@ -113,6 +131,7 @@ def test_stripe_create_update_retrieve_and_checkout(fake_stripe: FakeStripe) -> 
     assert customer.name == "Ada Lovelace"
     assert customer.address is not None
     assert customer.address.city == "Paris"
+    assert customer.metadata is not None
     assert customer.metadata["customer_id"] == "ext-1"
     assert list(fake_stripe.customers) == [customer.id]
     sent = fake_stripe.requests_to("POST", "/v1/customers")[0]
@@ -124,18 +143,24 @@ def test_stripe_create_update_retrieve_and_checkout(fake_stripe: FakeStripe) -> 
     assert updated.name == "Ada King"
     assert client.v1.customers.retrieve(customer.id).address.city == "London"  # type: ignore[union-attr]
 
-    session = client.v1.checkout.sessions.create(
-        {
-            "mode": "setup",
-            "customer": customer.id,
-            "payment_method_types": ["card", "sepa_debit"],
-            "success_url": "https://example.com/ok",
-        }
-    )
+    # stripe 16 pins API 2026-10-28.endive, where Checkout Sessions take `allowed_payment_method_types`.
+    session_params: SessionCreateParams = {
+        "mode": "setup",
+        "customer": customer.id,
+        "allowed_payment_method_types": ["card", "sepa_debit"],
+        "success_url": "https://example.com/ok",
+    }
+    session = client.v1.checkout.sessions.create(session_params)
     assert session.url is not None
     assert session.url.startswith("https://checkout.stripe.com/c/pay/cs_test_")
-    assert fake_stripe.checkout_sessions[session.id]["payment_method_types"] == ["card", "sepa_debit"]
+    assert session.payment_method_types == ["card", "sepa_debit"]
+    assert fake_stripe.requests[-1].body["allowed_payment_method_types"] == ["card", "sepa_debit"]
     assert fake_stripe.checkout_sessions[session.id]["customer"] == customer.id
+
+    legacy = {"mode": "setup", "customer": customer.id, "payment_method_types": ["card"], "success_url": "https://x"}
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.checkout.sessions.create(cast(Any, legacy))
+    assert info.value.code == "payment_method_types_no_longer_supported"
 
 
 def test_stripe_idempotent_replay_and_mismatch(fake_stripe: FakeStripe) -> None:
@@ -148,6 +173,7 @@ def test_stripe_idempotent_replay_and_mismatch(fake_stripe: FakeStripe) -> None:
     assert again.last_response is not None
     assert again.last_response.headers["Idempotent-Replayed"] == "true"
     assert again.last_response.idempotency_key == "k-1"
+    assert again.last_response.headers["Original-Request"] == first.last_response.request_id  # type: ignore[union-attr]
     assert [r.outcome for r in fake_stripe.requests] == ["handled", "replayed"]
 
     with pytest.raises(stripe.IdempotencyError) as info:
@@ -169,7 +195,7 @@ def test_stripe_validation_error(fake_stripe: FakeStripe) -> None:
         stripe_client(fake_stripe).v1.customers.create({"email": "invalid@example.invalid"})
     assert (info.value.http_status, info.value.code, info.value.param) == (400, "email_invalid", "email")
     with pytest.raises(stripe.InvalidRequestError) as unknown:
-        stripe_client(fake_stripe).v1.customers.create({"nickname": "x"})  # type: ignore[typeddict-unknown-key]
+        stripe_client(fake_stripe).v1.customers.create(cast(Any, {"nickname": "x"}))
     assert unknown.value.code == "parameter_unknown"
 
 
@@ -180,7 +206,7 @@ def test_stripe_429_retry_after_then_success(fake_stripe: FakeStripe) -> None:
     with pytest.raises(stripe.RateLimitError) as info:
         client.v1.customers.create({"name": "x"}, options={"idempotency_key": "k-429"})
     assert info.value.http_status == 429
-    assert info.value.headers["Retry-After"] == "2"  # case-insensitive mapping
+    assert stripe_header(info.value, "Retry-After") == "2"  # case-insensitive mapping
     assert info.value.code is None or info.value.code == "rate_limit"
 
     customer = client.v1.customers.create({"name": "x"}, options={"idempotency_key": "k-429"})
@@ -211,10 +237,19 @@ def test_stripe_timeout_then_replay_makes_one_customer(fake_stripe: FakeStripe) 
 
 
 def test_stripe_dropped_connection_is_connection_error(fake_stripe: FakeStripe) -> None:
+    client = stripe_client(fake_stripe)
     fake_stripe.drop_next()
     with pytest.raises(stripe.APIConnectionError):
-        stripe_client(fake_stripe).v1.customers.create({"name": "x"})
+        client.v1.customers.create({"name": "x"}, options={"idempotency_key": "k-drop"})
     assert fake_stripe.customers == {}
+
+    fake_stripe.drop_next(after_processing=True)  # created, then the answer is lost
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.customers.create({"name": "x"}, options={"idempotency_key": "k-drop"})
+    assert len(fake_stripe.customers) == 1
+    customer = client.v1.customers.create({"name": "x"}, options={"idempotency_key": "k-drop"})
+    assert list(fake_stripe.customers) == [customer.id]
+    assert [r.outcome for r in fake_stripe.requests] == ["dropped", "dropped", "replayed"]
 
 
 def test_stripe_in_progress_key_is_409(fake_stripe: FakeStripe) -> None:
@@ -227,8 +262,11 @@ def test_stripe_in_progress_key_is_409(fake_stripe: FakeStripe) -> None:
         with pytest.raises(stripe.APIError) as info:
             client.v1.customers.create({"name": "x"}, options={"idempotency_key": "k-busy"})
         assert info.value.http_status == 409
-        assert info.value.code == "idempotency_key_in_use"
+        body = cast(dict[str, Any], info.value.json_body)  # a generic APIError: the code is only in the body
+        assert body["error"]["code"] == "idempotency_key_in_use"
         assert first.result().id in fake_stripe.customers
+    answered = fake_stripe.wait_for_requests(2, method="POST", path="/v1/customers")
+    assert sorted(r.outcome for r in answered) == ["handled", "in_progress"]
     assert len(fake_stripe.customers) == 1
 
 
@@ -239,13 +277,18 @@ def test_stripe_token_bucket(fake_stripe: FakeStripe) -> None:
     client.v1.customers.create({"name": "b"})
     with pytest.raises(stripe.RateLimitError) as info:
         client.v1.customers.create({"name": "c"})
-    assert int(info.value.headers["Retry-After"]) >= 1
+    assert int(stripe_header(info.value, "Retry-After")) >= 1
     assert fake_stripe.rate_limited_count == 1
     assert len(fake_stripe.customers) == 2
 
 
 @pytest.mark.parametrize("library", ["httpx", "aiohttp"])
-async def test_stripe_async_create_replay_and_timeout(fake_stripe: FakeStripe, library: str) -> None:
+async def test_stripe_async_create_replay_and_timeout(library: str) -> None:
+    async with FakeStripe() as fake_stripe:
+        await _drive_stripe_async(fake_stripe, library)
+
+
+async def _drive_stripe_async(fake_stripe: FakeStripe, library: str) -> None:
     http: stripe.HTTPClient = (
         stripe.HTTPXClient(timeout=SHORT_TIMEOUT) if library == "httpx" else stripe.AIOHTTPClient(timeout=SHORT_TIMEOUT)
     )
@@ -264,12 +307,12 @@ async def test_stripe_async_create_replay_and_timeout(fake_stripe: FakeStripe, l
         fake_stripe.fail_next(429, headers={"Retry-After": "1"})
         with pytest.raises(stripe.RateLimitError) as info:
             await client.v1.customers.create_async({"name": "slow"}, options={"idempotency_key": "a-2"})
-        assert info.value.headers["retry-after"] == "1"
+        assert stripe_header(info.value, "retry-after") == "1"
         replayed = await client.v1.customers.create_async({"name": "slow"}, options={"idempotency_key": "a-2"})
         assert replayed.name == "slow"
         assert len(fake_stripe.customers) == 2
     finally:
-        await http.close_async()
+        await http.close_async()  # type: ignore[no-untyped-call]
 
 
 # ---------------------------------------------------------------------------------------------------------- gocardless

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -65,6 +66,8 @@ def _json(column: str, value: Any) -> str | None:
 
 def state_from_row(row: asyncpg.Record) -> CustomerState:
     values = dict(row.items())
+    # asyncpg returns its own UUID type, which orjson does not serialise; the domain holds stdlib UUIDs.
+    values["id"] = uuid.UUID(bytes=values["id"].bytes)
     methods = values["provider_payment_methods"]
     values["provider_payment_methods"] = tuple(orjson.loads(methods)) if methods is not None else None
     values["tax_codes"] = tuple(orjson.loads(values["tax_codes"]))

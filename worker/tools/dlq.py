@@ -17,6 +17,8 @@ from worker.settings import KafkaSettings
 from worker.transport.options import client_options
 from worker.transport.producers import DLQ_HEADERS, KafkaProducer
 
+_IDLE_MS = 1500
+
 
 @dataclass(frozen=True, slots=True)
 class ReplayFilter:
@@ -65,18 +67,22 @@ async def replay(settings: KafkaSettings, selection: ReplayFilter) -> int:
             return 0
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        # End offsets are only a lower bound (Tansu reports the last batch's base offset + 1): read on until the
+        # DLQ has nothing more to give.
         ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > await consumer.position(tp)}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=1000)
+        while True:
+            batches = await consumer.getmany(timeout_ms=_IDLE_MS, max_records=1000)
+            if not batches:
+                behind = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+                if not behind:
+                    break
+                continue
             messages = []
-            for tp, records in batches.items():
+            for records in batches.values():
                 for record in records:
-                    if record.offset < ends[tp] and selection.matches(record):
+                    if selection.matches(record):
                         headers = [(k, v) for k, v in record.headers if k not in DLQ_HEADERS]
                         messages.append((record.key, record.value, headers))
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
             if messages:
                 await producer.send_all(settings.commands_topic, messages)
                 republished += len(messages)
