@@ -311,11 +311,11 @@ def email_lists(draw: st.DrawFn) -> tuple[str, str]:
 
 @st.composite
 def metadata_lists(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    key_text = st.text(min_size=1, max_size=20).filter(lambda key: key.strip())
+    key_text = st.text(min_size=1, max_size=20).map(without_nul).filter(str.strip)
     keys = draw(st.lists(key_text, max_size=5, unique=True))
     sent, expected = [], []
     for key in keys:
-        value = draw(st.text(min_size=1, max_size=100).filter(lambda text: text.strip()))
+        value = draw(st.text(min_size=1, max_size=100).map(without_nul).filter(str.strip))
         item: dict[str, Any] = {"key": draw(with_nuls(st.just(key))), "value": draw(with_nuls(st.just(value)))}
         display = draw(st.sampled_from([ABSENT, True, False]))
         if display is not ABSENT:
@@ -336,7 +336,7 @@ def valid_customers(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
             sent[name] = value
         expected[name] = stored
 
-    external_id = draw(with_nuls(st.text(min_size=1, max_size=40).filter(lambda text: text.strip())))
+    external_id = draw(with_nuls(st.text(min_size=1, max_size=40).map(without_nul).filter(str.strip)))
     put("external_id", external_id, without_nul(external_id))
     name = draw(optional(with_nuls(st.text(max_size=255))))
     put("name", name, without_nul(name) if isinstance(name, str) else None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Final
 from uuid import UUID
 
@@ -89,6 +90,7 @@ _PLAIN_FIELDS: Final = (
     "customer_type",
     "net_payment_term",
 )
+_PLAIN_FIELD_SET: Final = frozenset(_PLAIN_FIELDS)
 _ADDRESS_FIELDS: Final = ("address_line1", "address_line2", "city", "zipcode", "state", "country")
 _BILLING_FIELDS: Final = (
     "invoice_grace_period",
@@ -104,7 +106,8 @@ PROVIDER_PUSHED_FIELDS: Final = frozenset({"name", "firstname", "lastname", "ema
 def patch_of(body: CustomerInput) -> dict[str, Any]:
     """The columns a command sets: absent fields are left out, `null` ones are present as None (SPEC §4)."""
     given = body.model_fields_set
-    patch: dict[str, Any] = {name: getattr(body, name) for name in _PLAIN_FIELDS if name in given}
+    values = body.__dict__
+    patch: dict[str, Any] = {name: values[name] for name in _PLAIN_FIELD_SET.intersection(given)}
     if "finalize_zero_amount_invoice" in given:
         patch["finalize_zero_amount_invoice"] = body.finalize_zero_amount_invoice or "inherit"
     if "tax_codes" in given:
@@ -140,14 +143,29 @@ def patch_of(body: CustomerInput) -> dict[str, Any]:
 def new_customer(
     customer_id: UUID, organization_id: str, external_id: str, now: datetime, patch: dict[str, Any]
 ) -> CustomerState:
-    blank = CustomerState(
-        id=customer_id, organization_id=organization_id, external_id=external_id, created_at=now, updated_at=now
+    return CustomerState(
+        id=customer_id,
+        organization_id=organization_id,
+        external_id=external_id,
+        created_at=now,
+        updated_at=now,
+        **patch,
     )
-    return replace(blank, **patch)
+
+
+_ALL_COLUMNS = attrgetter(*COLUMNS)
+
+
+def columns_of(state: CustomerState) -> dict[str, Any]:
+    # attrgetter over every slot, then one constructor call: several times faster than dataclasses.replace.
+    return dict(zip(COLUMNS, _ALL_COLUMNS(state), strict=True))
 
 
 def apply_patch(state: CustomerState, now: datetime, patch: dict[str, Any]) -> CustomerState:
-    return replace(state, updated_at=now, **patch)
+    values = columns_of(state)
+    values.update(patch)
+    values["updated_at"] = now
+    return CustomerState(**values)
 
 
 def is_stale(state: CustomerState | None, occurred_at: datetime | None) -> bool:

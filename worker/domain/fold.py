@@ -8,7 +8,7 @@ ids and the clock are passed in so the function stays deterministic under test.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 from uuid import UUID
@@ -121,15 +121,22 @@ def apply_command(
             patch["payment_provider"] = found.provider
             patch["payment_provider_code"] = found.code
 
+    if command.occurred_at is not None:
+        patch["high_water_mark"] = advance_high_water_mark(
+            state.high_water_mark if state else None, command.occurred_at
+        )
+    if (
+        linked_code is not None
+        and patch.get("payment_provider") == "stripe"
+        and not (patch.get("provider_payment_methods") or (state and state.provider_payment_methods))
+    ):
+        patch["provider_payment_methods"] = ("card",)
     if state is None:
         after = new_customer(new_id(), command.organization_id, command.external_id, now, patch)
         created = True
     else:
         after = apply_patch(state, now, patch)
         created = False
-    after = replace(after, high_water_mark=advance_high_water_mark(after.high_water_mark, command.occurred_at))
-    if after.payment_provider == "stripe" and linked_code is not None and not after.provider_payment_methods:
-        after = replace(after, provider_payment_methods=("card",))
     return Applied(command, created, after, _jobs(state, after, command, linked_code, patch))
 
 

@@ -64,12 +64,22 @@ def _json(column: str, value: Any) -> str | None:
     return orjson.dumps(list(value)).decode()
 
 
+_ID: Final = COLUMNS.index("id")
+_METHODS: Final = COLUMNS.index("provider_payment_methods")
+_TAX_CODES: Final = COLUMNS.index("tax_codes")
+_METADATA: Final = COLUMNS.index("metadata")
+
+
 def state_from_row(row: asyncpg.Record) -> CustomerState:
-    values = dict(row.items())
+    """Rows come in `COLUMNS` order (see SELECT_FOR_UPDATE), so the state is built positionally."""
+    values = list(row.values())
     # asyncpg returns its own UUID type, which orjson does not serialise; the domain holds stdlib UUIDs.
-    values["id"] = uuid.UUID(bytes=values["id"].bytes)
-    methods = values["provider_payment_methods"]
-    values["provider_payment_methods"] = tuple(orjson.loads(methods)) if methods is not None else None
-    values["tax_codes"] = tuple(orjson.loads(values["tax_codes"]))
-    values["metadata"] = tuple(MetadataEntry(**item) for item in orjson.loads(values["metadata"]))
-    return CustomerState(**values)
+    values[_ID] = uuid.UUID(bytes=values[_ID].bytes)
+    methods = values[_METHODS]
+    values[_METHODS] = tuple(orjson.loads(methods)) if methods is not None else None
+    values[_TAX_CODES] = tuple(orjson.loads(values[_TAX_CODES]))
+    values[_METADATA] = tuple(
+        MetadataEntry(item["key"], item["value"], item["display_in_invoice"])
+        for item in orjson.loads(values[_METADATA])
+    )
+    return CustomerState(*values)

@@ -244,7 +244,7 @@ async def measure_latency(
     sent: dict[str, float] = {}
     latencies: list[float] = []
     consumer = AIOKafkaConsumer(
-        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10
     )
     await consumer.start()
     done = asyncio.Event()

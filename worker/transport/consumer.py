@@ -103,6 +103,8 @@ class CommandConsumer:
             batch=True,
             max_records=settings.batch_size,
             batch_timeout_ms=settings.batch_timeout_ms,
+            # The broker holds a fetch up to this long when it has nothing: it bounds the idle latency.
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             parser=_raw_parser,
