@@ -11,7 +11,6 @@ import uuid
 import pytest
 
 from tests.faults.harness import (
-    KNOWN_BUG_UPDATE_OF_STORED_CUSTOMER,
     Launcher,
     check_commits_cover_only_applied,
     check_exactly_once,
@@ -33,7 +32,6 @@ CUSTOMERS = 2_000
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUG_UPDATE_OF_STORED_CUSTOMER)
 async def test_sigterm_mid_drain_exits_0_in_time_and_a_restart_loses_nothing(
     kafka_bootstrap: str, unique_topics: dict[str, str], migrated_database: str, launcher: Launcher
 ) -> None:

@@ -573,6 +573,27 @@ def test_too_many_metadata_items_still_reports_item_errors() -> None:
     }
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (minor): orjson turns a JSON integer beyond 64 bits into a float, so net_payment_term "
+    "100000000000000000000 is value_is_invalid; SPEC §3 reserves value_is_invalid for non-integers",
+)
+@pytest.mark.parametrize("literal", ["100000000000000000000", "-100000000000000000000"])
+def test_integer_beyond_64_bits_is_out_of_range(literal: str) -> None:
+    value = b'{"message_id":"m","organization_id":"o","customer":{"external_id":"x","net_payment_term":'
+    outcome = decode(value + literal.encode() + b"}}", [], CONTEXT)
+    assert isinstance(outcome, Rejection)
+    assert outcome.errors == {"net_payment_term": [OUT_OF_RANGE]}
+
+
+def test_integer_at_the_64_bit_edge_is_out_of_range() -> None:
+    for literal in (b"9223372036854775807", b"-9223372036854775808"):
+        value = b'{"message_id":"m","organization_id":"o","customer":{"external_id":"x","net_payment_term":'
+        outcome = decode(value + literal + b"}}", [], CONTEXT)
+        assert isinstance(outcome, Rejection)
+        assert outcome.errors == {"net_payment_term": [OUT_OF_RANGE]}
+
+
 # --- absent versus null (SPEC §4), read through patch_of ----------------------------------------------------------
 
 PATCH_CASES = [

@@ -1,0 +1,69 @@
+"""One adapter per connection, made on first use and kept: SDK clients hold HTTP connection pools worth reusing.
+
+The synchronous SDKs (Adyen, GoCardless) share one bounded thread pool, so a burst of jobs can never start more
+threads than the runner has call slots.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import structlog
+
+from worker.providers.adyen import AdyenAdapter
+from worker.providers.base import DEFAULT_TIMEOUT, ProviderAdapter
+from worker.providers.gocardless import GoCardlessAdapter
+from worker.providers.registry import Connection
+from worker.providers.stripe import StripeAdapter
+
+log = structlog.get_logger("worker.providers")
+
+DEFAULT_THREADS: Final = 8
+
+
+class AdapterFactory:
+    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, max_threads: int = DEFAULT_THREADS) -> None:
+        """`timeout`: seconds an SDK waits for one HTTP answer. `max_threads`: calls of the synchronous SDKs in
+        flight at once (give it the runner's concurrency)."""
+        self._timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="provider-sdk")
+        self._adapters: dict[tuple[str, str], tuple[Connection, ProviderAdapter]] = {}
+        self._retired: list[ProviderAdapter] = []
+
+    def adapter_for(self, connection: Connection) -> ProviderAdapter:
+        """The adapter of `connection`, cached per (organization, code); rebuilt if the connection object changed
+        (a different secret or setting under the same code)."""
+        key = (connection.organization_id, connection.code)
+        cached = self._adapters.get(key)
+        if cached is not None and cached[0] == connection:
+            return cached[1]
+        adapter = self._build(connection)
+        if cached is not None:
+            # The replaced adapter may still serve a call in flight: it is closed with the others, at the end.
+            self._retired.append(cached[1])
+        self._adapters[key] = (connection, adapter)
+        return adapter
+
+    def _build(self, connection: Connection) -> ProviderAdapter:
+        provider = connection.provider
+        if provider == "stripe":
+            return StripeAdapter(connection, timeout=self._timeout)
+        if provider == "adyen":
+            return AdyenAdapter(connection, executor=self._executor, timeout=self._timeout)
+        if provider == "gocardless":
+            return GoCardlessAdapter(connection, executor=self._executor, timeout=self._timeout)
+        raise ValueError(f"unknown provider {provider!r}")
+
+    async def aclose_all(self) -> None:
+        adapters = [adapter for _, adapter in self._adapters.values()] + self._retired
+        self._adapters.clear()
+        self._retired = []
+        for adapter in adapters:
+            try:
+                await adapter.aclose()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort; the others still get closed
+                log.warning("provider_adapter_close_failed", provider=adapter.provider, error_type=type(exc).__name__)
+        # Threads still inside an SDK call finish on their own (requests has its timeout); nothing waits for them.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
