@@ -135,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_validation(args: argparse.Namespace) -> int:
     from worker import bench_validation
 
-    return bench_validation.main(args.rest)
+    return bench_validation.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     validation = commands.add_parser("bench-validation", help="validation throughput on one core")
-    validation.add_argument("rest", nargs=argparse.REMAINDER)
+    from worker.bench_validation import add_arguments
+
+    add_arguments(validation)
     validation.set_defaults(func=cmd_bench_validation)
 
     schema = commands.add_parser("schema", help="write JSON Schema and AsyncAPI files")

@@ -39,14 +39,16 @@ class SigningKeys:
             return not self.require_signatures
         if header is None or not header.startswith(_PREFIX):
             return False
-        presented = header[len(_PREFIX) :].strip().lower()
-        if len(presented) != 64:
+        try:
+            presented = bytes.fromhex(header[len(_PREFIX) :].strip().decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return False
+        if len(presented) != hashlib.sha256().digest_size:
             return False
         # Every key is tried, so the time taken does not tell which key (if any) matched.
         matched = False
         for key in keys:
-            expected = hmac.new(key, value, hashlib.sha256).hexdigest().encode("ascii")
-            matched |= hmac.compare_digest(expected, presented)
+            matched |= hmac.compare_digest(hmac.digest(key, value, "sha256"), presented)
         return matched
 
 

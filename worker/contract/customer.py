@@ -1,17 +1,18 @@
-"""The Lago customer body of a command (SPEC §3), as pydantic v2 models.
+"""The Lago customer body of a command (SPEC §3), as pydantic v2 typed dicts.
 
 Field rules that pydantic expresses natively (types, lengths, ranges) are declared; the rest are small after-validators
-that raise `PydanticCustomError` with Lago's code as the error type, so `validation.collect_errors` only has to map
-pydantic's built-in types. Models keep unknown fields (`extra="allow"`) so they can be counted, and keep
-`model_fields_set`, which tells an absent field from a `null` one (SPEC §4).
+that raise `PydanticCustomError` with Lago's code as the error type, so `rules.pydantic_errors` only has to map
+pydantic's built-in types. Rules that span fields or items are in `rules.cross_field_errors`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NotRequired, Required
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, TypeAdapter, WithJsonSchema
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
 
 from worker.contract.codes import ErrorCode
 from worker.contract.datasets import (
@@ -20,6 +21,7 @@ from worker.contract.datasets import (
     CUSTOMER_TYPES,
     FINALIZE_ZERO_AMOUNT_INVOICE,
     LANGUAGE_CODES,
+    PAYMENT_PROVIDERS,
     TIMEZONES,
 )
 from worker.contract.email import is_valid_email_list, normalize_email
@@ -31,10 +33,6 @@ def _error(code: ErrorCode) -> PydanticCustomError:
     return PydanticCustomError(code.value, code.value)
 
 
-def _blank_to_none(value: str) -> str | None:
-    return value if value.strip() else None
-
-
 def _country(value: str) -> str:
     upper = value.upper()
     if upper not in COUNTRY_CODES:
@@ -42,173 +40,185 @@ def _country(value: str) -> str:
     return upper
 
 
-def _blank_country(value: str) -> str | None:
-    # Blank is null for every address field, the country included (SPEC §11).
-    return _country(value) if value.strip() else None
-
-
-def _email(value: str) -> str:
+def _email(value: str) -> str | None:
+    if not value.strip():
+        return None  # Lago checks the format of a present address only; blank is no address.
     normalized = normalize_email(value)
     if not is_valid_email_list(normalized):
         raise _error(ErrorCode.INVALID_EMAIL_FORMAT)
     return normalized
 
 
-def _currency(value: str) -> str:
-    if value not in CURRENCY_CODES:
-        raise _error(ErrorCode.VALUE_IS_INVALID)
-    return value
+def _one_of(values: Iterable[str], description: str, *, publish_values: bool = False) -> Any:
+    """A closed set checked in pydantic-core (no Python call per value). The error type is `literal_error`, mapped
+    to the field's Lago code in `rules`. Large sets are described rather than listed in the published schema:
+    their exact content depends on the installed pycountry and tz database."""
+    ordered = tuple(sorted(values))
+    schema: dict[str, Any] = {"type": "string", "description": description}
+    if publish_values:
+        schema["enum"] = list(ordered)
+    return Annotated[Literal[ordered], WithJsonSchema(schema)]
 
 
-def _timezone(value: str) -> str:
-    if value not in TIMEZONES:
-        raise _error(ErrorCode.INVALID_TIMEZONE)
-    return value
+if TYPE_CHECKING:
+    Currency = str
+    Timezone = str
+    CustomerType = str
+    FinalizeZeroAmountInvoice = str
+    Language = str
+    PaymentProvider = str
+else:
+    Currency = _one_of(CURRENCY_CODES, "current ISO 4217 currency code, upper-case")
+    Timezone = _one_of(TIMEZONES, "UTC or an IANA time zone name")
+    CustomerType = _one_of(CUSTOMER_TYPES, "company or individual", publish_values=True)
+    FinalizeZeroAmountInvoice = _one_of(FINALIZE_ZERO_AMOUNT_INVOICE, "null means inherit", publish_values=True)
+    Language = _one_of(LANGUAGE_CODES, "ISO 639-1 language code")
+    PaymentProvider = _one_of(PAYMENT_PROVIDERS, "payment provider", publish_values=True)
+
+# Not blank after trimming: a Rust regex, no Python call.
+NonBlank = Annotated[str, StringConstraints(pattern=r"\S")]
 
 
-def _customer_type(value: str) -> str:
-    if value not in CUSTOMER_TYPES:
-        raise _error(ErrorCode.VALUE_IS_INVALID)
-    return value
+def _blank_country(value: str) -> str | None:
+    # Blank is null for every address field, the country included (SPEC §11); blank is not a bad code.
+    return _country(value) if value.strip() else None
 
 
-def _finalize(value: str) -> str:
-    if value not in FINALIZE_ZERO_AMOUNT_INVOICE:
-        raise _error(ErrorCode.INVALID_VALUE)
-    return value
-
-
-def _language(value: str) -> str:
-    if value not in LANGUAGE_CODES:
-        raise _error(ErrorCode.NOT_A_VALID_LANGUAGE_CODE)
-    return value
-
-
-def _payment_provider(value: str) -> str:
-    if value not in ("stripe", "adyen", "gocardless"):
-        raise _error(ErrorCode.VALUE_IS_INVALID)
-    return value
-
-
-def _required_text(value: str | None) -> str:
-    if value is None or not value.strip():
-        raise _error(ErrorCode.VALUE_IS_MANDATORY)
-    return value
-
-
-def _non_blank(value: str) -> str:
-    if not value.strip():
-        raise _error(ErrorCode.VALUE_IS_INVALID)
-    return value
-
-
-def _dedupe(values: list[str]) -> list[str]:
-    return list(dict.fromkeys(values))
-
-
-AddressText = Annotated[str, AfterValidator(_blank_to_none)]
 Country = Annotated[str, AfterValidator(_blank_country)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=PG_INT_MAX)]
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, populate_by_name=False)
-
-    def unknown_field_count(self) -> int:
-        return len(self.__pydantic_extra__ or ())
+# TypedDicts rather than models: a key that is absent from the command is absent from the validated value, which is
+# exactly the absent-versus-null distinction of SPEC §4, and pydantic-core validates them without building objects.
+# Unknown keys are dropped (forward compatibility) and counted from the raw body by `unknown_fields`.
+_CONFIG = ConfigDict(strict=True, extra="ignore", json_schema_extra={"additionalProperties": True})
 
 
-class AddressFields(_Model):
-    """The six address fields shared by the billing and the shipping address."""
+class AddressFields(TypedDict, total=False):
+    """The six address fields shared by the billing and the shipping address. Blank (whitespace-only) values
+    become null when applied (`worker.domain.customer.patch_of`)."""
 
-    address_line1: AddressText | None = None
-    address_line2: AddressText | None = None
-    city: AddressText | None = None
-    zipcode: AddressText | None = None
-    state: AddressText | None = None
-    country: Country | None = Field(default=None, description="ISO 3166-1 alpha-2, any case, stored upper-case")
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+
+    address_line1: str | None
+    address_line2: str | None
+    city: str | None
+    zipcode: str | None
+    state: str | None
+    country: Annotated[Country | None, Field(description="ISO 3166-1 alpha-2, any case, stored upper-case")]
 
 
-class ShippingAddress(AddressFields):
+class ShippingAddress(AddressFields, total=False):
     pass
 
 
-class MetadataItem(_Model):
-    key: Annotated[Annotated[str, Field(max_length=20)] | None, AfterValidator(_required_text)]
-    value: Annotated[Annotated[str, Field(max_length=100)] | None, AfterValidator(_required_text)]
-    display_in_invoice: bool | None = False
+class MetadataItem(TypedDict):
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+
+    # A null or blank key or value is `value_is_mandatory` (mapped in `rules`).
+    key: Annotated[NonBlank, Field(max_length=20)]
+    value: Annotated[NonBlank, Field(max_length=100)]
+    display_in_invoice: NotRequired[bool | None]
 
 
-class BillingConfiguration(_Model):
-    invoice_grace_period: NonNegativeInt | None = None
-    document_locale: Annotated[str, AfterValidator(_language)] | None = Field(
-        default=None, description="ISO 639-1 language code"
-    )
-    payment_provider: Annotated[str, AfterValidator(_payment_provider)] | None = Field(
-        default=None, json_schema_extra={"enum": ["stripe", "adyen", "gocardless", None]}
-    )
-    payment_provider_code: str | None = None
-    provider_customer_id: str | None = None
-    sync: bool | None = None
-    sync_with_provider: bool | None = None
-    provider_payment_methods: list[str] | None = Field(
-        default=None,
-        description="Stripe only: card, sepa_debit, us_bank_account, bacs_debit, link, boleto, crypto, "
-        "customer_balance; link requires card; customer_balance stands alone",
-    )
+class BillingConfiguration(TypedDict, total=False):
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+
+    invoice_grace_period: NonNegativeInt | None
+    document_locale: Language | None
+    payment_provider: PaymentProvider | None
+    payment_provider_code: str | None
+    provider_customer_id: str | None
+    sync: bool | None
+    sync_with_provider: bool | None
+    provider_payment_methods: Annotated[
+        list[str] | None,
+        Field(
+            description="Stripe only: card, sepa_debit, us_bank_account, bacs_debit, link, boleto, crypto, "
+            "customer_balance; link requires card; customer_balance stands alone"
+        ),
+    ]
 
 
-class CustomerInput(AddressFields):
+class CustomerInput(AddressFields, total=False):
     """The body of Lago's `POST /api/v1/customers` (create or update), as carried in a command."""
 
-    external_id: Annotated[str | None, AfterValidator(_required_text)]
-    name: Annotated[str | None, Field(max_length=255)] = None
-    firstname: str | None = None
-    lastname: str | None = None
-    legal_name: str | None = None
-    legal_number: str | None = None
-    tax_identification_number: str | None = None
-    phone: str | None = None
-    url: str | None = None
-    logo_url: str | None = None
-    email: Annotated[str, AfterValidator(_email)] | None = Field(
-        default=None, description="one address or a comma-separated list"
-    )
-    currency: Annotated[str, AfterValidator(_currency)] | None = Field(
-        default=None, description="current ISO 4217 code, upper-case"
-    )
-    timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(
-        default=None, description="UTC or an IANA zone name"
-    )
-    customer_type: Annotated[str, AfterValidator(_customer_type)] | None = Field(
-        default=None, json_schema_extra={"enum": ["company", "individual", None]}
-    )
-    net_payment_term: NonNegativeInt | None = None
-    finalize_zero_amount_invoice: Annotated[str, AfterValidator(_finalize)] | None = Field(
-        default=None, json_schema_extra={"enum": ["inherit", "finalize", "skip", None]}
-    )
-    tax_codes: Annotated[list[Annotated[str, AfterValidator(_non_blank)]], AfterValidator(_dedupe)] | None = None
-    metadata: Annotated[list[MetadataItem], Field(max_length=5)] | None = None
-    shipping_address: ShippingAddress | None = None
-    billing_configuration: BillingConfiguration | None = None
-
-    def unknown_fields_seen(self) -> int:
-        """Unknown fields anywhere in the body, for the `unknown fields` metric."""
-        count = self.unknown_field_count()
-        for nested in (self.shipping_address, self.billing_configuration):
-            if nested is not None:
-                count += nested.unknown_field_count()
-        for item in self.metadata or ():
-            count += item.unknown_field_count()
-        return count
+    # Missing, null or blank is `value_is_mandatory` (mapped in `rules`); stored as given otherwise.
+    external_id: Required[NonBlank]
+    name: Annotated[str, Field(max_length=255)] | None
+    firstname: str | None
+    lastname: str | None
+    legal_name: str | None
+    legal_number: str | None
+    tax_identification_number: str | None
+    phone: str | None
+    url: str | None
+    logo_url: str | None
+    email: Annotated[
+        Annotated[str, AfterValidator(_email)] | None, Field(description="one address or a comma-separated list")
+    ]
+    currency: Currency | None
+    timezone: Timezone | None
+    customer_type: CustomerType | None
+    net_payment_term: NonNegativeInt | None
+    finalize_zero_amount_invoice: FinalizeZeroAmountInvoice | None
+    # Each item not blank; duplicates collapse when applied (`patch_of`).
+    tax_codes: list[NonBlank] | None
+    # At most 5 items: counted in `rules`, so that the items' own errors are still reported.
+    metadata: Annotated[list[MetadataItem] | None, Field(json_schema_extra={"maxItems": 5})]
+    shipping_address: ShippingAddress | None
+    billing_configuration: BillingConfiguration | None
 
 
-def strip_nul(value: Any) -> Any:
-    """Remove NUL characters from every string of a decoded JSON value (PostgreSQL text cannot hold them)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {key: strip_nul(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [strip_nul(item) for item in value]
-    return value
+CUSTOMER: Final = TypeAdapter(CustomerInput)
+BILLING: Final = TypeAdapter(BillingConfiguration)
+
+
+def _keys(kind: Any) -> frozenset[str]:
+    return frozenset(kind.__required_keys__ | kind.__optional_keys__)
+
+
+CUSTOMER_FIELDS: Final = _keys(CustomerInput)
+BILLING_FIELDS: Final = _keys(BillingConfiguration)
+SHIPPING_FIELDS: Final = _keys(ShippingAddress)
+METADATA_FIELDS: Final = _keys(MetadataItem)
+
+
+def _strip(value: Any) -> Any:
+    return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+def strip_nul(customer: dict[str, Any]) -> dict[str, Any]:
+    """Remove NUL characters from every string the models read (PostgreSQL text cannot hold them). Only the body's
+    known shape is walked, never arbitrary nesting: unknown fields are ignored anyway."""
+    cleaned = {key: _strip(value) for key, value in customer.items()}
+    for nested in ("billing_configuration", "shipping_address"):
+        if isinstance(inner := cleaned.get(nested), dict):
+            cleaned[nested] = {key: _strip(value) for key, value in inner.items()}
+            if isinstance(methods := cleaned[nested].get("provider_payment_methods"), list):
+                cleaned[nested]["provider_payment_methods"] = [_strip(item) for item in methods]
+    if isinstance(tax_codes := cleaned.get("tax_codes"), list):
+        cleaned["tax_codes"] = [_strip(item) for item in tax_codes]
+    if isinstance(metadata := cleaned.get("metadata"), list):
+        cleaned["metadata"] = [
+            {key: _strip(value) for key, value in item.items()} if isinstance(item, dict) else item for item in metadata
+        ]
+    return cleaned
+
+
+_NESTED_FIELDS: Final = (("billing_configuration", BILLING_FIELDS), ("shipping_address", SHIPPING_FIELDS))
+
+
+def unknown_fields(customer: dict[str, Any]) -> int:
+    """Unknown fields anywhere in the body, for the `unknown fields` metric (SPEC §3)."""
+    # Subset tests first: they allocate nothing, and almost every command has no unknown field.
+    count = 0 if customer.keys() <= CUSTOMER_FIELDS else len(customer.keys() - CUSTOMER_FIELDS)
+    for name, known in _NESTED_FIELDS:
+        inner = customer.get(name)
+        if isinstance(inner, dict) and not inner.keys() <= known:
+            count += len(inner.keys() - known)
+    metadata = customer.get("metadata")
+    if isinstance(metadata, list):
+        for item in metadata:
+            if isinstance(item, dict) and not item.keys() <= METADATA_FIELDS:
+                count += len(item.keys() - METADATA_FIELDS)
+    return count

@@ -22,7 +22,14 @@ import orjson
 from pydantic import ValidationError
 
 from worker.contract.codes import BASE, DlqReason, ErrorCode, Errors
-from worker.contract.customer import CustomerInput, strip_nul
+from worker.contract.customer import (
+    BILLING,
+    CUSTOMER,
+    BillingConfiguration,
+    CustomerInput,
+    strip_nul,
+    unknown_fields,
+)
 from worker.contract.links import LinkRequest, link_request, precheck
 from worker.contract.rules import add_error, cross_field_errors, pydantic_errors
 from worker.providers.registry import ProviderRegistry
@@ -44,7 +51,7 @@ class DecodeContext:
     max_value_bytes: int = MAX_VALUE_BYTES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Command:
     message_id: str
     organization_id: str
@@ -57,11 +64,12 @@ class Command:
     @property
     def external_id(self) -> str:
         # A valid command always has one: CustomerInput rejects a missing, null or blank external_id.
-        assert self.customer.external_id is not None
-        return self.customer.external_id
+        external_id = self.customer["external_id"]
+        assert external_id is not None
+        return external_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejection:
     message_id: str
     organization_id: str
@@ -122,12 +130,12 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
     occurred_at = _occurred_at(document.get("occurred_at"), errors)
     parsed: CustomerInput | None = None
     try:
-        parsed = CustomerInput.model_validate(customer)
+        parsed = CUSTOMER.validate_python(customer)
     except ValidationError as exc:
         pydantic_errors(exc, errors)
     cross_field_errors(customer, errors)
 
-    link = link_request(parsed) if parsed is not None else None
+    link = link_request(parsed.get("billing_configuration") if parsed is not None else _billing_alone(customer))
     if link is not None:
         failure = precheck(context.registry, organization_id, link)
         if failure is not None:
@@ -140,7 +148,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
             external_id=readable_external_id,
             errors=errors,
             traceparent=traceparent,
-            unknown_fields=parsed.unknown_fields_seen() if parsed is not None else 0,
+            unknown_fields=unknown_fields(customer),
         )
     return Command(
         message_id=message_id,
@@ -149,8 +157,35 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         customer=parsed,
         link=link,
         traceparent=traceparent,
-        unknown_fields=parsed.unknown_fields_seen(),
+        unknown_fields=_dropped_fields(customer, parsed),
     )
+
+
+def _dropped_fields(raw: dict[str, Any], parsed: CustomerInput) -> int:
+    """Unknown fields, found cheaply: validation drops them, so equal key counts mean there were none."""
+    if len(raw) != len(parsed):
+        return unknown_fields(raw)
+    for name in ("billing_configuration", "shipping_address"):
+        inner = raw.get(name)
+        if isinstance(inner, dict) and len(inner) != len(parsed.get(name) or ()):  # type: ignore[arg-type]
+            return unknown_fields(raw)
+    metadata = raw.get("metadata")
+    if metadata and any(
+        len(item) != len(kept) for item, kept in zip(metadata, parsed.get("metadata") or (), strict=False)
+    ):
+        return unknown_fields(raw)
+    return 0
+
+
+def _billing_alone(customer: dict[str, Any]) -> BillingConfiguration | None:
+    """When the body has errors elsewhere, the provider lookup is still reported with them (SPEC §3)."""
+    raw = customer.get("billing_configuration")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return BILLING.validate_python(raw)
+    except ValidationError:
+        return None
 
 
 def _identifier_problem(name: str, value: Any) -> str | None:
@@ -158,7 +193,8 @@ def _identifier_problem(name: str, value: Any) -> str | None:
         return f"{name} is missing or not a string"
     if not 1 <= len(value) <= _IDENTIFIER_MAX:
         return f"{name} must have 1 to {_IDENTIFIER_MAX} characters"
-    if _CONTROL.search(value) is not None:
+    # Printable ASCII (the usual case) has no control character; anything else is searched.
+    if not (value.isascii() and value.isprintable()) and _CONTROL.search(value) is not None:
         return f"{name} contains control characters"
     return None
 
@@ -189,7 +225,7 @@ def _occurred_at(raw: Any, errors: Errors) -> datetime | None:
         return None
     if isinstance(raw, str) and len(raw) >= 20 and raw[10] in "Tt ":
         try:
-            parsed = datetime.fromisoformat(raw)
+            parsed = datetime.fromisoformat(raw.upper())  # RFC 3339 allows a lower-case "t" and "z"
         except ValueError:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.contract.codes import ErrorCode
-from worker.contract.customer import CustomerInput
+from worker.contract.customer import BillingConfiguration
 from worker.providers.registry import Connection, LookupFailure, ProviderRegistry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkRequest:
     provider: str | None
     """The command's provider; None when the command omits it (the stored one is used)."""
@@ -27,23 +27,21 @@ class LinkRequest:
     sync: bool
 
 
-def link_request(customer: CustomerInput) -> LinkRequest | None:
-    billing = customer.billing_configuration
+def link_request(billing: BillingConfiguration | None) -> LinkRequest | None:
     if billing is None:
         return None
-    given = billing.model_fields_set
-    provider_customer_id = billing.provider_customer_id if "provider_customer_id" in given else None
-    if not billing.sync_with_provider and not provider_customer_id:
+    provider_customer_id = billing.get("provider_customer_id")
+    if not billing.get("sync_with_provider") and not provider_customer_id:
         return None
-    if "payment_provider" in given and billing.payment_provider is None:
+    if "payment_provider" in billing and billing["payment_provider"] is None:
         return None
     return LinkRequest(
-        provider=billing.payment_provider,
-        code=billing.payment_provider_code,
-        code_given="payment_provider_code" in given,
+        provider=billing.get("payment_provider"),
+        code=billing.get("payment_provider_code"),
+        code_given="payment_provider_code" in billing,
         provider_customer_id=provider_customer_id,
-        sync_with_provider=bool(billing.sync_with_provider),
-        sync=bool(billing.sync),
+        sync_with_provider=bool(billing.get("sync_with_provider")),
+        sync=bool(billing.get("sync")),
     )
 
 

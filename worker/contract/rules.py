@@ -7,14 +7,15 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from worker.contract.codes import ErrorCode, Errors
+from worker.contract.customer import PG_INT_MAX
 from worker.contract.datasets import STRIPE_PAYMENT_METHODS
+
+MAX_METADATA_ITEMS: Final = 5
 
 _CUSTOM_CODES: Final = frozenset(code.value for code in ErrorCode)
 _BUILTIN_CODES: Final = {
     "missing": ErrorCode.VALUE_IS_MANDATORY.value,
     "string_too_long": ErrorCode.VALUE_IS_TOO_LONG.value,
-    # The only list with a length bound is `metadata`.
-    "too_long": ErrorCode.INVALID_COUNT.value,
     "greater_than_equal": ErrorCode.VALUE_IS_OUT_OF_RANGE.value,
     "less_than_equal": ErrorCode.VALUE_IS_OUT_OF_RANGE.value,
 }
@@ -29,16 +30,45 @@ def add_error(errors: Errors, path: str, code: str) -> None:
 
 def pydantic_errors(exc: ValidationError, errors: Errors) -> None:
     """Every other pydantic error type is a wrong JSON type or shape: `value_is_invalid` (SPEC §3)."""
-    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+    for error in exc.errors(include_url=False, include_context=False):
         kind = error["type"]
+        loc = error["loc"]
+        value = error["input"]
         code = kind if kind in _CUSTOM_CODES else _BUILTIN_CODES.get(kind, ErrorCode.VALUE_IS_INVALID.value)
-        add_error(errors, ".".join(str(part) for part in error["loc"]), code)
+        if kind == "literal_error" and isinstance(value, str):
+            code = _ONE_OF_CODES.get(str(loc[-1]), ErrorCode.VALUE_IS_INVALID.value)
+        elif kind in _INTEGER_TYPES and _is_huge_integer(value):
+            code = ErrorCode.VALUE_IS_OUT_OF_RANGE.value
+        elif _is_required_text(loc) and (value is None or kind == "string_pattern_mismatch"):
+            code = ErrorCode.VALUE_IS_MANDATORY.value
+        add_error(errors, ".".join(str(part) for part in loc), code)
+
+
+# A value outside a closed set (a `literal_error` on a string) is reported with the field's own code.
+_ONE_OF_CODES: Final = {
+    "finalize_zero_amount_invoice": ErrorCode.INVALID_VALUE.value,
+    "timezone": ErrorCode.INVALID_TIMEZONE.value,
+    "document_locale": ErrorCode.NOT_A_VALID_LANGUAGE_CODE.value,
+}
+
+
+def _is_required_text(loc: tuple[int | str, ...]) -> bool:
+    """`external_id` and metadata keys and values: null or blank is `value_is_mandatory`, not a wrong type."""
+    return loc == ("external_id",) or (len(loc) == 3 and loc[0] == "metadata" and loc[2] in ("key", "value"))
+
+
+_INTEGER_TYPES: Final = frozenset({"int_type", "int_from_float"})
+
+
+def _is_huge_integer(value: Any) -> bool:
+    # The JSON parser reads integers beyond 64 bits as floats: they are integers out of range, not a wrong type.
+    return isinstance(value, float) and value.is_integer() and abs(value) > PG_INT_MAX
 
 
 def cross_field_errors(customer: dict[str, Any], errors: Errors) -> None:
     """Rules a single field validator cannot see. Read from the raw body so they are reported even when other
     fields fail; wrong types are left to pydantic, which has already reported them."""
-    _metadata_keys_unique(customer.get("metadata"), errors)
+    _metadata(customer.get("metadata"), errors)
     billing = customer.get("billing_configuration")
     # Stripe only: checked unless the command itself names another provider (or none).
     if (
@@ -49,14 +79,16 @@ def cross_field_errors(customer: dict[str, Any], errors: Errors) -> None:
         _stripe_payment_methods(billing["provider_payment_methods"], errors)
 
 
-def _metadata_keys_unique(metadata: Any, errors: Errors) -> None:
+def _metadata(metadata: Any, errors: Errors) -> None:
     if not isinstance(metadata, list):
         return
+    if len(metadata) > MAX_METADATA_ITEMS:
+        add_error(errors, "metadata", ErrorCode.INVALID_COUNT.value)
     seen: set[str] = set()
     for index, item in enumerate(metadata):
         key = item.get("key") if isinstance(item, dict) else None
         if not isinstance(key, str) or not key.strip():
-            continue
+            continue  # a missing, blank or mistyped key is reported by pydantic
         if key in seen:
             add_error(errors, f"metadata.{index}.key", ErrorCode.VALUE_ALREADY_EXIST.value)
         seen.add(key)

@@ -92,6 +92,7 @@ _PLAIN_FIELDS: Final = (
 )
 _PLAIN_FIELD_SET: Final = frozenset(_PLAIN_FIELDS)
 _ADDRESS_FIELDS: Final = ("address_line1", "address_line2", "city", "zipcode", "state", "country")
+_ADDRESS_FIELD_SET: Final = frozenset(_ADDRESS_FIELDS)
 _BILLING_FIELDS: Final = (
     "invoice_grace_period",
     "document_locale",
@@ -99,41 +100,47 @@ _BILLING_FIELDS: Final = (
     "payment_provider_code",
     "provider_customer_id",
 )
+_BILLING_FIELD_SET: Final = frozenset(_BILLING_FIELDS)
 PROVIDER_PUSHED_FIELDS: Final = frozenset({"name", "firstname", "lastname", "email", "phone", *_ADDRESS_FIELDS})
 """Changes that are pushed to a linked Stripe customer (SPEC §9)."""
 
 
+def _address_value(value: str | None) -> str | None:
+    # Whitespace-only address fields are blank, hence null (SPEC §3 and §11).
+    return value if value is None or value.strip() else None
+
+
 def patch_of(body: CustomerInput) -> dict[str, Any]:
     """The columns a command sets: absent fields are left out, `null` ones are present as None (SPEC §4)."""
-    given = body.model_fields_set
-    values = body.__dict__
-    patch: dict[str, Any] = {name: values[name] for name in _PLAIN_FIELD_SET.intersection(given)}
-    if "finalize_zero_amount_invoice" in given:
-        patch["finalize_zero_amount_invoice"] = body.finalize_zero_amount_invoice or "inherit"
-    if "tax_codes" in given:
-        patch["tax_codes"] = tuple(body.tax_codes or ())
-    if "metadata" in given:
+    patch: dict[str, Any] = {name: body[name] for name in _PLAIN_FIELD_SET.intersection(body)}  # type: ignore[literal-required]
+    for name in _ADDRESS_FIELD_SET.intersection(patch):
+        patch[name] = _address_value(patch[name])
+    if "finalize_zero_amount_invoice" in body:
+        patch["finalize_zero_amount_invoice"] = body["finalize_zero_amount_invoice"] or "inherit"
+    if "tax_codes" in body:
+        patch["tax_codes"] = tuple(dict.fromkeys(body["tax_codes"] or ()))  # duplicates collapse (SPEC §3)
+    if "metadata" in body:
         patch["metadata"] = tuple(
-            MetadataEntry(item.key or "", item.value or "", bool(item.display_in_invoice))
-            for item in body.metadata or ()
+            MetadataEntry(item["key"] or "", item["value"] or "", bool(item.get("display_in_invoice")))
+            for item in body["metadata"] or ()
         )
-    if "shipping_address" in given:
-        shipping = body.shipping_address
+    if "shipping_address" in body:
+        shipping = body["shipping_address"]
         for name in _ADDRESS_FIELDS:
             if shipping is None:
                 patch[f"shipping_{name}"] = None
-            elif name in shipping.model_fields_set:
-                patch[f"shipping_{name}"] = getattr(shipping, name)
-    if "billing_configuration" in given:
-        billing = body.billing_configuration
+            elif name in shipping:
+                patch[f"shipping_{name}"] = _address_value(shipping[name])  # type: ignore[literal-required]
+    if "billing_configuration" in body:
+        billing = body["billing_configuration"]
         if billing is None:
             patch.update(dict.fromkeys(_BILLING_FIELDS))
         else:
-            billing_given = billing.model_fields_set
-            patch.update({name: getattr(billing, name) for name in _BILLING_FIELDS if name in billing_given})
-            if billing.provider_payment_methods:
-                patch["provider_payment_methods"] = tuple(dict.fromkeys(billing.provider_payment_methods))
-            if "payment_provider" in billing_given and billing.payment_provider is None:
+            patch.update({name: billing[name] for name in _BILLING_FIELD_SET.intersection(billing)})  # type: ignore[literal-required]
+            methods = billing.get("provider_payment_methods")
+            if methods:
+                patch["provider_payment_methods"] = tuple(dict.fromkeys(methods))
+            if "payment_provider" in billing and billing["payment_provider"] is None:
                 # Explicit `payment_provider: null` unlinks (SPEC §9).
                 patch["payment_provider_code"] = None
                 patch["provider_customer_id"] = None

@@ -12,6 +12,7 @@ idempotency key is still being processed), GoCardless 409 `idempotent_request_in
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -191,7 +192,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             when = when.replace(tzinfo=UTC)
         current = time.time() if now is None else now
         seconds = when.timestamp() - current
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 

@@ -66,4 +66,3 @@ class AdapterFactory:
                 log.warning("provider_adapter_close_failed", provider=adapter.provider, error_type=type(exc).__name__)
         # Threads still inside an SDK call finish on their own (requests has its timeout); nothing waits for them.
         self._executor.shutdown(wait=False, cancel_futures=True)
-

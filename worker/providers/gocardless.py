@@ -31,7 +31,6 @@ from worker.providers.base import (
     DEFAULT_TIMEOUT,
     ProviderError,
     base_url,
-    header,
     network_error,
     parse_retry_after,
     response_error,
@@ -148,7 +147,10 @@ class GoCardlessAdapter:
 
     async def checkout_url(self, customer: CustomerState, provider_customer_id: str, key: str) -> str:
         currency = customer.currency if customer.currency in MANDATE_CURRENCIES else DEFAULT_MANDATE_CURRENCY
-        billing_request_params = {"mandate_request": {"currency": currency}, "links": {"customer": provider_customer_id}}
+        billing_request_params = {
+            "mandate_request": {"currency": currency},
+            "links": {"customer": provider_customer_id},
+        }
         billing_request = await self._run(
             lambda: self._billing_requests.create(
                 params=billing_request_params, headers={"Idempotency-Key": derived_key(key, "br")}

@@ -1,0 +1,341 @@
+"""The `provider_jobs` queue: claiming with a lease, and recording each outcome with its events in one transaction.
+
+A job row is written by the command's transaction (`worker.store.batch`), so a crash cannot lose it. A runner claims
+due rows with `FOR UPDATE SKIP LOCKED` (replicas never wait for each other and never claim the same row), sets
+`status = 'running'`, a lease (`lease_until`) and `attempts + 1`. A row whose lease ran out (its runner crashed or
+hung) is claimable again; the provider call is then repeated with the same idempotency key, which the provider
+answers with what the first call did.
+
+`attempts`, as set by the claim, is the claim's fencing token: every later write of the runner requires
+`status = 'running' AND attempts = <its claim's value>`. A runner that lost its lease to another replica therefore
+writes nothing (no second link, no duplicate event), whatever it got back from the provider.
+
+Statuses: `pending` (due at `next_attempt_at`), `running` (leased), then one of `done`, `skipped` (nothing left to do
+when it ran, e.g. the customer was unlinked meanwhile; reason in `last_error.skipped`) or `failed` (final failure,
+error in `last_error`). Finished rows are kept for inspection; `prune_finished` deletes old ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, TypeAlias
+
+import asyncpg
+import orjson
+import structlog
+
+from worker.domain.customer import COLUMNS, CustomerState
+from worker.domain.events import OutboxEvent, build_event
+from worker.providers.base import ProviderError
+from worker.providers.ids import idempotency_key
+from worker.providers.stripe import setup_payment_methods
+from worker.store.db import Conn
+from worker.store.rows import state_from_row
+
+log = structlog.get_logger("worker.providers")
+
+JobKind = Literal["create", "update", "checkout"]
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is generic for type checkers only
+
+#: Errors that mean PostgreSQL is unreachable or busy (not a fault of the job): the write is retried.
+DATABASE_OUTAGES: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+_RETURNING: Final = (
+    "RETURNING j.id, j.organization_id, j.customer_id, j.message_id, j.kind, j.provider, j.connection_code, "
+    "j.traceparent, j.attempts"
+)
+# Uses the partial index provider_jobs_ready_idx (next_attempt_at WHERE status = 'pending').
+_CLAIM_DUE: Final = (
+    "WITH due AS (SELECT id FROM provider_jobs WHERE status = 'pending' AND next_attempt_at <= now() "
+    "ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    "UPDATE provider_jobs AS j SET status = 'running', lease_until = now() + make_interval(secs => $2), "
+    "attempts = j.attempts + 1, updated_at = now() FROM due WHERE j.id = due.id " + _RETURNING
+)
+# Leases that ran out: their runner died or hung. Run only every few seconds (see the runner).
+_CLAIM_EXPIRED: Final = (
+    "WITH due AS (SELECT id FROM provider_jobs WHERE status = 'running' AND lease_until < now() "
+    "ORDER BY lease_until, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    "UPDATE provider_jobs AS j SET lease_until = now() + make_interval(secs => $2), "
+    "attempts = j.attempts + 1, updated_at = now() FROM due WHERE j.id = due.id " + _RETURNING
+)
+_FENCE: Final = "id = $1 AND status = 'running' AND attempts = $2"
+_FINISH: Final = (
+    "UPDATE provider_jobs SET status = $3, lease_until = NULL, last_error = $4::jsonb, updated_at = now() "
+    f"WHERE {_FENCE} RETURNING id"
+)
+_RESCHEDULE: Final = (
+    "UPDATE provider_jobs SET status = 'pending', lease_until = NULL, "
+    "next_attempt_at = now() + make_interval(secs => $3), last_error = $4::jsonb, updated_at = now() "
+    f"WHERE {_FENCE} RETURNING id"
+)
+_RELEASE: Final = (
+    "UPDATE provider_jobs AS j SET status = 'pending', lease_until = NULL, next_attempt_at = now(), "
+    "updated_at = now() FROM unnest($1::bigint[], $2::int4[]) AS r(id, attempts) "
+    "WHERE j.id = r.id AND j.status = 'running' AND j.attempts = r.attempts"
+)
+_CUSTOMER: Final = f"SELECT {', '.join(COLUMNS)} FROM customers WHERE id = $1"
+_CUSTOMER_FOR_UPDATE: Final = _CUSTOMER + " FOR UPDATE"
+_SET_PROVIDER_CUSTOMER_ID: Final = "UPDATE customers SET provider_customer_id = $2, updated_at = $3 WHERE id = $1"
+_INSERT_JOB: Final = (
+    "INSERT INTO provider_jobs (organization_id, customer_id, message_id, kind, provider, connection_code, "
+    "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT provider_jobs_once DO NOTHING"
+)
+_OUTBOX: Final = (
+    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+)
+_PRUNE: Final = (
+    "DELETE FROM provider_jobs WHERE id = ANY(ARRAY(SELECT id FROM provider_jobs "
+    "WHERE status IN ('done', 'skipped', 'failed') AND updated_at < now() - $1::interval LIMIT $2))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    organization_id: str
+    customer_id: uuid.UUID
+    message_id: str
+    kind: str
+    provider: str
+    connection_code: str
+    traceparent: str | None
+    attempts: int
+    """Claims so far, this one included; also the fencing token of this claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What a successful job brings back: the provider customer id it created or used, and a checkout URL."""
+
+    provider_customer_id: str | None = None
+    checkout_url: str | None = None
+
+
+class LeaseLostError(Exception):
+    """Another runner re-claimed the job (this one's lease ran out): nothing was written."""
+
+
+# ------------------------------------------------------------------------------------------------- pure rules
+
+
+def key_for(job: ClaimedJob) -> str:
+    """The job's idempotency key. An Adyen `checkout` job reuses the create's key: Adyen replays the payment link the
+    create made, which is the customer's checkout link, instead of making a second one."""
+    kind = "create" if job.provider == "adyen" and job.kind == "checkout" else job.kind
+    return idempotency_key(job.organization_id, job.message_id, kind)
+
+
+def linked_to(job: ClaimedJob, state: CustomerState) -> bool:
+    return state.payment_provider == job.provider and state.payment_provider_code == job.connection_code
+
+
+def needs_checkout_after_create(provider: str, state: CustomerState) -> bool:
+    """SPEC §9/§11: Stripe when a payment method needs setup; GoCardless always (a billing request flow); Adyen
+    always, its link coming with the create itself."""
+    if provider == "stripe":
+        return bool(setup_payment_methods(state))
+    return provider in ("gocardless", "adyen")
+
+
+def skip_reason(job: ClaimedJob, state: CustomerState | None) -> str | None:
+    """Why the job has nothing left to do now, or None. Checked before the provider call, and again (for the write)
+    under the customer's row lock."""
+    if state is None:
+        return "customer_missing"
+    if not linked_to(job, state):
+        return "connection_unlinked"  # a later command unlinked the customer or moved it to another connection
+    if job.kind == "create":
+        return "already_linked" if state.provider_customer_id else None
+    if not state.provider_customer_id:
+        return "no_provider_customer"
+    if job.kind == "update" and job.provider == "adyen":
+        return "nothing_to_push"
+    if job.kind == "checkout" and job.provider == "stripe" and not setup_payment_methods(state):
+        return "no_setup_needed"
+    return None
+
+
+def provider_event(
+    job: ClaimedJob, state: CustomerState, event_type: str, now: datetime, extra: dict[str, Any] | None = None
+) -> OutboxEvent:
+    return build_event(
+        event_id=uuid.uuid4(),
+        event_type=event_type,
+        organization_id=job.organization_id,
+        message_id=job.message_id,
+        external_id=state.external_id,
+        occurred_at=now,
+        traceparent=job.traceparent,
+        customer=state,
+        extra=extra,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- statements
+
+
+def _job(row: asyncpg.Record) -> ClaimedJob:
+    return ClaimedJob(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        customer_id=uuid.UUID(bytes=row["customer_id"].bytes),
+        message_id=row["message_id"],
+        kind=row["kind"],
+        provider=row["provider"],
+        connection_code=row["connection_code"],
+        traceparent=row["traceparent"],
+        attempts=row["attempts"],
+    )
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def claim_due(pool: Pool, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    rows = await pool.fetch(_CLAIM_DUE, limit, lease_seconds)
+    return sorted(map(_job, rows), key=lambda job: job.id)
+
+
+async def claim_expired(pool: Pool, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    rows = await pool.fetch(_CLAIM_EXPIRED, limit, lease_seconds)
+    return sorted(map(_job, rows), key=lambda job: job.id)
+
+
+async def load_customer(pool: Pool, customer_id: uuid.UUID) -> CustomerState | None:
+    row = await pool.fetchrow(_CUSTOMER, customer_id)
+    return None if row is None else state_from_row(row)
+
+
+async def _fenced(conn: Conn, job: ClaimedJob, status: str, note: dict[str, Any] | None) -> None:
+    if await conn.fetchval(_FINISH, job.id, job.attempts, status, _json(note)) is None:
+        raise LeaseLostError
+
+
+async def _write_events(conn: Conn, events: Sequence[OutboxEvent]) -> None:
+    if events:
+        await conn.execute(
+            _OUTBOX,
+            [event.event_id for event in events],
+            [event.key for event in events],
+            [event.event_type for event in events],
+            [event.traceparent for event in events],
+            [event.payload for event in events],
+        )
+
+
+async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: datetime) -> list[OutboxEvent]:
+    """One transaction: lock the customer, finish the job (fenced), link the provider customer (create), write the
+    events and, after a create that needs one, the follow-up `checkout` job. Returns the events written."""
+    events: list[OutboxEvent] = []
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_CUSTOMER_FOR_UPDATE, job.customer_id)
+        state = None if row is None else state_from_row(row)
+        # Re-checked under the lock: a command may have unlinked or relinked the customer during the call.
+        reason = skip_reason(job, state) if job.kind != "create" else _create_superseded(job, state, result)
+        if reason is None:
+            await _fenced(conn, job, "done", None)
+        else:
+            await _fenced(conn, job, "skipped", {"skipped": reason})
+        if reason is not None or state is None:
+            if reason not in (None, "already_linked_same"):
+                log.info("provider_result_superseded", job_id=job.id, kind=job.kind, reason=reason)
+            return events
+        if job.kind == "create" and result.provider_customer_id is not None:
+            state = dataclasses.replace(state, provider_customer_id=result.provider_customer_id, updated_at=now)
+            await conn.execute(_SET_PROVIDER_CUSTOMER_ID, state.id, result.provider_customer_id, now)
+            events.append(provider_event(job, state, "customer.payment_provider_created", now))
+            if result.checkout_url is not None:
+                events.append(_checkout_event(job, state, result.checkout_url, now))
+            elif needs_checkout_after_create(job.provider, state):
+                await conn.execute(
+                    _INSERT_JOB,
+                    job.organization_id,
+                    job.customer_id,
+                    job.message_id,
+                    "checkout",
+                    job.provider,
+                    job.connection_code,
+                    job.traceparent,
+                )
+        elif (
+            job.kind == "checkout"
+            and result.checkout_url is not None
+            and state.provider_customer_id == result.provider_customer_id
+        ):
+            events.append(_checkout_event(job, state, result.checkout_url, now))
+        await _write_events(conn, events)
+    return events
+
+
+def _checkout_event(job: ClaimedJob, state: CustomerState, url: str, now: datetime) -> OutboxEvent:
+    return provider_event(job, state, "customer.checkout_url_generated", now, {"checkout_url": url})
+
+
+def _create_superseded(job: ClaimedJob, state: CustomerState | None, result: JobResult) -> str | None:
+    """A create's result is linked unless the customer moved on during the call."""
+    if state is None:
+        return "customer_missing"
+    if not linked_to(job, state):
+        return "connection_unlinked"
+    if state.provider_customer_id is None:
+        return None
+    if state.provider_customer_id == result.provider_customer_id:
+        return "already_linked_same"  # e.g. the inline path of `sync: true` linked it and answered already
+    return "already_linked"
+
+
+async def record_failure(pool: Pool, job: ClaimedJob, error: ProviderError, now: datetime) -> list[OutboxEvent]:
+    """Final failure: the job fails (fenced) and `customer.payment_provider_error` is written, in one transaction."""
+    events: list[OutboxEvent] = []
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_CUSTOMER_FOR_UPDATE, job.customer_id)
+        await _fenced(conn, job, "failed", error.as_record())
+        if row is not None:
+            state = state_from_row(row)
+            extra = {"provider_error": error.as_event()}
+            events.append(provider_event(job, state, "customer.payment_provider_error", now, extra))
+            await _write_events(conn, events)
+    return events
+
+
+async def record_retry(pool: Pool, job: ClaimedJob, error: ProviderError, delay: float) -> None:
+    if await pool.fetchval(_RESCHEDULE, job.id, job.attempts, delay, _json(error.as_record())) is None:
+        raise LeaseLostError
+
+
+async def record_skip(pool: Pool, job: ClaimedJob, reason: str) -> None:
+    async with pool.acquire() as conn:
+        await _fenced(conn, job, "skipped", {"skipped": reason})
+
+
+async def release(pool: Pool, jobs: Sequence[ClaimedJob]) -> None:
+    """Give claimed jobs back (graceful stop): due now, attempts kept (a call may have gone out)."""
+    if jobs:
+        await pool.execute(_RELEASE, [job.id for job in jobs], [job.attempts for job in jobs])
+
+
+async def prune_finished(pool: Pool, older_than: timedelta, *, chunk: int = 10_000) -> int:
+    """Delete finished jobs (`done`, `skipped`, `failed`) last changed before `older_than`; returns how many."""
+    total = 0
+    while True:
+        deleted = int((await pool.execute(_PRUNE, older_than, chunk)).split()[-1])
+        total += deleted
+        if deleted < chunk:
+            return total

@@ -1,0 +1,531 @@
+"""Provider calls: the background job runner, and the inline entry point of `sync: true` (SPEC §9, §11).
+
+`ProviderCaller` is what every provider call goes through, in the background or inline: the per-connection rate
+limit, the broken-connection gate (below), the adapter and the call metrics. `ProviderJobRunner` claims due jobs
+(`worker.providers.jobs`), runs them with bounded concurrency, retries retryable failures with exponential backoff
+and jitter (honouring `Retry-After`), and records each outcome with its events in one transaction.
+
+Broken connections: after a 401 a connection is marked broken, in the memory of this process (each replica learns
+it from its own first 401; a restart forgets it). While broken, its jobs fail at once with `http_status: 401`
+without a call, except one call per `probe_interval` (60 s) that tests the credentials; the first success clears
+the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal, TypeVar, get_args
+
+import structlog
+from aiolimiter import AsyncLimiter
+
+from worker.domain.customer import CustomerState
+from worker.observability import Metrics
+from worker.providers.base import (
+    CONFIGURATION_ERROR,
+    TIMEOUT,
+    UNAUTHORIZED,
+    ProviderAdapter,
+    ProviderError,
+    compose_message,
+    utc_now,
+)
+from worker.providers.factory import AdapterFactory
+from worker.providers.ids import idempotency_key
+from worker.providers.jobs import (
+    DATABASE_OUTAGES,
+    ClaimedJob,
+    JobResult,
+    LeaseLostError,
+    Pool,
+    claim_due,
+    claim_expired,
+    key_for,
+    load_customer,
+    record_failure,
+    record_retry,
+    record_skip,
+    record_success,
+    release,
+    skip_reason,
+)
+from worker.providers.registry import Connection, ProviderName, ProviderRegistry
+
+log = structlog.get_logger("worker.providers")
+
+T = TypeVar("T")
+Admission = Literal["call", "probe", "refuse"]
+
+DEFAULT_INLINE_BUDGET: Final = 5.0
+DEFAULT_PROBE_INTERVAL: Final = 60.0
+ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
+INTERNAL_ERROR: Final = "internal_error"
+_PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds before retry number `attempt` (1 = the first retry): exponential, capped, with "equal jitter" (half
+    fixed, half random, so replicas that failed together do not retry together), and never before `Retry-After`."""
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    delay = rng(ceiling / 2, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+def _provider(name: str) -> ProviderName:
+    for provider in _PROVIDERS:
+        if provider == name:
+            return provider
+    raise ValueError("unknown provider in provider_jobs")
+
+
+class ConnectionGate:
+    """Which connections answered 401 lately (this process only), and when the next test call may go out."""
+
+    def __init__(self, probe_interval: float = DEFAULT_PROBE_INTERVAL, clock: Callable[[], float] = time.monotonic):
+        self._interval = probe_interval
+        self._clock = clock
+        self._next_probe: dict[tuple[str, str], float] = {}
+        self._probing: set[tuple[str, str]] = set()
+
+    def is_broken(self, key: tuple[str, str]) -> bool:
+        return key in self._next_probe
+
+    def admit(self, key: tuple[str, str]) -> Admission:
+        next_probe = self._next_probe.get(key)
+        if next_probe is None:
+            return "call"
+        now = self._clock()
+        if key in self._probing or now < next_probe:
+            return "refuse"
+        self._probing.add(key)
+        self._next_probe[key] = now + self._interval
+        return "probe"
+
+    def unauthorized(self, key: tuple[str, str]) -> None:
+        self._next_probe[key] = self._clock() + self._interval
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._next_probe.pop(key, None)
+
+    def probe_over(self, key: tuple[str, str]) -> None:
+        self._probing.discard(key)
+
+
+class ProviderCaller:
+    """Every provider call, background or inline: rate limit per connection, broken-connection gate, metrics."""
+
+    def __init__(
+        self,
+        factory: AdapterFactory,
+        metrics: Metrics,
+        *,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+    ) -> None:
+        self._factory = factory
+        self._metrics = metrics
+        self.gate = ConnectionGate(probe_interval)
+        self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+
+    def limiter(self, connection: Connection) -> AsyncLimiter:
+        """`rate_limit_per_second` calls a second with a burst of as many; a rate below 1/s is one call every
+        1/rate seconds (the bucket holds at least one call)."""
+        key = (connection.organization_id, connection.code)
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            rate = connection.config.rate_limit_per_second
+            capacity = max(rate, 1.0)
+            limiter = AsyncLimiter(capacity, capacity / rate)
+            self._limiters[key] = limiter
+        return limiter
+
+    async def call(
+        self, connection: Connection, operation: Callable[[ProviderAdapter], Awaitable[T]], *, cost: int = 1
+    ) -> T:
+        """Run `operation` on the connection's adapter once, after its rate limiter lets `cost` requests through.
+        Raises ProviderError (refused without a call when the connection is broken)."""
+        key = (connection.organization_id, connection.code)
+        provider = connection.provider
+        admission = self.gate.admit(key)
+        try:
+            if admission == "refuse":
+                raise _refused(provider)
+            limiter = self.limiter(connection)
+            await limiter.acquire(min(float(cost), limiter.max_rate))
+            if admission == "call" and self.gate.is_broken(key):
+                raise _refused(provider)  # a 401 arrived while this call waited for the rate limiter
+            adapter = self._factory.adapter_for(connection)
+            started = time.perf_counter()
+            try:
+                result = await operation(adapter)
+            except ProviderError as error:
+                outcome: Literal["retryable_error", "permanent_error"] = (
+                    "retryable_error" if error.retryable else "permanent_error"
+                )
+                self._metrics.provider_call(provider, outcome, time.perf_counter() - started)
+                if error.http_status == 401:
+                    self.gate.unauthorized(key)
+                    log.warning("provider_connection_unauthorized", provider=provider, connection=connection.code)
+                raise
+            self._metrics.provider_call(provider, "success", time.perf_counter() - started)
+            if self.gate.is_broken(key):
+                log.info("provider_connection_recovered", provider=provider, connection=connection.code)
+            self.gate.succeeded(key)
+            return result
+        finally:
+            if admission == "probe":
+                self.gate.probe_over(key)
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        return backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, retry_after=retry_after)
+
+    async def create_inline(
+        self,
+        connection: Connection,
+        customer: CustomerState,
+        message_id: str,
+        budget_seconds: float = DEFAULT_INLINE_BUDGET,
+    ) -> str | None:
+        """The create call of `sync: true`, retried within `budget_seconds`; the provider customer id, or None when
+        the budget ran out or the call failed (the background job then does the work: same idempotency key, so no
+        second provider customer, and it reports the outcome). Never raises ProviderError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_seconds
+        key = idempotency_key(customer.organization_id, message_id, "create")
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await self.call(connection, lambda adapter: adapter.create_customer(customer, key))
+            except TimeoutError:
+                self._metrics.provider_call(connection.provider, "timeout", time.perf_counter() - started)
+                log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
+                return None
+            except ProviderError as error:
+                if not error.retryable:
+                    log.info("provider_inline_failed", provider=connection.provider, error_code=error.error_code)
+                    return None
+                delay = self.backoff(attempt, error.retry_after)
+                if loop.time() + delay >= deadline:
+                    self._metrics.provider_call(connection.provider, "timeout", 0.0)
+                    log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
+                    return None
+                await asyncio.sleep(delay)
+
+
+def _refused(provider: ProviderName) -> ProviderError:
+    return ProviderError(
+        provider,
+        UNAUTHORIZED,
+        "not called: the connection's credentials were refused (HTTP 401) within the last minute",
+        http_status=401,
+    )
+
+
+async def create_inline(
+    connection: Connection,
+    customer: CustomerState,
+    message_id: str,
+    budget_seconds: float = DEFAULT_INLINE_BUDGET,
+    *,
+    caller: ProviderCaller,
+) -> str | None:
+    """See `ProviderCaller.create_inline`; pass the runner's caller (`runner.caller`) so inline calls share its rate
+    limits and broken-connection memory."""
+    return await caller.create_inline(connection, customer, message_id, budget_seconds)
+
+
+class _Skip:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+Outcome = JobResult | ProviderError | _Skip
+
+
+class ProviderJobRunner:
+    """Claims and runs provider jobs until `stop()`. Several runners (replicas) may share one database."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        registry: ProviderRegistry,
+        factory: AdapterFactory,
+        metrics: Metrics,
+        *,
+        concurrency: int = 8,
+        max_attempts: int = 6,
+        lease_seconds: float = 60.0,
+        poll_interval: float = 1.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        drain_timeout: float = 10.0,
+        on_events: Callable[[], None] | None = None,
+        caller: ProviderCaller | None = None,
+    ) -> None:
+        """`lease_seconds` must exceed one job's longest run (rate-limiter wait plus up to two SDK timeouts): a job
+        is abandoned (retried later) when 3/4 of it has passed, so its lease never runs out while it is in hand.
+        `on_events` is called after outbox rows were committed (give it the relay's `notify`)."""
+        if concurrency < 1 or max_attempts < 1 or lease_seconds <= 0:
+            raise ValueError("concurrency, max_attempts and lease_seconds must be positive")
+        self._pool = pool
+        self._registry = registry
+        self.caller = caller or ProviderCaller(
+            factory, metrics, probe_interval=probe_interval, backoff_base=backoff_base, backoff_max=backoff_max
+        )
+        self._concurrency = concurrency
+        self._max_attempts = max_attempts
+        self._lease = lease_seconds
+        self._work_budget = lease_seconds * 0.75
+        self._poll = poll_interval
+        self._drain_timeout = drain_timeout
+        self._sweep_interval = min(max(lease_seconds / 2, 0.5), 15.0)
+        self._on_events = on_events
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._next_due: float | None = None
+        self._running: dict[asyncio.Task[None], ClaimedJob] = {}
+
+    # ------------------------------------------------------------------------------------------------ control
+
+    def notify(self) -> None:
+        """Jobs were committed in this process: look now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; `run()` then waits up to `drain_timeout` for jobs in hand, gives the rest back, returns."""
+        self._stopping = True
+        self._wake.set()
+
+    async def create_inline(
+        self,
+        connection: Connection,
+        customer: CustomerState,
+        message_id: str,
+        budget_seconds: float = DEFAULT_INLINE_BUDGET,
+    ) -> str | None:
+        return await self.caller.create_inline(connection, customer, message_id, budget_seconds)
+
+    async def run(self) -> None:
+        """Until `stop()`. Cancelling the task instead abandons the jobs in hand like a crash would: their leases
+        run out and another runner retries them."""
+        self._stopping = False
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
+        outage_delay = 0.0
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                free = self._concurrency - len(self._running)
+                claimed: list[ClaimedJob] = []
+                if free > 0:
+                    try:
+                        claimed = await claim_due(self._pool, free, self._lease)
+                        if len(claimed) < free and loop.time() >= next_sweep:
+                            claimed += await claim_expired(self._pool, free - len(claimed), self._lease)
+                            next_sweep = loop.time() + self._sweep_interval
+                        outage_delay = 0.0
+                    except DATABASE_OUTAGES as exc:
+                        outage_delay = min(max(outage_delay * 2, 0.1), 5.0)
+                        log.warning("provider_jobs_claim_failed", error_type=type(exc).__name__, retry_in=outage_delay)
+                        await self._sleep(outage_delay)
+                        continue
+                for job in claimed:
+                    task = asyncio.create_task(self._execute(job), name=f"provider-job-{job.id}")
+                    self._running[task] = job
+                    task.add_done_callback(self._done)
+                if claimed and len(claimed) == free:
+                    continue  # every free slot got a job: more may be due, look again when one frees up
+                await self._idle(loop)
+            await self._drain()
+        except asyncio.CancelledError:
+            tasks = list(self._running)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._wake.set()
+
+    async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for a wake-up (a job finished, `notify`, `stop`), a retry falling due, or the poll interval."""
+        timeout = self._poll
+        if self._next_due is not None:
+            until_due = self._next_due - loop.time()
+            if until_due <= 0:
+                self._next_due = None
+            timeout = max(min(timeout, until_due), 0.0)
+        if len(self._running) >= self._concurrency:
+            timeout = self._poll  # nothing can be claimed before a slot frees, which wakes us anyway
+        await self._sleep(timeout)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _drain(self) -> None:
+        tasks = list(self._running)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+        if not pending:
+            return
+        abandoned = [self._running[task] for task in pending if task in self._running]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await release(self._pool, abandoned)
+        except DATABASE_OUTAGES as exc:
+            log.warning("provider_jobs_release_failed", error_type=type(exc).__name__, jobs=len(abandoned))
+
+    # ------------------------------------------------------------------------------------------------ one job
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        bound = structlog.contextvars.bound_contextvars(
+            job_id=job.id, organization_id=job.organization_id, message_id=job.message_id
+        )
+        with bound:
+            try:
+                outcome = await self._attempt(job)
+            except DATABASE_OUTAGES as exc:
+                # The customer could not be read: no call was made. The lease runs out and the job is claimed again.
+                log.warning("provider_job_deferred", error_type=type(exc).__name__)
+                return
+            except Exception as exc:  # a bug in one job must not stop the others
+                log.error("provider_job_crashed", error_type=type(exc).__name__, exc_info=True)
+                outcome = ProviderError(
+                    _provider(job.provider) if job.provider in _PROVIDERS else "stripe",
+                    INTERNAL_ERROR,
+                    "the worker failed while running the job",
+                    retryable=True,
+                )
+            await self._record(job, outcome)
+
+    async def _attempt(self, job: ClaimedJob) -> Outcome:
+        if job.provider not in _PROVIDERS:
+            return _Skip("unknown_provider")
+        provider = _provider(job.provider)
+        connection = self._registry.get(job.organization_id, job.connection_code)
+        if connection is None or connection.provider != provider:
+            return ProviderError(
+                provider, CONFIGURATION_ERROR, "the job's connection is not in PROVIDERS_FILE (any more)"
+            )
+        if job.attempts > self._max_attempts:
+            # Claimed more often than allowed without an outcome recorded: the runner died during each attempt.
+            return ProviderError(provider, ATTEMPTS_EXHAUSTED, f"no outcome after {self._max_attempts} attempts")
+        state = await load_customer(self._pool, job.customer_id)
+        reason = skip_reason(job, state)
+        if reason is not None or state is None:
+            return _Skip(reason or "customer_missing")
+        key = key_for(job)
+        try:
+            async with asyncio.timeout(self._work_budget):
+                return await self._call(connection, job, state, key)
+        except ProviderError as error:
+            return error
+        except TimeoutError:
+            return ProviderError(provider, TIMEOUT, compose_message(TIMEOUT, None), retryable=True)
+
+    async def _call(self, connection: Connection, job: ClaimedJob, state: CustomerState, key: str) -> JobResult:
+        pid = state.provider_customer_id
+        if job.kind == "create":
+
+            async def create(adapter: ProviderAdapter) -> JobResult:
+                created = await adapter.create_customer(state, key)
+                # Adyen: the create made the link; this returns it from the adapter, without a second call.
+                url = await adapter.checkout_url(state, created, key) if adapter.checkout_with_create else None
+                return JobResult(created, url)
+
+            return await self.caller.call(connection, create)
+        assert pid is not None  # skip_reason holds the other kinds back without a provider customer
+        if job.kind == "update":
+
+            async def update(adapter: ProviderAdapter) -> JobResult:
+                await adapter.update_customer(state, pid, key)
+                return JobResult(pid)
+
+            return await self.caller.call(connection, update)
+        if job.kind == "checkout":
+
+            async def checkout(adapter: ProviderAdapter) -> JobResult:
+                return JobResult(pid, await adapter.checkout_url(state, pid, key))
+
+            # GoCardless needs two requests (billing request, then its flow): both count against the rate.
+            cost = 2 if connection.provider == "gocardless" else 1
+            return await self.caller.call(connection, checkout, cost=cost)
+        raise ProviderError(connection.provider, CONFIGURATION_ERROR, "unknown job kind")
+
+    async def _record(self, job: ClaimedJob, outcome: Outcome) -> None:
+        """Write the outcome; PostgreSQL outages are retried while the lease lasts (after that, another runner
+        repeats the job under the same idempotency key)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease * 0.2
+        delay = 0.1
+        while True:
+            try:
+                await self._write(job, outcome)
+                return
+            except LeaseLostError:
+                log.warning("provider_job_lease_lost", kind=job.kind, attempts=job.attempts)
+                return
+            except DATABASE_OUTAGES as exc:
+                if loop.time() + delay > deadline:
+                    log.warning("provider_job_result_unsaved", error_type=type(exc).__name__)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _write(self, job: ClaimedJob, outcome: Outcome) -> None:
+        fields = {"kind": job.kind, "provider": job.provider, "attempts": job.attempts}
+        if isinstance(outcome, _Skip):
+            await record_skip(self._pool, job, outcome.reason)
+            log.info("provider_job_skipped", reason=outcome.reason, **fields)
+            return
+        if isinstance(outcome, JobResult):
+            events = await record_success(self._pool, job, outcome, utc_now())
+            log.info("provider_job_done", events=len(events), **fields)
+            if events and self._on_events is not None:
+                self._on_events()
+            if job.kind == "create":
+                self.notify()  # a follow-up checkout job may have been written
+            return
+        error = outcome
+        if error.retryable and job.attempts < self._max_attempts:
+            delay = self.caller.backoff(job.attempts, error.retry_after)
+            await record_retry(self._pool, job, error, delay)
+            due = asyncio.get_running_loop().time() + delay
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
+            log.info(
+                "provider_job_retry",
+                error_code=error.error_code,
+                http_status=error.http_status,
+                retry_in=round(delay, 3),
+                **fields,
+            )
+            return
+        events = await record_failure(self._pool, job, error, utc_now())
+        log.warning("provider_job_failed", error_code=error.error_code, http_status=error.http_status, **fields)
+        if events and self._on_events is not None:
+            self._on_events()
