@@ -22,7 +22,7 @@ from worker.domain.events import OutboxEvent, build_event
 from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
 from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
-from worker.store.rows import SELECT_FOR_UPDATE, column_arrays, state_from_row, upsert_sql
+from worker.store.rows import SELECT_FOR_UPDATE, rows_json, state_from_row, upsert_sql
 
 Answer = Command | Rejection
 
@@ -176,7 +176,7 @@ async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEve
         if isinstance(outcome, Applied):
             final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
     if final:
-        await conn.execute(_UPSERT, *column_arrays(list(final.values())))
+        await conn.execute(_UPSERT, rows_json(list(final.values())))
     if events:
         await conn.execute(
             _OUTBOX,

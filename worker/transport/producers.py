@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from worker.contract.decode import DeadLetter
 from worker.service import RawRecord
 from worker.settings import KafkaSettings
 from worker.transport.options import producer_options
 
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 DLQ_HEADERS = frozenset(
     {"dlq-reason", "dlq-error", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset", "dlq-failed-at"}
 )
@@ -25,6 +27,7 @@ class KafkaProducer:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
         if self._producer is not None:
