@@ -45,16 +45,35 @@ class KafkaProducer:
             producer, self._producer = self._producer, None
             await producer.stop()
 
-    async def send_all(
-        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
-    ) -> None:
-        """Send (key, value, headers) in order and return when the broker acknowledged every one of them."""
+    async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
+        """Send (key, value, headers) in order and return when the broker acknowledged every one of them.
+
+        Messages are partitioned as every Kafka client does (murmur2 of the key) and appended to record batches per
+        partition: far less work per message than one `send` each, and the order within a partition is kept."""
         if self._producer is None:
             await self.start()
-        assert self._producer is not None
-        pending = [
-            await self._producer.send(topic, value=value, key=key, headers=headers) for key, value, headers in messages
-        ]
+        producer = self._producer
+        assert producer is not None
+        partitions = sorted(await producer.partitions_for(topic))
+        by_partition: dict[int, list[Message]] = {}
+        for message in messages:
+            by_partition.setdefault(self._partitioner(message[0], partitions, partitions), []).append(message)
+        pending = []
+        for partition, batch_messages in by_partition.items():
+            batch = producer.create_batch()
+            for key, value, headers in batch_messages:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is not None:
+                    continue
+                if batch.record_count():
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    # Larger than a batch (a too_large record on its way to the DLQ): the regular path sizes one.
+                    pending.append(
+                        await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
+                    )
+            if batch.record_count():
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
 
 
