@@ -245,7 +245,7 @@ FULL_STATE: Final = CustomerState(
     provider_payment_methods=("card", "link"),
     shipping_city="Lyon",
     tax_codes=("vat_20",),
-    metadata=(MetadataEntry("segment", "enterprise", True),),
+    metadata=(MetadataEntry(key="segment", value="enterprise", display_in_invoice=True),),
 )
 EMPTY_STATE: Final = CustomerState(
     id=UUID("8d3c6a1e-52a0-4f7e-9a57-0d9f3c1e2a11"),

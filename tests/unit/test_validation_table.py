@@ -598,7 +598,12 @@ PATCH_CASES = [
     pytest.param(body(metadata=[]), {"metadata": ()}, id="metadata-empty-clears"),
     pytest.param(
         body(metadata=[item("a", "1"), item("b", "2", display_in_invoice=True)]),
-        {"metadata": (MetadataEntry("a", "1", False), MetadataEntry("b", "2", True))},
+        {
+            "metadata": (
+                MetadataEntry(key="a", value="1", display_in_invoice=False),
+                MetadataEntry(key="b", value="2", display_in_invoice=True),
+            )
+        },
         id="metadata-display-default-false",
     ),
     pytest.param(body(shipping_address={}), {}, id="shipping-empty-keeps"),
@@ -664,7 +669,10 @@ def test_unknown_fields_are_ignored_and_counted() -> None:
     assert patch_of(command.customer) == {
         "shipping_city": "Lyon",
         "invoice_grace_period": 3,
-        "metadata": (MetadataEntry("a", "enterprise", False), MetadataEntry("b", "enterprise", False)),
+        "metadata": (
+            MetadataEntry(key="a", value="enterprise", display_in_invoice=False),
+            MetadataEntry(key="b", value="enterprise", display_in_invoice=False),
+        ),
     }
 
 
@@ -708,7 +716,7 @@ NUL_CASES = [
     pytest.param(
         body(metadata=[item("se\x00gment", "ent\x00erprise")]),
         "metadata",
-        (MetadataEntry("segment", "enterprise", False),),
+        (MetadataEntry(key="segment", value="enterprise", display_in_invoice=False),),
         id="metadata-key-and-value",
     ),
     pytest.param(shipping(city="Ly\x00on"), "shipping_city", "Lyon", id="shipping-city"),

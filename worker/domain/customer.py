@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 from uuid import UUID
 
 from worker.contract.customer import CustomerInput
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataEntry:
+class MetadataEntry(TypedDict):
+    """One metadata item as stored and as shown in events (a plain dict: no conversion on either side)."""
+
     key: str
     value: str
     display_in_invoice: bool
@@ -121,7 +122,7 @@ def patch_of(body: CustomerInput) -> dict[str, Any]:
         patch["tax_codes"] = tuple(dict.fromkeys(body["tax_codes"] or ()))  # duplicates collapse (SPEC §3)
     if "metadata" in body:
         patch["metadata"] = tuple(
-            MetadataEntry(item["key"] or "", item["value"] or "", bool(item.get("display_in_invoice")))
+            MetadataEntry(key=item["key"], value=item["value"], display_in_invoice=bool(item.get("display_in_invoice")))
             for item in body["metadata"] or ()
         )
     if "shipping_address" in body:

@@ -81,10 +81,7 @@ def lago_customer(state: CustomerState) -> dict[str, Any]:
             "state": state.shipping_state,
             "country": state.shipping_country,
         },
-        "metadata": [
-            {"key": item.key, "value": item.value, "display_in_invoice": item.display_in_invoice}
-            for item in state.metadata
-        ],
+        "metadata": state.metadata,
         "tax_codes": list(state.tax_codes),
         "created_at": state.created_at,
         "updated_at": state.updated_at,

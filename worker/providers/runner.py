@@ -62,6 +62,8 @@ Admission = Literal["call", "probe", "refuse"]
 
 DEFAULT_INLINE_BUDGET: Final = 5.0
 DEFAULT_PROBE_INTERVAL: Final = 60.0
+LATENCY_ALLOWANCE: Final = 0.1
+"""Seconds of calls kept out of the rate limiter's burst (at least one call): slack for uneven network latency."""
 ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
 INTERNAL_ERROR: Final = "internal_error"
 _PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
@@ -142,14 +144,15 @@ class ProviderCaller:
         self.backoff_max = backoff_max
 
     def limiter(self, connection: Connection) -> AsyncLimiter:
-        """`rate_limit_per_second` calls a second with a burst of as many; a rate below 1/s is one call every
-        1/rate seconds (the bucket holds at least one call)."""
+        """`rate_limit_per_second` calls a second, sustained. The burst is the rate less a latency allowance: the
+        provider counts arrivals, we count departures, and the first calls of a burst arrive late (new connections)
+        while later ones catch up; with a burst of exactly the rate, they would land in an empty bucket (429)."""
         key = (connection.organization_id, connection.code)
         limiter = self._limiters.get(key)
         if limiter is None:
             rate = connection.config.rate_limit_per_second
-            capacity = max(rate, 1.0)
-            limiter = AsyncLimiter(capacity, capacity / rate)
+            burst = max(1.0, rate - max(1.0, rate * LATENCY_ALLOWANCE))
+            limiter = AsyncLimiter(burst, burst / rate)
             self._limiters[key] = limiter
         return limiter
 

@@ -9,7 +9,7 @@ from typing import Final
 import asyncpg
 import orjson
 
-from worker.domain.customer import COLUMNS, CustomerState, MetadataEntry, columns_of
+from worker.domain.customer import COLUMNS, CustomerState
 
 _JSON_COLUMNS: Final = frozenset({"provider_payment_methods", "tax_codes", "metadata"})
 _SQL_TYPES: Final = {
@@ -40,8 +40,8 @@ def upsert_sql() -> str:
 
 
 def rows_json(states: Sequence[CustomerState]) -> str:
-    # orjson writes UUIDs, RFC 3339 datetimes, tuples and the MetadataEntry dataclass natively.
-    return orjson.dumps([columns_of(state) for state in states]).decode()
+    # orjson writes the dataclasses themselves (UUIDs, RFC 3339 datetimes, tuples as arrays) in C.
+    return orjson.dumps(states).decode()
 
 
 SELECT_FOR_UPDATE: Final = (
@@ -66,8 +66,5 @@ def state_from_row(row: asyncpg.Record) -> CustomerState:
     methods = values[_METHODS]
     values[_METHODS] = tuple(orjson.loads(methods)) if methods is not None else None
     values[_TAX_CODES] = tuple(orjson.loads(values[_TAX_CODES]))
-    values[_METADATA] = tuple(
-        MetadataEntry(item["key"], item["value"], item["display_in_invoice"])
-        for item in orjson.loads(values[_METADATA])
-    )
+    values[_METADATA] = tuple(orjson.loads(values[_METADATA]))
     return CustomerState(*values)
