@@ -24,7 +24,7 @@ from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
-from worker.transport.consumer import CommandConsumer
+from worker.transport.consumer import CommandConsumer, start_broker
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 log = structlog.get_logger("worker.app")
@@ -112,6 +112,7 @@ class Worker:
             registry=self._config.registry,
             dead_letters=DeadLetterProducer(producer, settings.dlq_topic),
             poison_max_attempts=settings.poison_max_attempts,
+            on_outage=self._on_outage,
         )
 
         async def on_batch(records: Sequence[RawRecord]) -> None:
@@ -121,7 +122,7 @@ class Worker:
             self._record(report, time.perf_counter() - started)
 
         consumer = CommandConsumer(settings, on_batch, self._on_assignment)
-        if not await self._until_or_stopped(lambda: _start_broker(consumer), "kafka"):
+        if not await self._until_or_stopped(lambda: start_broker(consumer), "kafka"):
             return EXIT_OK
         self.health.broker_ok = True
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
@@ -133,7 +134,7 @@ class Worker:
         log.info("worker_stopping")
         maintenance.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(consumer.broker.stop(), timeout=settings.shutdown_timeout * 0.6)
+            await asyncio.wait_for(consumer.broker.stop(), timeout=settings.shutdown_timeout * 0.7)
         relay.stop()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(relay_task, timeout=max(deadline - asyncio.get_running_loop().time(), 0.1))
@@ -143,7 +144,7 @@ class Worker:
 
     async def _until_or_stopped(self, operation: Callable[[], Awaitable[None]], dependency: str) -> bool:
         """Wait for a dependency through outages (not ready meanwhile); False when a stop came first."""
-        task = asyncio.ensure_future(until_done(operation, dependency))
+        task = asyncio.ensure_future(until_done(operation, dependency, self._on_outage))
         stop = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
@@ -158,6 +159,14 @@ class Worker:
     async def _check_database(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         await pool.fetchval("SELECT 1")
         self.health.database_ok = True
+
+    def _on_outage(self, dependency: str, available: bool) -> None:
+        if dependency == "postgres":
+            self.health.database_ok = available
+        else:
+            self.health.broker_ok = available
+        if not available:
+            self.metrics.dependency_retry(dependency)  # type: ignore[arg-type]
 
     def _published(self, count: int) -> None:
         self.metrics.events_published_total.inc(count)
@@ -231,13 +240,3 @@ class Worker:
                 self.metrics.set_consumer_lag(partition.partition, max(ends[partition] - (committed or 0), 0))
         except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
             log.debug("lag_unavailable", error_type=type(exc).__name__)
-
-
-async def _start_broker(consumer: CommandConsumer) -> None:
-    try:
-        await consumer.broker.start()
-    except BaseException:
-        # A half-started broker would keep its consumer: stop it so the next attempt starts clean.
-        with contextlib.suppress(Exception):
-            await consumer.broker.stop()
-        raise

@@ -52,7 +52,13 @@ class BatchReport:
     dead_letters: dict[str, int] = field(default_factory=dict)
 
 
+class DependencyUnavailableError(Exception):
+    """Raised by adapters for an outage of their dependency that has no OSError of its own (a retriable broker
+    error, say), so that this module need not know the client libraries' exception trees."""
+
+
 _OUTAGES = (
+    DependencyUnavailableError,
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -63,6 +69,8 @@ _OUTAGES = (
     asyncpg.CrashShutdownError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    # Raised when a connection that died mid-transaction is released to the pool.
+    asyncpg.InternalClientError,
 )
 
 
@@ -71,13 +79,25 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGES)
 
 
-async def until_done(operation: Callable[[], Awaitable[T]], dependency: str) -> T:
+OutageHook = Callable[[str, bool], None]
+"""Called with (dependency, available): False on each retry during an outage, True once the operation succeeded."""
+
+
+def _ignore(dependency: str, available: bool) -> None:
+    return None
+
+
+async def until_done(operation: Callable[[], Awaitable[T]], dependency: str, on_outage: OutageHook = _ignore) -> T:
     """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes."""
     async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
         with attempt:
             if attempt.num > 1:
                 log.warning("dependency_retry", dependency=dependency, attempt=attempt.num)
-            return await operation()
+                on_outage(dependency, False)
+            result = await operation()
+            if attempt.num > 1:
+                on_outage(dependency, True)
+            return result
     raise AssertionError("unreachable: retry_context without limits only ends by returning or raising")
 
 
@@ -95,7 +115,9 @@ class BatchService:
         dead_letters: DeadLetterSink,
         poison_max_attempts: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_outage: OutageHook = _ignore,
     ) -> None:
+        self._on_outage = on_outage
         self._pool = pool
         self._decode_context = decode_context
         self._registry = registry
@@ -121,7 +143,7 @@ class BatchService:
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
-            await until_done(lambda: self._dead_letters.send(letters), "kafka")
+            await until_done(lambda: self._dead_letters.send(letters), "kafka", self._on_outage)
             for record, letter in letters:
                 report.dead_letters[letter.reason.value] = report.dead_letters.get(letter.reason.value, 0) + 1
                 log.warning(
@@ -138,7 +160,7 @@ class BatchService:
         failures = 0
         while True:
             try:
-                return await until_done(lambda: self._apply_once(answers), "postgres")
+                return await until_done(lambda: self._apply_once(answers), "postgres", self._on_outage)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # anything but an outage counts towards the poison limit

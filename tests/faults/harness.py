@@ -37,13 +37,6 @@ RESULT_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated", "
 _WORKER_SETTINGS: Final = frozenset({name.upper() for name in Settings.model_fields} | {"CUSTOMER_WORKER_CRASH_AT"})
 _BASE_TIME: Final = datetime(2026, 1, 1, tzinfo=UTC)
 
-KNOWN_BUG_BROKER_DOWN_AT_START: Final = (
-    "BUG: worker/app.py Worker._serve waits for the broker with service.until_done, which retries only "
-    "service.is_outage (OSError, TimeoutError, asyncpg errors); aiokafka's KafkaConnectionError ('Unable to "
-    "bootstrap from ...') is a KafkaError, so producer.start() fails at once and `run` exits 1 "
-    "(uncaught_exception) instead of waiting, not ready (SPEC §5 Start-up)"
-)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Commands

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
-    KNOWN_BUG_BROKER_DOWN_AT_START,
     Launcher,
     WorkerProcess,
     check_commits_cover_only_applied,
@@ -215,7 +214,6 @@ async def test_sigterm_during_a_postgres_outage_exits_0_and_commits_nothing_past
     print(f"stopped in {elapsed:.2f} s during the outage; {outcome}")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUG_BROKER_DOWN_AT_START)
 @pytest.mark.timeout(60)
 async def test_start_with_the_broker_unreachable_runs_not_ready_until_sigterm(
     migrated_database: str, unique_topics: dict[str, str], launcher: Launcher
@@ -234,7 +232,6 @@ async def test_start_with_the_broker_unreachable_runs_not_ready_until_sigterm(
     print(f"stopped in {elapsed:.2f} s while waiting for the broker")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUG_BROKER_DOWN_AT_START)
 @pytest.mark.timeout(90)
 async def test_broker_appearing_after_start_up_is_picked_up(
     migrated_database: str, launcher: Launcher, tmp_path: Path

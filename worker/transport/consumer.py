@@ -12,6 +12,7 @@ FastStream 0.7 traps this module avoids (see INFRA.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from worker.faults import crash_point
 from worker.service import RawRecord, until_done
 from worker.settings import Settings
 from worker.transport.options import ssl_context
+from worker.transport.producers import raise_outage
 
 log = structlog.get_logger("worker.consumer")
 
@@ -68,10 +70,6 @@ def security(settings: Settings) -> BaseSecurity | None:
     return SASLPlaintext(username, password, ssl_context=context, use_ssl=use_ssl)
 
 
-def is_kafka_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OSError | TimeoutError) or (isinstance(exc, KafkaError) and exc.retriable)
-
-
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, hook: AssignmentHook) -> None:
         self._hook = hook
@@ -86,6 +84,25 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self._hook(set(self._partitions))
 
 
+async def _commit_or_outage(consumer: Any, offsets: dict[TopicPartition, int]) -> None:
+    try:
+        await consumer.commit(offsets)
+    except KafkaError as exc:
+        raise_outage(exc)
+        raise
+
+
+async def start_broker(consumer: CommandConsumer) -> None:
+    try:
+        await consumer.broker.start()
+    except BaseException as exc:
+        # A half-started broker would keep its consumer: stop it so the next attempt starts clean.
+        with contextlib.suppress(Exception):
+            await consumer.broker.stop()
+        raise_outage(exc)
+        raise
+
+
 class CommandConsumer:
     def __init__(self, settings: Settings, handler: BatchHandler, on_assignment: AssignmentHook) -> None:
         self._handler = handler
@@ -93,7 +110,9 @@ class CommandConsumer:
             settings.kafka_bootstrap_servers,
             security=security(settings),
             client_id="customer-worker",
-            graceful_timeout=settings.shutdown_timeout,
+            # FastStream cancels a batch still running after this and closes the consumer (nothing committed);
+            # the rest of SHUTDOWN_TIMEOUT is for draining the outbox.
+            graceful_timeout=settings.shutdown_timeout * 0.5,
             logger=logging.getLogger("faststream"),
             consumer_only=True,
         )
@@ -149,7 +168,7 @@ class CommandConsumer:
         consumer = self.subscriber.consumer
         assert consumer is not None
         try:
-            await until_done(lambda: consumer.commit(offsets), "kafka")
+            await until_done(lambda: _commit_or_outage(consumer, offsets), "kafka")
         except (CommitFailedError, IllegalStateError) as exc:
             # The partitions moved to another consumer mid-batch. The batch is applied in PostgreSQL; the new owner
             # reads it again and the inbox answers each record as a duplicate.

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from worker.contract.decode import DeadLetter
-from worker.service import RawRecord
+from worker.service import DependencyUnavailableError, RawRecord
 from worker.settings import KafkaSettings
 from worker.transport.options import producer_options
 
@@ -19,6 +20,16 @@ Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 DLQ_HEADERS = frozenset(
     {"dlq-reason", "dlq-error", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset", "dlq-failed-at"}
 )
+
+
+def is_kafka_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OSError | TimeoutError) or (isinstance(exc, KafkaError) and exc.retriable)
+
+
+def raise_outage(exc: BaseException) -> None:
+    """Re-raise a retriable broker error as the service's DependencyUnavailableError (then retried without limit)."""
+    if isinstance(exc, KafkaError) and exc.retriable:
+        raise DependencyUnavailableError(f"kafka: {type(exc).__name__}") from exc
 
 
 class KafkaProducer:
@@ -35,8 +46,9 @@ class KafkaProducer:
         producer = AIOKafkaProducer(**producer_options(self._settings))
         try:
             await producer.start()
-        except BaseException:
+        except BaseException as exc:
             await producer.stop()
+            raise_outage(exc)
             raise
         self._producer = producer
 
@@ -74,7 +86,11 @@ class KafkaProducer:
                     )
             if batch.record_count():
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*pending)
+        try:
+            await asyncio.gather(*pending)
+        except KafkaError as exc:
+            raise_outage(exc)
+            raise
 
 
 class DeadLetterProducer:
