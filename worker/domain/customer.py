@@ -122,7 +122,10 @@ def patch_of(body: CustomerInput) -> dict[str, Any]:
         patch["tax_codes"] = tuple(dict.fromkeys(body["tax_codes"] or ()))  # duplicates collapse (SPEC §3)
     if "metadata" in body:
         patch["metadata"] = tuple(
-            MetadataEntry(key=item["key"], value=item["value"], display_in_invoice=bool(item.get("display_in_invoice")))
+            # Validated items are fresh dicts: kept as they are unless display_in_invoice needs its default.
+            item
+            if item.get("display_in_invoice") is not None
+            else MetadataEntry(key=item["key"], value=item["value"], display_in_invoice=False)
             for item in body["metadata"] or ()
         )
     if "shipping_address" in body:

@@ -80,12 +80,10 @@ def create_params(customer: CustomerState) -> dict[str, Any]:
 
 
 def update_params(customer: CustomerState) -> dict[str, Any]:
-    return {
-        "email": first_email(customer.email),
-        "company_name": customer.name,
-        "given_name": customer.firstname,
-        "family_name": customer.lastname,
-    }
+    """The create's fields that have a value (GoCardless refuses null for some of them)."""
+    params = create_params(customer)
+    del params["metadata"]
+    return params
 
 
 def _error(exc: Exception) -> ProviderError:

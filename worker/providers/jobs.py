@@ -248,7 +248,7 @@ async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: da
         row = await conn.fetchrow(_CUSTOMER_FOR_UPDATE, job.customer_id)
         state = None if row is None else state_from_row(row)
         # Re-checked under the lock: a command may have unlinked or relinked the customer during the call.
-        reason = skip_reason(job, state) if job.kind != "create" else _create_superseded(job, state, result)
+        reason = _superseded(job, state, result)
         if reason is None:
             await _fenced(conn, job, "done", None)
         else:
@@ -274,11 +274,7 @@ async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: da
                     job.connection_code,
                     job.traceparent,
                 )
-        elif (
-            job.kind == "checkout"
-            and result.checkout_url is not None
-            and state.provider_customer_id == result.provider_customer_id
-        ):
+        elif job.kind == "checkout" and result.checkout_url is not None:
             events.append(_checkout_event(job, state, result.checkout_url, now))
         await _write_events(conn, events)
     return events
@@ -288,12 +284,19 @@ def _checkout_event(job: ClaimedJob, state: CustomerState, url: str, now: dateti
     return provider_event(job, state, "customer.checkout_url_generated", now, {"checkout_url": url})
 
 
-def _create_superseded(job: ClaimedJob, state: CustomerState | None, result: JobResult) -> str | None:
-    """A create's result is linked unless the customer moved on during the call."""
+def _superseded(job: ClaimedJob, state: CustomerState | None, result: JobResult) -> str | None:
+    """Why a successful call's result is no longer wanted (nothing linked, no event), or None.
+
+    An update was pushed whatever happened since; a create's customer is linked, and a checkout URL announced, only
+    while the customer is still linked to the same connection (and, for a checkout, the same provider customer)."""
+    if job.kind == "update":
+        return None
     if state is None:
         return "customer_missing"
     if not linked_to(job, state):
         return "connection_unlinked"
+    if job.kind == "checkout":
+        return None if state.provider_customer_id == result.provider_customer_id else "provider_customer_changed"
     if state.provider_customer_id is None:
         return None
     if state.provider_customer_id == result.provider_customer_id:

@@ -418,11 +418,16 @@ class ProviderJobRunner:
                 return
             except Exception as exc:  # a bug in one job must not stop the others
                 log.error("provider_job_crashed", error_type=type(exc).__name__, exc_info=True)
-                outcome = ProviderError(
-                    _provider(job.provider) if job.provider in _PROVIDERS else "stripe",
-                    INTERNAL_ERROR,
-                    "the worker failed while running the job",
-                    retryable=True,
+                # Retried like a provider failure, so a lasting bug ends as a failed job with an error event.
+                outcome = (
+                    ProviderError(
+                        _provider(job.provider),
+                        INTERNAL_ERROR,
+                        "the worker failed while running the job",
+                        retryable=True,
+                    )
+                    if job.provider in _PROVIDERS
+                    else _Skip("unknown_provider")
                 )
             await self._record(job, outcome)
 

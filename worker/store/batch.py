@@ -20,6 +20,7 @@ from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
 from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
+from worker.ids import new_id
 from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
 from worker.store.rows import SELECT_FOR_UPDATE, rows_json, state_from_row, upsert_sql
@@ -126,7 +127,7 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
     }
     outcomes: dict[int, Outcome] = {}
     for key, customer_commands in by_customer.items():
-        result = fold_customer(stored.get(key), customer_commands, registry=registry, now=now, new_id=uuid.uuid4)
+        result = fold_customer(stored.get(key), customer_commands, registry=registry, now=now, new_id=new_id)
         for command, outcome in zip(customer_commands, result.outcomes, strict=True):
             outcomes[id(command)] = outcome
     return outcomes
@@ -134,7 +135,7 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
 
 def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
     return build_event(
-        event_id=uuid.uuid4(),
+        event_id=new_id(),
         event_type="customer.rejected",
         organization_id=rejection.organization_id,
         message_id=rejection.message_id,
@@ -148,7 +149,7 @@ def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
 def _answer(outcome: Outcome, now: datetime, summary: BatchSummary) -> OutboxEvent:
     command = outcome.command
     common = {
-        "event_id": uuid.uuid4(),
+        "event_id": new_id(),
         "organization_id": command.organization_id,
         "message_id": command.message_id,
         "external_id": command.external_id,
