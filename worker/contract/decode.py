@@ -23,12 +23,13 @@ from pydantic import ValidationError
 
 from worker.contract.codes import BASE, DlqReason, ErrorCode, Errors
 from worker.contract.customer import (
-    BILLING,
+    BILLING_FIELDS,
     CUSTOMER,
+    CUSTOMER_FIELDS,
+    SHIPPING_FIELDS,
     BillingConfiguration,
     CustomerInput,
     strip_nul,
-    unknown_fields,
 )
 from worker.contract.links import LinkRequest, link_request, precheck
 from worker.contract.rules import add_error, cross_field_errors, pydantic_errors
@@ -114,13 +115,12 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
     traceparent, signature = _read_headers(headers)
     if _NUL_ESCAPE in value:
         customer = strip_nul(customer)
-    readable_external_id = _readable_external_id(customer)
 
     if not context.signing_keys.verify(organization_id, value, signature):
         return Rejection(
             message_id=message_id,
             organization_id=organization_id,
-            external_id=readable_external_id,
+            external_id=_readable_external_id(customer),
             errors={BASE: [ErrorCode.INVALID_SIGNATURE.value]},
             traceparent=traceparent,
             record_as_processed=False,
@@ -133,9 +133,9 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         parsed = CUSTOMER.validate_python(customer)
     except ValidationError as exc:
         pydantic_errors(exc, errors)
-    cross_field_errors(customer, errors)
+    unknown_in_metadata = cross_field_errors(customer, errors)
 
-    link = link_request(parsed.get("billing_configuration") if parsed is not None else _billing_alone(customer))
+    link = link_request(parsed.get("billing_configuration") if parsed is not None else _billing_alone(customer, errors))
     if link is not None:
         failure = precheck(context.registry, organization_id, link)
         if failure is not None:
@@ -145,10 +145,10 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         return Rejection(
             message_id=message_id,
             organization_id=organization_id,
-            external_id=readable_external_id,
+            external_id=_readable_external_id(customer),
             errors=errors,
             traceparent=traceparent,
-            unknown_fields=unknown_fields(customer),
+            unknown_fields=_unknown_outside_metadata(customer) + unknown_in_metadata,
         )
     return Command(
         message_id=message_id,
@@ -157,35 +157,37 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         customer=parsed,
         link=link,
         traceparent=traceparent,
-        unknown_fields=_dropped_fields(customer, parsed),
+        unknown_fields=_dropped_fields(customer, parsed) + unknown_in_metadata,
     )
 
 
 def _dropped_fields(raw: dict[str, Any], parsed: CustomerInput) -> int:
-    """Unknown fields, found cheaply: validation drops them, so equal key counts mean there were none."""
-    if len(raw) != len(parsed):
-        return unknown_fields(raw)
+    """Unknown fields of the body and its nested objects, found cheaply: validation drops them, so equal key
+    counts mean there were none (metadata items are counted by `cross_field_errors`)."""
+    dropped = len(raw) != len(parsed)
     for name in ("billing_configuration", "shipping_address"):
         inner = raw.get(name)
         if isinstance(inner, dict) and len(inner) != len(parsed.get(name) or ()):  # type: ignore[arg-type]
-            return unknown_fields(raw)
-    metadata = raw.get("metadata")
-    if metadata and any(
-        len(item) != len(kept) for item, kept in zip(metadata, parsed.get("metadata") or (), strict=False)
-    ):
-        return unknown_fields(raw)
-    return 0
+            dropped = True
+    return _unknown_outside_metadata(raw) if dropped else 0
 
 
-def _billing_alone(customer: dict[str, Any]) -> BillingConfiguration | None:
-    """When the body has errors elsewhere, the provider lookup is still reported with them (SPEC §3)."""
+def _unknown_outside_metadata(raw: dict[str, Any]) -> int:
+    count = len(raw.keys() - CUSTOMER_FIELDS)
+    for name, known in (("billing_configuration", BILLING_FIELDS), ("shipping_address", SHIPPING_FIELDS)):
+        inner = raw.get(name)
+        if isinstance(inner, dict):
+            count += len(inner.keys() - known)
+    return count
+
+
+def _billing_alone(customer: dict[str, Any], errors: Errors) -> BillingConfiguration | None:
+    """When the body has errors elsewhere, the provider lookup is still reported with them (SPEC §3). A billing
+    configuration without errors of its own is as validated: its link fields are not normalised."""
     raw = customer.get("billing_configuration")
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or any(path.startswith("billing_configuration") for path in errors):
         return None
-    try:
-        return BILLING.validate_python(raw)
-    except ValidationError:
-        return None
+    return raw  # type: ignore[return-value]
 
 
 def _identifier_problem(name: str, value: Any) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from worker.contract.codes import ErrorCode, Errors
-from worker.contract.customer import PG_INT_MAX
+from worker.contract.customer import METADATA_FIELDS, PG_INT_MAX
 from worker.contract.datasets import STRIPE_PAYMENT_METHODS
 
 MAX_METADATA_ITEMS: Final = 5
@@ -33,7 +33,7 @@ def pydantic_errors(exc: ValidationError, errors: Errors) -> None:
     for error in exc.errors(include_url=False, include_context=False):
         kind = error["type"]
         loc = error["loc"]
-        value = error["input"]
+        value = error.get("input")
         code = kind if kind in _CUSTOM_CODES else _BUILTIN_CODES.get(kind, ErrorCode.VALUE_IS_INVALID.value)
         if kind == "literal_error" and isinstance(value, str):
             code = _ONE_OF_CODES.get(str(loc[-1]), ErrorCode.VALUE_IS_INVALID.value)
@@ -65,10 +65,12 @@ def _is_huge_integer(value: Any) -> bool:
     return isinstance(value, float) and value.is_integer() and abs(value) > PG_INT_MAX
 
 
-def cross_field_errors(customer: dict[str, Any], errors: Errors) -> None:
+def cross_field_errors(customer: dict[str, Any], errors: Errors) -> int:
     """Rules a single field validator cannot see. Read from the raw body so they are reported even when other
-    fields fail; wrong types are left to pydantic, which has already reported them."""
-    _metadata(customer.get("metadata"), errors)
+    fields fail; wrong types are left to pydantic, which has already reported them.
+
+    Returns the unknown fields of metadata items, counted in the same pass over them."""
+    unknown = _metadata(customer.get("metadata"), errors)
     billing = customer.get("billing_configuration")
     # Stripe only: checked unless the command itself names another provider (or none).
     if (
@@ -77,21 +79,28 @@ def cross_field_errors(customer: dict[str, Any], errors: Errors) -> None:
         and billing.get("payment_provider", "stripe") == "stripe"
     ):
         _stripe_payment_methods(billing["provider_payment_methods"], errors)
+    return unknown
 
 
-def _metadata(metadata: Any, errors: Errors) -> None:
+def _metadata(metadata: Any, errors: Errors) -> int:
     if not isinstance(metadata, list):
-        return
+        return 0
     if len(metadata) > MAX_METADATA_ITEMS:
         add_error(errors, "metadata", ErrorCode.INVALID_COUNT.value)
+    unknown = 0
     seen: set[str] = set()
     for index, item in enumerate(metadata):
-        key = item.get("key") if isinstance(item, dict) else None
+        if not isinstance(item, dict):
+            continue
+        if not item.keys() <= METADATA_FIELDS:
+            unknown += len(item.keys() - METADATA_FIELDS)
+        key = item.get("key")
         if not isinstance(key, str) or not key.strip():
             continue  # a missing, blank or mistyped key is reported by pydantic
         if key in seen:
             add_error(errors, f"metadata.{index}.key", ErrorCode.VALUE_ALREADY_EXIST.value)
         seen.add(key)
+    return unknown
 
 
 def _stripe_payment_methods(methods: Any, errors: Errors) -> None:
