@@ -135,6 +135,8 @@ class BatchService:
                 letters.append((record, decoded))
             else:
                 answers.append((record, decoded))
+                if isinstance(decoded, Rejection):
+                    _log_rejection(record, decoded)
         if answers:
             try:
                 report.summary = await self._apply([answer for _, answer in answers])
@@ -146,13 +148,8 @@ class BatchService:
             await until_done(lambda: self._dead_letters.send(letters), "kafka", self._on_outage)
             for record, letter in letters:
                 report.dead_letters[letter.reason.value] = report.dead_letters.get(letter.reason.value, 0) + 1
-                log.warning(
-                    "dead_lettered",
-                    reason=letter.reason.value,
-                    error=letter.error,
-                    partition=record.partition,
-                    offset=record.offset,
-                )
+                with structlog.contextvars.bound_contextvars(partition=record.partition, offset=record.offset):
+                    log.warning("dead_lettered", reason=letter.reason.value, error=letter.error)
         return report
 
     async def _apply(self, answers: Sequence[Command | Rejection], attempts: int | None = None) -> BatchSummary:
@@ -203,6 +200,20 @@ class BatchService:
                 continue
             _merge(total, summary)
         return total, poisoned
+
+
+def _log_rejection(record: RawRecord, rejection: Rejection) -> None:
+    # Paths and codes only: the rejected values may be personal data.
+    with structlog.contextvars.bound_contextvars(
+        organization_id=rejection.organization_id,
+        message_id=rejection.message_id,
+        partition=record.partition,
+        offset=record.offset,
+    ):
+        if rejection.record_as_processed:
+            log.info("command_rejected", errors=rejection.errors)
+        else:
+            log.warning("command_signature_invalid")
 
 
 def _merge(total: BatchSummary, part: BatchSummary) -> None:
