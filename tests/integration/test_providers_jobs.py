@@ -25,16 +25,19 @@ from tests.fakes.adyen_fake import DEFAULT_ADYEN_KEY, DEFAULT_MERCHANT_ACCOUNT, 
 from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from tests.integration.helpers import migrate_database, new_traceparent
+from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database, new_traceparent
+from worker.contract.decode import DecodeContext
 from worker.contract.events import AnyEvent
-from worker.domain.customer import CustomerState
+from worker.domain.customer import CustomerState, columns_of
 from worker.observability import Metrics
 from worker.providers.factory import AdapterFactory
 from worker.providers.ids import idempotency_key
+from worker.providers.jobs import JobResult, LeaseLostError, claim_due, claim_expired, record_success
 from worker.providers.registry import Connection, ConnectionConfig, ProviderName, ProviderRegistry
 from worker.providers.runner import ProviderJobRunner
+from worker.security import SigningKeys
+from worker.service import BatchService
 from worker.store.db import create_pool
-from worker.store.rows import column_arrays, upsert_sql
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -79,6 +82,19 @@ def connection(
     return Connection(config=config, secret=SecretStr(key or DEFAULT_KEYS[provider]))
 
 
+async def insert_customer(pool: asyncpg.Pool[asyncpg.Record], state: CustomerState) -> None:
+    """A customer row as the batch would store it (written here directly: these tests are about the jobs)."""
+    values = columns_of(state)
+    for column in ("metadata", "tax_codes", "provider_payment_methods"):
+        # orjson writes the metadata entries (plain dicts or dataclasses) as they are
+        values[column] = None if values[column] is None else orjson.dumps(list(values[column])).decode()
+    columns = list(values)
+    placeholders = ", ".join(f"${index}" for index in range(1, len(columns) + 1))
+    await pool.execute(
+        f"INSERT INTO customers ({', '.join(columns)}) VALUES ({placeholders})", *(values[c] for c in columns)
+    )
+
+
 @dataclass(frozen=True)
 class Event:
     event_type: str
@@ -97,7 +113,7 @@ class ProviderHarness:
 
     def __post_init__(self) -> None:
         if not self.connections:
-            self.connections = [connection(provider, self.fakes[provider]) for provider in PROVIDERS]  # type: ignore[arg-type]
+            self.connections = [connection(provider, self.fakes[provider]) for provider in PROVIDERS]
 
     def add_connection(self, conn: Connection) -> Connection:
         self.connections.append(conn)
@@ -157,7 +173,7 @@ class ProviderHarness:
             provider_customer_id=provider_customer_id,
             **values,
         )
-        await self.pool.execute(upsert_sql(), *column_arrays([state]))
+        await insert_customer(self.pool, state)
         return state
 
     async def add_job(
@@ -376,7 +392,7 @@ async def test_checkout_job_for_a_linked_stripe_customer(harness: ProviderHarnes
     await harness.add_job(customer)
     await harness.drive(runner)
     await harness.pool.execute(
-        "UPDATE customers SET provider_payment_methods = '[\"sepa_debit\", \"crypto\"]' WHERE id = $1", customer.id
+        'UPDATE customers SET provider_payment_methods = \'["sepa_debit", "crypto"]\' WHERE id = $1', customer.id
     )
     await harness.add_job(customer, "checkout")
     await harness.drive(runner)
@@ -441,7 +457,7 @@ async def test_500_then_success(harness: ProviderHarness, provider: ProviderName
     assert (first.status, first.idempotency_key) == (500, second.idempotency_key)
     assert len(created_ids(fake)) == 1
     assert (await harness.jobs())[0]["attempts"] == 2
-    assert [event.event_type for event in await harness.events()][0] == "customer.payment_provider_created"
+    assert (await harness.events())[0].event_type == "customer.payment_provider_created"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -568,7 +584,8 @@ async def test_crash_after_the_call_before_the_write(harness: ProviderHarness, p
     doomed = harness.runner(lease_seconds=1.0)
     doomed_task = asyncio.create_task(doomed.run())
     async with asyncio.timeout(5):
-        while not created_ids(fake):
+        # Polled: the fake's thread stores the customer before it holds the answer, and has no event to await.
+        while not created_ids(fake):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     doomed_task.cancel()  # like kill -9: no release of the lease, no write
     with contextlib.suppress(asyncio.CancelledError):
@@ -592,7 +609,7 @@ async def test_crash_after_the_call_before_the_write(harness: ProviderHarness, p
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_replicas_run_each_job_once(harness: ProviderHarness, provider: ProviderName) -> None:
     fake = harness.fakes[provider]
-    extra = {"provider_payment_methods": ("customer_balance",)} if provider == "stripe" else {}
+    extra: dict[str, Any] = {"provider_payment_methods": ("customer_balance",)} if provider == "stripe" else {}
     customers = [await harness.add_customer(provider, **extra) for _ in range(24)]
     for customer in customers:
         await harness.add_job(customer)
@@ -630,3 +647,117 @@ async def test_inline_create_then_background_job_reuses_the_key(harness: Provide
     assert await harness.provider_customer_id(slow) in created_ids(fake)
     samples = harness.metrics.render().decode()
     assert 'customer_worker_provider_calls_total{outcome="timeout",provider="stripe"} 1.0' in samples
+
+
+# ------------------------------------------------------------------------------------------------ leases and the gate
+
+
+async def test_a_stale_claim_writes_nothing(harness: ProviderHarness) -> None:
+    customer = await harness.add_customer("stripe")
+    await harness.add_job(customer)
+    (first,) = await claim_due(harness.pool, 10, 30.0)
+    await harness.pool.execute("UPDATE provider_jobs SET lease_until = now() - interval '1 second'")
+    (second,) = await claim_expired(harness.pool, 10, 30.0)
+    assert (first.id, first.attempts, second.attempts) == (second.id, 1, 2)
+
+    with pytest.raises(LeaseLostError):
+        await record_success(harness.pool, first, JobResult("cus_stale"), datetime.now(UTC))
+    assert await harness.provider_customer_id(customer) is None
+    assert await harness.events() == []
+    await record_success(harness.pool, second, JobResult("cus_fresh"), datetime.now(UTC))
+    assert await harness.provider_customer_id(customer) == "cus_fresh"
+
+
+async def test_graceful_stop_gives_jobs_back(harness: ProviderHarness) -> None:
+    fake = harness.fakes["stripe"]
+    fake.delay_next(3.0, method="POST", path="/v1/customers")
+    customer = await harness.add_customer("stripe")
+    await harness.add_job(customer)
+    runner = harness.runner(drain_timeout=0.2, timeout=5.0)
+    task = asyncio.create_task(runner.run())
+    async with asyncio.timeout(5):
+        while not fake.requests:  # noqa: ASYNC110 - the fake lives in another thread
+            await asyncio.sleep(0.01)
+    runner.stop()
+    await asyncio.wait_for(task, 5)
+    (job,) = await harness.jobs()
+    assert (job["status"], job["attempts"], job["lease_until"]) == ("pending", 1, None)
+
+
+async def test_crash_loops_end_in_a_failure_without_a_call(harness: ProviderHarness) -> None:
+    customer = await harness.add_customer("adyen")
+    await harness.add_job(customer)
+    await harness.pool.execute("UPDATE provider_jobs SET attempts = 3")  # three claims that never recorded an outcome
+    await harness.drive(harness.runner(max_attempts=3))
+    (job,) = await harness.jobs()
+    assert (job["status"], job["last_error"]["error_code"]) == ("failed", "attempts_exhausted")
+    assert harness.fakes["adyen"].requests == []
+    assert [event.event_type for event in await harness.events()] == ["customer.payment_provider_error"]
+
+
+async def test_broken_connection_is_probed_until_a_call_succeeds(harness: ProviderHarness) -> None:
+    fake = harness.fakes["gocardless"]
+    revoked = "revoked_token_for_the_probe_test"
+    harness.add_connection(connection("gocardless", fake, code="gc_rotating", key=revoked))
+    runner = harness.runner(concurrency=1, probe_interval=0.5)
+
+    first = await harness.add_customer("gocardless", code="gc_rotating")
+    await harness.add_job(first)
+    await harness.drive(runner)  # 401: the connection is broken
+    second = await harness.add_customer("gocardless", code="gc_rotating")
+    await harness.add_job(second)
+    await harness.drive(runner)  # within the minute: fails without a call
+    assert len(fake.requests) == 1
+
+    fake.api_keys.add(revoked)  # the key works again (e.g. re-enabled at the provider)
+    try:
+        await asyncio.sleep(0.5)
+        third = await harness.add_customer("gocardless", code="gc_rotating")
+        await harness.add_job(third)
+        await harness.drive(runner)  # the probe call succeeds and clears the mark
+        fourth = await harness.add_customer("gocardless", code="gc_rotating")
+        await harness.add_job(fourth)
+        await harness.drive(runner)
+    finally:
+        fake.api_keys.discard(revoked)
+    statuses = [(job["kind"], job["status"]) for job in await harness.jobs()]
+    assert statuses[:2] == [("create", "failed"), ("create", "failed")]
+    assert await harness.provider_customer_id(third) is not None
+    assert await harness.provider_customer_id(fourth) is not None
+
+
+# ------------------------------------------------------------------------------------------------ with the batch
+
+
+async def test_a_command_with_sync_with_provider_ends_in_provider_events(harness: ProviderHarness) -> None:
+    registry = harness.registry
+    service = BatchService(
+        pool=harness.pool,
+        decode_context=DecodeContext(signing_keys=SigningKeys({}), registry=registry),
+        registry=registry,
+        dead_letters=RecordingSink(),
+    )
+    body = {
+        "external_id": "cus_batch",
+        "name": "Acme",
+        "email": "billing@acme.example",
+        "billing_configuration": {"payment_provider": "stripe", "sync_with_provider": True},
+    }
+    document = command(ORG, body)
+    traceparent = new_traceparent()
+    headers = (("content-type", b"application/json"), ("traceparent", traceparent.encode()))
+    await service.handle([RecordFactory().record(encode(document), headers=headers)])
+
+    await harness.drive(harness.runner())
+
+    events = await harness.events()
+    assert [event.event_type for event in events] == [
+        "customer.created",
+        "customer.payment_provider_created",
+        "customer.checkout_url_generated",
+    ]
+    assert {event.body["message_id"] for event in events} == {document["message_id"]}
+    assert {event.traceparent for event in events} == {traceparent}
+    (stripe_id,) = created_ids(harness.fakes["stripe"])
+    assert events[1].body["customer"]["billing_configuration"]["provider_customer_id"] == stripe_id
+    assert events[1].body["customer"]["lago_id"] == events[0].body["customer"]["lago_id"]

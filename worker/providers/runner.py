@@ -226,7 +226,8 @@ class ProviderCaller:
                     return None
                 delay = self.backoff(attempt, error.retry_after)
                 if loop.time() + delay >= deadline:
-                    self._metrics.provider_call(connection.provider, "timeout", 0.0)
+                    # Counted, not timed: the call itself was already measured (as a retryable error).
+                    self._metrics.provider_calls_total.labels(provider=connection.provider, outcome="timeout").inc()
                     log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
                     return None
                 await asyncio.sleep(delay)
@@ -429,7 +430,10 @@ class ProviderJobRunner:
                     if job.provider in _PROVIDERS
                     else _Skip("unknown_provider")
                 )
-            await self._record(job, outcome)
+            try:
+                await self._record(job, outcome)
+            except Exception as exc:  # the job stays leased; once the lease runs out it is run again
+                log.error("provider_job_unrecorded", error_type=type(exc).__name__, exc_info=True)
 
     async def _attempt(self, job: ClaimedJob) -> Outcome:
         if job.provider not in _PROVIDERS:
