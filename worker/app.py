@@ -16,8 +16,12 @@ import structlog
 from aiokafka import TopicPartition
 
 from worker.contract.decode import DecodeContext
+from worker.domain.customer import CustomerState
 from worker.observability import Health, HealthServer, Metrics
-from worker.providers.registry import ProviderRegistry, load_registry
+from worker.providers.factory import AdapterFactory
+from worker.providers.jobs import prune_finished
+from worker.providers.registry import Connection, ProviderRegistry, load_registry
+from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.security import SigningKeys, load_signing_keys
 from worker.service import BatchReport, BatchService, RawRecord, until_done
@@ -106,19 +110,38 @@ class Worker:
             idle_interval=settings.relay_idle_interval,
             on_published=self._published,
         )
+        registry = self._config.registry
+        adapters = AdapterFactory(max_threads=settings.provider_concurrency)
+        runner = ProviderJobRunner(
+            pool,
+            registry,
+            adapters,
+            self.metrics,
+            concurrency=settings.provider_concurrency,
+            max_attempts=settings.provider_max_attempts,
+            drain_timeout=settings.shutdown_timeout * 0.3,
+            on_events=relay.notify,
+        )
+
+        async def inline(connection: Connection, customer: CustomerState, message_id: str) -> str | None:
+            return await runner.create_inline(connection, customer, message_id, settings.provider_sync_budget)
+
         service = BatchService(
             pool=pool,
-            decode_context=DecodeContext(signing_keys=self._config.signing_keys, registry=self._config.registry),
-            registry=self._config.registry,
+            decode_context=DecodeContext(signing_keys=self._config.signing_keys, registry=registry),
+            registry=registry,
             dead_letters=DeadLetterProducer(producer, settings.dlq_topic),
             poison_max_attempts=settings.poison_max_attempts,
             on_outage=self._on_outage,
+            inline=inline if registry.connections else None,
         )
 
         async def on_batch(records: Sequence[RawRecord]) -> None:
             started = time.perf_counter()
             report = await service.handle(records)
             relay.notify()
+            if report.summary.jobs:
+                runner.notify()
             self._record(report, time.perf_counter() - started)
 
         consumer = CommandConsumer(settings, on_batch, self._on_assignment)
@@ -126,6 +149,8 @@ class Worker:
             return EXIT_OK
         self.health.broker_ok = True
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        # Jobs exist only for configured connections: without any, there is nothing to poll for.
+        runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if registry.connections else None
         maintenance = asyncio.create_task(self._maintain(pool, consumer), name="maintenance")
         log.info("worker_started", topic=settings.commands_topic, group=settings.kafka_group_id)
         await self._stop.wait()
@@ -135,6 +160,11 @@ class Worker:
         maintenance.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(consumer.broker.stop(), timeout=settings.shutdown_timeout * 0.7)
+        if runner_task is not None:
+            runner.stop()  # finishes the jobs in hand for up to 0.3 x SHUTDOWN_TIMEOUT, gives the rest back
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(runner_task, timeout=max(deadline - asyncio.get_running_loop().time(), 0.1))
+        await adapters.aclose_all()
         relay.stop()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(relay_task, timeout=max(deadline - asyncio.get_running_loop().time(), 0.1))
@@ -202,6 +232,7 @@ class Worker:
         while True:
             try:
                 await self._prune_inbox(pool, retention)
+                await prune_finished(pool, retention)
                 row = await pool.fetchrow(
                     "SELECT count(*) AS backlog, "
                     "coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age FROM outbox"

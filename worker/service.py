@@ -23,6 +23,7 @@ from worker.contract.codes import DlqReason
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
+from worker.store.inline import InlineCreate
 
 log = structlog.get_logger("worker.service")
 T = TypeVar("T")
@@ -116,8 +117,10 @@ class BatchService:
         poison_max_attempts: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_outage: OutageHook = _ignore,
+        inline: InlineCreate | None = None,
     ) -> None:
         self._on_outage = on_outage
+        self._inline = inline
         self._pool = pool
         self._decode_context = decode_context
         self._registry = registry
@@ -175,7 +178,7 @@ class BatchService:
 
     async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
         async with self._pool.acquire() as conn:
-            return await apply_batch(conn, answers, registry=self._registry, now=self._clock())
+            return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
 
     async def _apply_one_by_one(
         self, answers: Sequence[tuple[RawRecord, Command | Rejection]]

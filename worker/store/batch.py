@@ -23,6 +23,7 @@ from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, 
 from worker.ids import new_id
 from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
+from worker.store.inline import InlineCreate, create_inline
 from worker.store.rows import SELECT_FOR_UPDATE, rows_json, state_from_row, upsert_sql
 
 Answer = Command | Rejection
@@ -64,11 +65,13 @@ async def apply_batch(
     *,
     registry: ProviderRegistry,
     now: datetime,
+    inline: InlineCreate | None = None,
 ) -> BatchSummary:
     summary = BatchSummary()
     async with conn.transaction():
         fresh = await _record_in_inbox(conn, answers, summary)
         outcomes = await _fold(conn, [answer for answer in fresh if isinstance(answer, Command)], registry, now)
+        provider_events = await create_inline(outcomes, registry, inline, now) if inline is not None else {}
         events: list[OutboxEvent] = []
         for answer in fresh:
             if isinstance(answer, Rejection):
@@ -81,6 +84,8 @@ async def apply_batch(
                 continue
             summary.unknown_fields += answer.unknown_fields
             events.append(_answer(outcomes[id(answer)], now, summary))
+            if id(answer) in provider_events:
+                events.append(provider_events[id(answer)])  # after the command's primary event (SPEC §11)
         await _write(conn, outcomes.values(), events, summary)
         summary.events = len(events)
     return summary
