@@ -1,0 +1,173 @@
+"""End to end on the embedded stack: a real `Worker` (Kafka in, PostgreSQL, events out) with a Stripe connection
+pointing at the local Stripe fake, driven through the real SDK (SPEC §9 and §11)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
+from tests.integration.helpers import command, encode, key_of, migrate_database, payload, read_topic
+from worker.app import EXIT_OK, Worker, load_configuration
+from worker.contract.events import CustomerCreated, PaymentProviderCreated
+from worker.devstack import create_topics, free_port
+from worker.settings import Settings
+
+pytestmark = pytest.mark.timeout(90)
+
+ORG = "org_providers_e2e"
+
+
+@pytest.fixture(scope="module")
+def stripe_fake() -> Iterator[FakeStripe]:
+    with FakeStripe() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def providers_file(stripe_fake: FakeStripe, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("providers") / "providers.yaml"
+    path.write_text(
+        "connections:\n"
+        f"  - organization_id: {ORG}\n"
+        "    code: stripe_main\n"
+        "    provider: stripe\n"
+        "    secret_env: E2E_STRIPE_KEY\n"
+        f"    api_base: {stripe_fake.url}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+async def worker_env(pg_dsn: str, kafka_bootstrap: str, providers_file: Path) -> AsyncIterator[dict[str, str]]:
+    suffix = uuid.uuid4().hex[:12]
+    database = f"test_providers_{suffix}"
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    dsn = urlunsplit(urlsplit(pg_dsn)._replace(path=f"/{database}"))
+    await migrate_database(dsn)
+    topics = {role: f"test.providers.{role}.{suffix}" for role in ("commands", "events", "dlq")}
+    await create_topics(kafka_bootstrap, list(topics.values()), partitions=1)
+    env = {
+        "DATABASE_URL": dsn,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "COMMANDS_TOPIC": topics["commands"],
+        "EVENTS_TOPIC": topics["events"],
+        "DLQ_TOPIC": topics["dlq"],
+        "KAFKA_GROUP_ID": f"test-providers-{suffix}",
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "HTTP_PORT": str(free_port()),
+        "SHUTDOWN_TIMEOUT": "10",
+        "PROVIDERS_FILE": str(providers_file),
+        "E2E_STRIPE_KEY": DEFAULT_STRIPE_KEY,
+    }
+    try:
+        yield env
+    finally:
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def running(worker_env: dict[str, str]) -> AsyncIterator[dict[str, str]]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in worker_env.items():
+            patch.setenv(name, value)
+        worker = Worker(load_configuration(Settings()))
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        yield worker_env
+    finally:
+        worker.request_stop()
+        assert await asyncio.wait_for(task, timeout=30) == EXIT_OK
+
+
+async def _publish(env: dict[str, str], document: dict[str, Any]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(env["COMMANDS_TOPIC"], value=encode(document), key=key_of(document))
+    finally:
+        await producer.stop()
+
+
+async def _events(env: dict[str, str], message_id: str, count: int) -> list[dict[str, Any]]:
+    def mine(records: list[Any]) -> list[dict[str, Any]]:
+        return [payload(r) for r in records if r.value and payload(r).get("message_id") == message_id]
+
+    records = await read_topic(
+        env["KAFKA_BOOTSTRAP_SERVERS"], env["EVENTS_TOPIC"], until=lambda rs: len(mine(rs)) >= count, timeout=45
+    )
+    return mine(records)
+
+
+def _stripe_creates(fake: FakeStripe, external_id: str) -> list[Any]:
+    return [
+        request
+        for request in fake.requests_to("POST", "/v1/customers")
+        if orjson.dumps(request.body).find(external_id.encode()) >= 0 and request.status == 200
+    ]
+
+
+async def test_sync_with_provider_creates_the_customer_in_the_background(
+    running: dict[str, str], stripe_fake: FakeStripe
+) -> None:
+    document = command(
+        ORG,
+        {
+            "external_id": "cus_bg",
+            "name": "Background Ltd",
+            "billing_configuration": {"payment_provider": "stripe", "sync_with_provider": True},
+        },
+    )
+    await _publish(running, document)
+    events = await _events(running, document["message_id"], count=2)
+    kinds = [event["event_type"] for event in events]
+    assert kinds[:2] == ["customer.created", "customer.payment_provider_created"]
+    created = CustomerCreated.model_validate(events[0])
+    assert created.customer.billing_configuration.provider_customer_id is None
+    assert created.customer.billing_configuration.payment_provider_code == "stripe_main"
+    linked = PaymentProviderCreated.model_validate(events[1])
+    provider_id = linked.customer.billing_configuration.provider_customer_id
+    assert provider_id is not None and provider_id in stripe_fake.customers
+    assert len(_stripe_creates(stripe_fake, "cus_bg")) == 1
+
+
+async def test_sync_true_puts_the_provider_id_on_the_created_event(
+    running: dict[str, str], stripe_fake: FakeStripe
+) -> None:
+    document = command(
+        ORG,
+        {
+            "external_id": "cus_inline",
+            "name": "Inline SAS",
+            "billing_configuration": {"payment_provider": "stripe", "sync_with_provider": True, "sync": True},
+        },
+    )
+    await _publish(running, document)
+    events = await _events(running, document["message_id"], count=2)
+    assert [event["event_type"] for event in events][:2] == ["customer.created", "customer.payment_provider_created"]
+    created = CustomerCreated.model_validate(events[0])
+    provider_id = created.customer.billing_configuration.provider_customer_id
+    assert provider_id is not None and provider_id in stripe_fake.customers
+    assert PaymentProviderCreated.model_validate(events[1]).customer.billing_configuration.provider_customer_id == (
+        provider_id
+    )
+    await asyncio.sleep(1.5)  # a background job, had one been left, would have run by now
+    assert len(_stripe_creates(stripe_fake, "cus_inline")) == 1
