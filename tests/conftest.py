@@ -7,8 +7,11 @@ embedded PostgreSQL (`fast=True`) and an in-memory Tansu broker are started on l
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -30,17 +33,20 @@ def unique_name(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     """DSN of a PostgreSQL server for the whole session (database `postgres`)."""
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", fast=True)
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemp folders, this server's data included.
+    folder = Path(tempfile.mkdtemp(prefix="cw-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", fast=True)
     try:
         yield server.start()
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
