@@ -21,7 +21,6 @@ from typing import Any, Final
 import orjson
 from pydantic import ValidationError
 
-from worker.contract import fastpath
 from worker.contract.codes import BASE, DlqReason, ErrorCode, Errors
 from worker.contract.customer import (
     BILLING_FIELDS,
@@ -93,43 +92,6 @@ Decoded = Command | Rejection | DeadLetter
 
 
 def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Decoded:
-    if value and len(value) <= context.max_value_bytes:
-        command = _plainly_valid(value, headers, context)
-        if command is not None:
-            return command
-    return _decode_in_full(value, headers, context)
-
-
-def _plainly_valid(value: bytes, headers: Headers, context: DecodeContext) -> Command | None:
-    """The fast path (`fastpath`): a command with no error and no unknown field; None for anything else."""
-    if _NUL_ESCAPE in value:
-        return None  # NUL characters are stripped by the full path
-    envelope = fastpath.read(value)
-    if envelope is None:
-        return None
-    traceparent, signature = _read_headers(headers)
-    if not context.signing_keys.verify(envelope.organization_id, value, signature):
-        return None
-    errors: Errors = {}
-    occurred_at = _occurred_at(envelope.occurred_at, errors)
-    if errors:
-        return None
-    link = link_request(envelope.customer.get("billing_configuration"))
-    if link is not None and precheck(context.registry, envelope.organization_id, link) is not None:
-        return None
-    return Command(
-        message_id=envelope.message_id,
-        organization_id=envelope.organization_id,
-        occurred_at=occurred_at,
-        customer=envelope.customer,
-        link=link,
-        traceparent=traceparent,
-        unknown_fields=0,
-    )
-
-
-def _decode_in_full(value: bytes | None, headers: Headers, context: DecodeContext) -> Decoded:
-    """The reference path: every outcome, every error with its Lago code."""
     if not value:
         return DeadLetter(DlqReason.INVALID_JSON, "empty value (tombstone)")
     if len(value) > context.max_value_bytes:

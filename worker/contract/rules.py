@@ -85,6 +85,8 @@ def cross_field_errors(customer: dict[str, Any], errors: Errors) -> int:
 def _metadata(metadata: Any, errors: Errors) -> int:
     if not isinstance(metadata, list):
         return 0
+    if _plain_metadata(metadata):
+        return 0
     if len(metadata) > MAX_METADATA_ITEMS:
         add_error(errors, "metadata", ErrorCode.INVALID_COUNT.value)
     unknown = 0
@@ -101,6 +103,17 @@ def _metadata(metadata: Any, errors: Errors) -> int:
             add_error(errors, f"metadata.{index}.key", ErrorCode.VALUE_ALREADY_EXIST.value)
         seen.add(key)
     return unknown
+
+
+def _plain_metadata(metadata: list[Any]) -> bool:
+    """The usual case, checked cheaply: at most 5 items, each a dict of known fields with a distinct string key."""
+    if len(metadata) > MAX_METADATA_ITEMS:
+        return False
+    try:
+        keys = {item["key"] for item in metadata if item.keys() <= METADATA_FIELDS and item["key"].strip()}
+    except (AttributeError, KeyError, TypeError):  # an item that is not a dict, a key that is absent or no string
+        return False
+    return len(keys) == len(metadata)
 
 
 def _stripe_payment_methods(methods: Any, errors: Errors) -> None:
