@@ -6,6 +6,7 @@ embedded PostgreSQL (`fast=True`) and an in-memory Tansu broker are started on l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -63,23 +64,30 @@ def kafka_bootstrap() -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture
-async def fresh_database(pg_dsn: str) -> AsyncIterator[str]:
-    """DSN of a new, empty database of its own on the session's server; dropped afterwards."""
-    name = unique_name("test")
-    admin = await asyncpg.connect(pg_dsn)
+@contextlib.asynccontextmanager
+async def new_database(server_dsn: str, prefix: str = "test") -> AsyncIterator[str]:
+    """DSN of a new, empty database on the server of `server_dsn`; dropped on exit."""
+    name = unique_name(prefix)
+    admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     try:
-        yield dsn_with_database(pg_dsn, name)
+        yield dsn_with_database(server_dsn, name)
     finally:
-        admin = await asyncpg.connect(pg_dsn)
+        admin = await asyncpg.connect(server_dsn)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+async def fresh_database(pg_dsn: str) -> AsyncIterator[str]:
+    """DSN of a new, empty database of its own on the session's server; dropped afterwards."""
+    async with new_database(pg_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture

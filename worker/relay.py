@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from worker.faults import crash_point
-from worker.service import is_outage
+from worker.outages import is_outage
 
 log = structlog.get_logger("worker.relay")
 

@@ -21,6 +21,7 @@ import structlog
 
 from worker.contract.codes import DlqReason
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
+from worker.outages import is_outage
 from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
@@ -51,33 +52,6 @@ class BatchReport:
     records: int = 0
     summary: BatchSummary = field(default_factory=BatchSummary)
     dead_letters: dict[str, int] = field(default_factory=dict)
-
-
-class DependencyUnavailableError(Exception):
-    """Raised by adapters for an outage of their dependency that has no OSError of its own (a retriable broker
-    error, say), so that this module need not know the client libraries' exception trees."""
-
-
-_OUTAGES = (
-    DependencyUnavailableError,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    # Raised when a connection that died mid-transaction is released to the pool.
-    asyncpg.InternalClientError,
-)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """A dependency that is down or busy, as opposed to a fault in the data or the code."""
-    return isinstance(exc, _OUTAGES)
 
 
 OutageHook = Callable[[str, bool], None]

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.conftest import new_database
 from tests.integration.helpers import (
     command,
     encode,
@@ -143,51 +143,42 @@ async def _readiness(port: int, worker_task: asyncio.Task[int], timeout: float) 
 
 @pytest.fixture(scope="module")
 async def pipeline(pg_dsn: str, kafka_bootstrap: str) -> AsyncIterator[Pipeline]:
-    suffix = uuid.uuid4().hex[:12]
-    database = f"test_pipeline_{suffix}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    dsn = urlunsplit(urlsplit(pg_dsn)._replace(path=f"/{database}"))
-    await migrate_database(dsn)
-    topics = {role: f"test.pipeline.{role}.{suffix}" for role in ("commands", "events", "dlq")}
-    await create_topics(kafka_bootstrap, list(topics.values()), partitions=PARTITIONS)
-    http_port = free_port()
+    async with new_database(pg_dsn, "test_pipeline") as dsn:
+        await migrate_database(dsn)
+        suffix = uuid.uuid4().hex[:12]
+        topics = {role: f"test.pipeline.{role}.{suffix}" for role in ("commands", "events", "dlq")}
+        await create_topics(kafka_bootstrap, list(topics.values()), partitions=PARTITIONS)
+        http_port = free_port()
 
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "DATABASE_URL": dsn,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "COMMANDS_TOPIC": topics["commands"],
-            "EVENTS_TOPIC": topics["events"],
-            "DLQ_TOPIC": topics["dlq"],
-            "KAFKA_GROUP_ID": f"test-pipeline-{suffix}",
-            "KAFKA_ENABLE_IDEMPOTENCE": "false",
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "HTTP_PORT": str(http_port),
-            "SHUTDOWN_TIMEOUT": "10",
-        }.items():
-            env.setenv(name, value)
-        for name in ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES"):
-            env.delenv(name, raising=False)
-        worker = Worker(load_configuration(Settings()))
-    task = asyncio.create_task(worker.run(install_signal_handlers=False), name="worker-under-test")
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False, max_request_size=4 * MiB)
-    await producer.start()
-    try:
-        readiness = await _readiness(http_port, task, timeout=30)
-        yield Pipeline(kafka_bootstrap, topics, dsn, http_port, worker, producer, readiness)
-    finally:
-        await producer.stop()
-        worker.request_stop()
-        code = await asyncio.wait_for(task, timeout=30)
-        admin = await asyncpg.connect(pg_dsn)
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in {
+                "DATABASE_URL": dsn,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "COMMANDS_TOPIC": topics["commands"],
+                "EVENTS_TOPIC": topics["events"],
+                "DLQ_TOPIC": topics["dlq"],
+                "KAFKA_GROUP_ID": f"test-pipeline-{suffix}",
+                "KAFKA_ENABLE_IDEMPOTENCE": "false",
+                "KAFKA_SESSION_TIMEOUT_MS": "6000",
+                "HTTP_PORT": str(http_port),
+                "SHUTDOWN_TIMEOUT": "10",
+            }.items():
+                env.setenv(name, value)
+            for name in ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES"):
+                env.delenv(name, raising=False)
+            worker = Worker(load_configuration(Settings()))
+        task = asyncio.create_task(worker.run(install_signal_handlers=False), name="worker-under-test")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, enable_idempotence=False, max_request_size=4 * MiB
+        )
+        await producer.start()
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            readiness = await _readiness(http_port, task, timeout=30)
+            yield Pipeline(kafka_bootstrap, topics, dsn, http_port, worker, producer, readiness)
         finally:
-            await admin.close()
+            await producer.stop()
+            worker.request_stop()
+            code = await asyncio.wait_for(task, timeout=30)
         assert code == EXIT_OK
 
 

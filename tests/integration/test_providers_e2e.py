@@ -8,13 +8,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.conftest import new_database
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
 from tests.integration.helpers import command, encode, key_of, migrate_database, payload, read_topic
 from worker.app import EXIT_OK, Worker, load_configuration
@@ -49,18 +48,16 @@ def providers_file(stripe_fake: FakeStripe, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 async def worker_env(pg_dsn: str, kafka_bootstrap: str, providers_file: Path) -> AsyncIterator[dict[str, str]]:
+    async with new_database(pg_dsn, "test_providers") as dsn:
+        await migrate_database(dsn)
+        yield await _environment(dsn, kafka_bootstrap, providers_file)
+
+
+async def _environment(dsn: str, kafka_bootstrap: str, providers_file: Path) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:12]
-    database = f"test_providers_{suffix}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    dsn = urlunsplit(urlsplit(pg_dsn)._replace(path=f"/{database}"))
-    await migrate_database(dsn)
     topics = {role: f"test.providers.{role}.{suffix}" for role in ("commands", "events", "dlq")}
     await create_topics(kafka_bootstrap, list(topics.values()), partitions=1)
-    env = {
+    return {
         "DATABASE_URL": dsn,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "COMMANDS_TOPIC": topics["commands"],
@@ -74,14 +71,6 @@ async def worker_env(pg_dsn: str, kafka_bootstrap: str, providers_file: Path) ->
         "PROVIDERS_FILE": str(providers_file),
         "E2E_STRIPE_KEY": DEFAULT_STRIPE_KEY,
     }
-    try:
-        yield env
-    finally:
-        admin = await asyncpg.connect(pg_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest.fixture(scope="module")

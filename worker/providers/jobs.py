@@ -34,26 +34,13 @@ from worker.providers.base import ProviderError
 from worker.providers.ids import idempotency_key
 from worker.providers.stripe import setup_payment_methods
 from worker.store.db import Conn
+from worker.store.outbox import write_events
 from worker.store.rows import state_from_row
 
 log = structlog.get_logger("worker.providers")
 
 JobKind = Literal["create", "update", "checkout"]
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is generic for type checkers only
-
-#: Errors that mean PostgreSQL is unreachable or busy (not a fault of the job): the write is retried.
-DATABASE_OUTAGES: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-)
 
 _RETURNING: Final = (
     "RETURNING j.id, j.organization_id, j.customer_id, j.message_id, j.kind, j.provider, j.connection_code, "
@@ -94,10 +81,6 @@ _SET_PROVIDER_CUSTOMER_ID: Final = "UPDATE customers SET provider_customer_id = 
 _INSERT_JOB: Final = (
     "INSERT INTO provider_jobs (organization_id, customer_id, message_id, kind, provider, connection_code, "
     "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT provider_jobs_once DO NOTHING"
-)
-_OUTBOX: Final = (
-    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
 )
 _PRUNE: Final = (
     "DELETE FROM provider_jobs WHERE id = ANY(ARRAY(SELECT id FROM provider_jobs "
@@ -228,18 +211,6 @@ async def _fenced(conn: Conn, job: ClaimedJob, status: str, note: dict[str, Any]
         raise LeaseLostError
 
 
-async def _write_events(conn: Conn, events: Sequence[OutboxEvent]) -> None:
-    if events:
-        await conn.execute(
-            _OUTBOX,
-            [event.event_id for event in events],
-            [event.key for event in events],
-            [event.event_type for event in events],
-            [event.traceparent for event in events],
-            [event.payload for event in events],
-        )
-
-
 async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: datetime) -> list[OutboxEvent]:
     """One transaction: lock the customer, finish the job (fenced), link the provider customer (create), write the
     events and, after a create that needs one, the follow-up `checkout` job. Returns the events written."""
@@ -276,7 +247,7 @@ async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: da
                 )
         elif job.kind == "checkout" and result.checkout_url is not None:
             events.append(_checkout_event(job, state, result.checkout_url, now))
-        await _write_events(conn, events)
+        await write_events(conn, events)
     return events
 
 
@@ -314,7 +285,7 @@ async def record_failure(pool: Pool, job: ClaimedJob, error: ProviderError, now:
             state = state_from_row(row)
             extra = {"provider_error": error.as_event()}
             events.append(provider_event(job, state, "customer.payment_provider_error", now, extra))
-            await _write_events(conn, events)
+            await write_events(conn, events)
     return events
 
 

@@ -25,6 +25,7 @@ from aiolimiter import AsyncLimiter
 
 from worker.domain.customer import CustomerState
 from worker.observability import Metrics
+from worker.outages import OUTAGES
 from worker.providers.base import (
     CONFIGURATION_ERROR,
     TIMEOUT,
@@ -37,7 +38,6 @@ from worker.providers.base import (
 from worker.providers.factory import AdapterFactory
 from worker.providers.ids import idempotency_key
 from worker.providers.jobs import (
-    DATABASE_OUTAGES,
     ClaimedJob,
     JobResult,
     LeaseLostError,
@@ -348,7 +348,7 @@ class ProviderJobRunner:
                             claimed += await claim_expired(self._pool, free - len(claimed), self._lease)
                             next_sweep = loop.time() + self._sweep_interval
                         outage_delay = 0.0
-                    except DATABASE_OUTAGES as exc:
+                    except OUTAGES as exc:
                         outage_delay = min(max(outage_delay * 2, 0.1), 5.0)
                         log.warning("provider_jobs_claim_failed", error_type=type(exc).__name__, retry_in=outage_delay)
                         await self._sleep(outage_delay)
@@ -401,7 +401,7 @@ class ProviderJobRunner:
         await asyncio.gather(*pending, return_exceptions=True)
         try:
             await release(self._pool, abandoned)
-        except DATABASE_OUTAGES as exc:
+        except OUTAGES as exc:
             log.warning("provider_jobs_release_failed", error_type=type(exc).__name__, jobs=len(abandoned))
 
     # ------------------------------------------------------------------------------------------------ one job
@@ -413,7 +413,7 @@ class ProviderJobRunner:
         with bound:
             try:
                 outcome = await self._attempt(job)
-            except DATABASE_OUTAGES as exc:
+            except OUTAGES as exc:
                 # The customer could not be read: no call was made. The lease runs out and the job is claimed again.
                 log.warning("provider_job_deferred", error_type=type(exc).__name__)
                 return
@@ -502,7 +502,7 @@ class ProviderJobRunner:
             except LeaseLostError:
                 log.warning("provider_job_lease_lost", kind=job.kind, attempts=job.attempts)
                 return
-            except DATABASE_OUTAGES as exc:
+            except OUTAGES as exc:
                 if loop.time() + delay > deadline:
                     log.warning("provider_job_result_unsaved", error_type=type(exc).__name__)
                     return

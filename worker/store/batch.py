@@ -24,6 +24,7 @@ from worker.ids import new_id
 from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
+from worker.store.outbox import write_events
 from worker.store.rows import SELECT_FOR_UPDATE, rows_json, state_from_row, upsert_sql
 
 Answer = Command | Rejection
@@ -34,10 +35,6 @@ _INBOX: Final = (
     "RETURNING organization_id, message_id"
 )
 _UPSERT: Final = upsert_sql()
-_OUTBOX: Final = (
-    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
-)
 _JOBS: Final = (
     "INSERT INTO provider_jobs "
     "(organization_id, customer_id, message_id, kind, provider, connection_code, traceparent) "
@@ -183,15 +180,7 @@ async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEve
             final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
     if final:
         await conn.execute(_UPSERT, rows_json(list(final.values())))
-    if events:
-        await conn.execute(
-            _OUTBOX,
-            [event.event_id for event in events],
-            [event.key for event in events],
-            [event.event_type for event in events],
-            [event.traceparent for event in events],
-            [event.payload for event in events],
-        )
+    await write_events(conn, events)
     if summary.jobs:
         await conn.execute(
             _JOBS,

@@ -12,7 +12,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from worker.contract.decode import DeadLetter
-from worker.service import DependencyUnavailableError, RawRecord
+from worker.outages import DependencyUnavailableError
+from worker.service import RawRecord
 from worker.settings import KafkaSettings
 from worker.transport.options import producer_options
 
