@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from datetime import datetime
-from operator import attrgetter
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NamedTuple, TypedDict
 from uuid import UUID
 
 from worker.contract.customer import CustomerInput
@@ -19,9 +17,11 @@ class MetadataEntry(TypedDict):
     display_in_invoice: bool
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerState:
-    """One row of `customers` (its metadata included); field names are the column names."""
+class CustomerState(NamedTuple):
+    """One row of `customers` (its metadata included); field names are the column names, in column order.
+
+    A named tuple rather than a dataclass: a state is built for every command, and a tuple is built in one C call
+    (`_make`), where a 43-field dataclass runs 43 attribute assignments in Python."""
 
     id: UUID
     organization_id: str
@@ -66,7 +66,10 @@ class CustomerState:
     metadata: tuple[MetadataEntry, ...] = ()
 
 
-COLUMNS: Final = tuple(f.name for f in fields(CustomerState))
+COLUMNS: Final = CustomerState._fields
+_POSITION: Final = {name: index for index, name in enumerate(COLUMNS)}
+_UPDATED_AT: Final = _POSITION["updated_at"]
+_DEFAULTS: Final = tuple(CustomerState._field_defaults.get(name) for name in COLUMNS)
 
 # Top-level body fields that map one to one onto a column.
 _PLAIN_FIELDS: Final = (
@@ -154,29 +157,25 @@ def patch_of(body: CustomerInput) -> dict[str, Any]:
 def new_customer(
     customer_id: UUID, organization_id: str, external_id: str, now: datetime, patch: dict[str, Any]
 ) -> CustomerState:
-    return CustomerState(
-        id=customer_id,
-        organization_id=organization_id,
-        external_id=external_id,
-        created_at=now,
-        updated_at=now,
-        **patch,
-    )
-
-
-_ALL_COLUMNS = attrgetter(*COLUMNS)
+    values = list(_DEFAULTS)
+    values[:5] = (customer_id, organization_id, external_id, now, now)
+    return _patched(values, patch)
 
 
 def columns_of(state: CustomerState) -> dict[str, Any]:
-    # attrgetter over every slot, then one constructor call: several times faster than dataclasses.replace.
-    return dict(zip(COLUMNS, _ALL_COLUMNS(state), strict=True))
+    return dict(zip(COLUMNS, state, strict=True))
 
 
 def apply_patch(state: CustomerState, now: datetime, patch: dict[str, Any]) -> CustomerState:
-    values = columns_of(state)
-    values.update(patch)
-    values["updated_at"] = now
-    return CustomerState(**values)
+    values = list(state)
+    values[_UPDATED_AT] = now
+    return _patched(values, patch)
+
+
+def _patched(values: list[Any], patch: dict[str, Any]) -> CustomerState:
+    for name, value in patch.items():
+        values[_POSITION[name]] = value
+    return CustomerState._make(values)
 
 
 def is_stale(state: CustomerState | None, occurred_at: datetime | None) -> bool:

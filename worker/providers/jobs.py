@@ -17,7 +17,6 @@ error in `last_error`). Finished rows are kept for inspection; `prune_finished` 
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,7 +228,7 @@ async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: da
                 log.info("provider_result_superseded", job_id=job.id, kind=job.kind, reason=reason)
             return events
         if job.kind == "create" and result.provider_customer_id is not None:
-            state = dataclasses.replace(state, provider_customer_id=result.provider_customer_id, updated_at=now)
+            state = state._replace(provider_customer_id=result.provider_customer_id, updated_at=now)
             await conn.execute(_SET_PROVIDER_CUSTOMER_ID, state.id, result.provider_customer_id, now)
             events.append(provider_event(job, state, "customer.payment_provider_created", now))
             if result.checkout_url is not None:

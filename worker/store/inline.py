@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
 
@@ -57,7 +56,7 @@ async def create_inline(
             continue
         state = outcome.state
         if key in linked:
-            state = replace(state, provider_customer_id=linked[key])
+            state = state._replace(provider_customer_id=linked[key])
             jobs = tuple(job for job in outcome.jobs if job.kind != "create")
             if needs_checkout_after_create(state.payment_provider or "", state):
                 jobs += (
@@ -83,7 +82,7 @@ async def create_inline(
         elif state.id in by_customer:
             provider_id, code = by_customer[state.id]
             if state.provider_customer_id is None and state.payment_provider_code == code:
-                state = replace(state, provider_customer_id=provider_id)
+                state = state._replace(provider_customer_id=provider_id)
             jobs = tuple(job for job in outcome.jobs if job.kind != "create")
             outcomes[key] = Applied(outcome.command, outcome.created, state, jobs)
     return events

@@ -27,21 +27,27 @@ def _sql_type(column: str) -> str:
     return _SQL_TYPES.get(column, "text")
 
 
+def _element(index: int, column: str) -> str:
+    kind = _sql_type(column)
+    # `->>` reads JSON null as SQL NULL; `->` would keep a jsonb 'null', hence the NULLIF.
+    return f"NULLIF(r->{index}, 'null'::jsonb)" if kind == "jsonb" else f"(r->>{index})::{kind}"
+
+
 def upsert_sql() -> str:
-    """One statement for the whole batch. The rows travel as one JSON array, serialised by orjson and unpacked by
-    PostgreSQL (`jsonb_to_recordset`): this keeps the encoding work off the worker's Python thread."""
+    """One statement for the whole batch. The rows travel as one JSON array of arrays (column order), serialised by
+    orjson and unpacked by PostgreSQL: this keeps the encoding work off the worker's Python thread."""
     columns = ", ".join(COLUMNS)
-    record = ", ".join(f"{column} {_sql_type(column)}" for column in COLUMNS)
+    values = ", ".join(_element(index, column) for index, column in enumerate(COLUMNS))
     updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in COLUMNS if column not in ("id", "created_at"))
     return (
-        f"INSERT INTO customers ({columns}) SELECT {columns} FROM jsonb_to_recordset($1::jsonb) AS r({record}) "
+        f"INSERT INTO customers ({columns}) SELECT {values} FROM jsonb_array_elements($1::jsonb) AS r "
         f"ON CONFLICT (id) DO UPDATE SET {updates}"
     )
 
 
 def rows_json(states: Sequence[CustomerState]) -> str:
-    # orjson writes the dataclasses themselves (UUIDs, RFC 3339 datetimes, tuples as arrays) in C.
-    return orjson.dumps(states).decode()
+    # orjson writes UUIDs, RFC 3339 datetimes and nested tuples in C; a named tuple is passed as its plain tuple.
+    return orjson.dumps([tuple(state) for state in states]).decode()
 
 
 SELECT_FOR_UPDATE: Final = (
@@ -67,4 +73,4 @@ def state_from_row(row: asyncpg.Record) -> CustomerState:
     values[_METHODS] = tuple(orjson.loads(methods)) if methods is not None else None
     values[_TAX_CODES] = tuple(orjson.loads(values[_TAX_CODES]))
     values[_METADATA] = tuple(orjson.loads(values[_METADATA]))
-    return CustomerState(*values)
+    return CustomerState._make(values)
