@@ -6,9 +6,8 @@ every payload validates against the published models in `worker.contract.events`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -19,8 +18,7 @@ from worker.domain.customer import CustomerState
 _JSON_OPTIONS: Final = orjson.OPT_UTC_Z
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
+class OutboxEvent(NamedTuple):
     """One row of the outbox: what the relay publishes to the events topic."""
 
     event_id: UUID
@@ -66,11 +64,8 @@ def lago_customer(state: CustomerState) -> dict[str, Any]:
             "payment_provider": state.payment_provider,
             "payment_provider_code": state.payment_provider_code,
             "provider_customer_id": state.provider_customer_id,
-            "provider_payment_methods": (
-                list(state.provider_payment_methods)
-                if state.payment_provider == "stripe" and state.provider_payment_methods is not None
-                else None
-            ),
+            # orjson writes tuples as arrays: no copies into lists.
+            "provider_payment_methods": state.provider_payment_methods if state.payment_provider == "stripe" else None,
             "document_locale": state.document_locale,
         },
         "shipping_address": {
@@ -82,7 +77,7 @@ def lago_customer(state: CustomerState) -> dict[str, Any]:
             "country": state.shipping_country,
         },
         "metadata": state.metadata,
-        "tax_codes": list(state.tax_codes),
+        "tax_codes": state.tax_codes,
         "created_at": state.created_at,
         "updated_at": state.updated_at,
     }
