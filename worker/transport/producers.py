@@ -4,12 +4,14 @@ caller awaits the broker's acknowledgement of the whole set before it commits an
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 
 from worker.contract.decode import DeadLetter
 from worker.outages import DependencyUnavailableError
@@ -21,6 +23,13 @@ Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 DLQ_HEADERS = frozenset(
     {"dlq-reason", "dlq-error", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset", "dlq-failed-at"}
 )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_hash(key: bytes) -> int:
+    # The Java client's partitioning (murmur2 of the key), as aiokafka's DefaultPartitioner computes it in pure
+    # Python: cached, since a customer's key comes back with each of its commands.
+    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 def is_kafka_outage(exc: BaseException) -> bool:
@@ -39,7 +48,6 @@ class KafkaProducer:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -70,7 +78,9 @@ class KafkaProducer:
         partitions = sorted(await producer.partitions_for(topic))
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
-            by_partition.setdefault(self._partitioner(message[0], partitions, partitions), []).append(message)
+            key = message[0]
+            partition = partitions[_key_hash(key) % len(partitions)] if key is not None else random.choice(partitions)
+            by_partition.setdefault(partition, []).append(message)
         pending = []
         for partition, batch_messages in by_partition.items():
             batch = producer.create_batch()
