@@ -97,6 +97,7 @@ _PLAIN_FIELDS: Final = (
 _PLAIN_FIELD_SET: Final = frozenset(_PLAIN_FIELDS)
 _ADDRESS_FIELDS: Final = ("address_line1", "address_line2", "city", "zipcode", "state", "country")
 _ADDRESS_FIELD_SET: Final = frozenset(_ADDRESS_FIELDS)
+_SHIPPING_COLUMNS: Final = tuple((name, f"shipping_{name}") for name in _ADDRESS_FIELDS)
 _BILLING_FIELDS: Final = (
     "invoice_grace_period",
     "document_locale",
@@ -133,11 +134,11 @@ def patch_of(body: CustomerInput) -> dict[str, Any]:
         )
     if "shipping_address" in body:
         shipping = body["shipping_address"]
-        for name in _ADDRESS_FIELDS:
+        for name, column in _SHIPPING_COLUMNS:
             if shipping is None:
-                patch[f"shipping_{name}"] = None
+                patch[column] = None
             elif name in shipping:
-                patch[f"shipping_{name}"] = _address_value(shipping[name])  # type: ignore[literal-required]
+                patch[column] = _address_value(shipping[name])  # type: ignore[literal-required]
     if "billing_configuration" in body:
         billing = body["billing_configuration"]
         if billing is None:
