@@ -108,6 +108,10 @@ def build_commands(count: int, *, seed: int, providers: bool, prefix: str) -> li
         customer_index = index % customers
         body = _customer_body(rng, customer_index, providers=providers)
         body["external_id"] = f"{prefix}_{customer_index:08d}"
+        if providers:
+            # Linked to the same provider customer on every command: connection lookups and links are exercised,
+            # and no command needs a provider call (the figures stay one event per command).
+            body["billing_configuration"]["provider_customer_id"] = f"cus_{prefix}_{customer_index:08d}"
         if rng.random() < INVALID_SHARE:
             rng.choice(MUTATIONS)(body)
         document = {
