@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import asyncpg
 import stamina
@@ -30,8 +30,7 @@ log = structlog.get_logger("worker.service")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """A consumed record exactly as read: the DLQ copies key, value and headers byte for byte."""
 
     topic: str

@@ -13,4 +13,3 @@ from worker.transport.producers import _key_hash
 def test_partition_of_a_key_matches_the_kafka_default_partitioner(key: bytes, count: int) -> None:
     partitions = list(range(count))
     assert partitions[_key_hash(key) % count] == DefaultPartitioner()(key, partitions, partitions)
-

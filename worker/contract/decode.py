@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -54,8 +54,7 @@ class DecodeContext:
     max_value_bytes: int = MAX_VALUE_BYTES
 
 
-@dataclass(slots=True)
-class Command:
+class Command(NamedTuple):
     message_id: str
     organization_id: str
     occurred_at: datetime | None
@@ -72,8 +71,7 @@ class Command:
         return external_id
 
 
-@dataclass(slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     message_id: str
     organization_id: str
     external_id: str | None
