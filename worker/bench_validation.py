@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from worker.contract.decode import Command, DecodeContext, Rejection, decode
 from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
+from worker.runtime import tune_garbage_collector
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 
 ORGANIZATION: Final = "org_bench"
@@ -254,8 +255,9 @@ def run(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - started:.1f} s"
     )
     # The corpus's containers live for the whole benchmark; a worker holds one batch at a time. Freezing them keeps
-    # full collections from walking 50,000 records the worker would never hold.
-    gc.freeze()
+    # full collections from walking 50,000 records the worker would never hold. The collector is then set up as the
+    # worker sets it up (`worker.runtime`).
+    tune_garbage_collector()
     context = bench_context()
     try:
         valid, rejected = check_outcomes(corpus, context)
