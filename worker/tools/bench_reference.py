@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from worker.domain.customer import COLUMNS
+from worker.runtime import tune_garbage_collector
 
 _TEXT_COLUMNS: Final = tuple(
     column
@@ -187,6 +188,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["lean", "naive"], required=True)
     parser.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
+    # The same collector settings as the worker's, so that the ratios compare the pipelines, not the runtime.
+    tune_garbage_collector()
     asyncio.run(run(args.mode, args.count))
 
 
