@@ -192,7 +192,7 @@ async def measure_drain(dsn: str, total: int, label: str, process: subprocess.Po
                 break
             if process.poll() is not None:
                 raise RuntimeError(f"{label} exited with {process.returncode} before the drain ended")
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.1)
     finally:
         await conn.close()
         _progress_done()
