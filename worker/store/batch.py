@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
+from worker.contract.codes import Errors
 from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
@@ -150,27 +151,42 @@ def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
 
 def _answer(outcome: Outcome, now: datetime, summary: BatchSummary) -> OutboxEvent:
     command = outcome.command
-    common = {
-        "event_id": new_id(),
-        "organization_id": command.organization_id,
-        "message_id": command.message_id,
-        "external_id": command.external_id,
-        "occurred_at": now,
-        "traceparent": command.traceparent,
-    }
     if isinstance(outcome, Skipped):
         summary.skipped += 1
-        return build_event(event_type="customer.skipped", extra={"reason": "stale"}, **common)  # type: ignore[arg-type]
+        return _command_event(command, now, "customer.skipped", extra={"reason": "stale"})
     if isinstance(outcome, Refused):
         summary.rejected += 1
-        return build_event(event_type="customer.rejected", errors=outcome.errors, **common)  # type: ignore[arg-type]
+        return _command_event(command, now, "customer.rejected", errors=outcome.errors)
     if outcome.created:
         summary.created += 1
     else:
         summary.updated += 1
     summary.jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
     event_type = "customer.created" if outcome.created else "customer.updated"
-    return build_event(event_type=event_type, customer=outcome.state, **common)  # type: ignore[arg-type]
+    return _command_event(command, now, event_type, customer=outcome.state)
+
+
+def _command_event(
+    command: Command,
+    now: datetime,
+    event_type: str,
+    *,
+    customer: CustomerState | None = None,
+    errors: Errors | None = None,
+    extra: dict[str, Any] | None = None,
+) -> OutboxEvent:
+    return build_event(
+        event_id=new_id(),
+        event_type=event_type,
+        organization_id=command.organization_id,
+        message_id=command.message_id,
+        external_id=command.external_id,
+        occurred_at=now,
+        traceparent=command.traceparent,
+        customer=customer,
+        errors=errors,
+        extra=extra,
+    )
 
 
 async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEvent], summary: BatchSummary) -> None:
