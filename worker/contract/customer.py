@@ -89,7 +89,7 @@ NonNegativeInt = Annotated[int, Field(ge=0, le=PG_INT_MAX)]
 
 # TypedDicts rather than models: a key that is absent from the command is absent from the validated value, which is
 # exactly the absent-versus-null distinction of SPEC §4, and pydantic-core validates them without building objects.
-# Unknown keys are dropped (forward compatibility) and counted from the raw body by `unknown_fields`.
+# Unknown keys are dropped (forward compatibility) and counted by `decode` from the raw body.
 _CONFIG = ConfigDict(strict=True, extra="ignore", json_schema_extra={"additionalProperties": True})
 
 
@@ -203,22 +203,3 @@ def strip_nul(customer: dict[str, Any]) -> dict[str, Any]:
             {key: _strip(value) for key, value in item.items()} if isinstance(item, dict) else item for item in metadata
         ]
     return cleaned
-
-
-_NESTED_FIELDS: Final = (("billing_configuration", BILLING_FIELDS), ("shipping_address", SHIPPING_FIELDS))
-
-
-def unknown_fields(customer: dict[str, Any]) -> int:
-    """Unknown fields anywhere in the body, for the `unknown fields` metric (SPEC §3)."""
-    # Subset tests first: they allocate nothing, and almost every command has no unknown field.
-    count = 0 if customer.keys() <= CUSTOMER_FIELDS else len(customer.keys() - CUSTOMER_FIELDS)
-    for name, known in _NESTED_FIELDS:
-        inner = customer.get(name)
-        if isinstance(inner, dict) and not inner.keys() <= known:
-            count += len(inner.keys() - known)
-    metadata = customer.get("metadata")
-    if isinstance(metadata, list):
-        for item in metadata:
-            if isinstance(item, dict) and not item.keys() <= METADATA_FIELDS:
-                count += len(item.keys() - METADATA_FIELDS)
-    return count
