@@ -30,11 +30,15 @@ _ADDRESS: Final = (
 # Lago splits on commas, strips each part and matches it: the same as one match of the whole list (`\s` is what
 # `str.strip` removes), without building the parts.
 _ADDRESS_LIST: Final = re.compile(rf"\s*{_ADDRESS}\s*(?:,\s*{_ADDRESS}\s*)*")
+# The same rule for pure-ASCII lists, as pydantic-core's (Rust) pattern: its `\s` is Unicode White_Space, which lacks
+# some of what `str.strip` removes, so the ASCII whitespace is spelt out. It accepts a subset of `_ADDRESS_LIST`.
+_ASCII_SPACE: Final = r"[ \t\n\r\x0b\x0c]*"
+ASCII_ADDRESS_LIST: Final = rf"^{_ASCII_SPACE}{_ADDRESS}{_ASCII_SPACE}(?:,{_ASCII_SPACE}{_ADDRESS}{_ASCII_SPACE})*$"
 
 
 def normalize_email(value: str) -> str:
     """Remove invisible characters and replace dash look-alikes; everything else is kept as written."""
-    if _NEEDS_TRANSLATION.search(value) is None:
+    if value.isascii() or _NEEDS_TRANSLATION.search(value) is None:
         return value
     return value.translate(_TRANSLATION)
 
