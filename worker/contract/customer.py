@@ -1,8 +1,10 @@
 """The Lago customer body of a command (SPEC §3), as pydantic v2 typed dicts.
 
-Field rules that pydantic expresses natively (types, lengths, ranges) are declared; the rest are small after-validators
-that raise `PydanticCustomError` with Lago's code as the error type, so `rules.pydantic_errors` only has to map
-pydantic's built-in types. Rules that span fields or items are in `rules.cross_field_errors`.
+Field rules that pydantic expresses natively (types, lengths, ranges, closed sets, non-blank patterns) are declared and
+run in pydantic-core. The e-mail and country rules are Python functions that raise `PydanticCustomError` with Lago's
+code as the error type, reached only for values the Rust-side check cannot settle (`_RustFirst`); so
+`rules.pydantic_errors` only has to map pydantic's built-in types. Rules that span fields or items are in
+`rules.cross_field_errors`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class _RustFirst:
     """A string rule checked by pydantic-core alone for the usual value, and by the Python rule only when that fails.
 
     The fast check accepts a subset of what the Python rule accepts and returns the value the rule would return
-    (so the split is invisible: `tests/unit/test_contract_properties.py` holds them equal). A wrong JSON type fails
+    (so the split is invisible: `tests/unit/test_rust_first_checks.py` holds them equal). A wrong JSON type fails
     the `str` step first (`value_is_invalid`); a string both reject is the field's Lago code."""
 
     fast: CoreSchema
