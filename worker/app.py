@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
 from worker.observability import Health, HealthServer, Metrics
+from worker.outages import Dependency
 from worker.providers.factory import AdapterFactory
 from worker.providers.jobs import prune_finished
 from worker.providers.registry import Connection, ProviderRegistry, load_registry
@@ -174,7 +175,7 @@ class Worker:
         log.info("worker_stopped", events_published=relay.stats.published)
         return EXIT_OK
 
-    async def _until_or_stopped(self, operation: Callable[[], Awaitable[None]], dependency: str) -> bool:
+    async def _until_or_stopped(self, operation: Callable[[], Awaitable[None]], dependency: Dependency) -> bool:
         """Wait for a dependency through outages (not ready meanwhile); False when a stop came first."""
         task = asyncio.ensure_future(until_done(operation, dependency, self._on_outage))
         stop = asyncio.ensure_future(self._stop.wait())
@@ -192,13 +193,13 @@ class Worker:
         await pool.fetchval("SELECT 1")
         self.health.database_ok = True
 
-    def _on_outage(self, dependency: str, available: bool) -> None:
+    def _on_outage(self, dependency: Dependency, available: bool) -> None:
         if dependency == "postgres":
             self.health.database_ok = available
         else:
             self.health.broker_ok = available
         if not available:
-            self.metrics.dependency_retry(dependency)  # type: ignore[arg-type]
+            self.metrics.dependency_retry(dependency)
 
     def _published(self, count: int) -> None:
         self.metrics.events_published_total.inc(count)

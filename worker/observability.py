@@ -35,6 +35,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel, ValidationError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from worker.outages import Dependency
+
 __all__ = [
     "COMMAND_OUTCOMES",
     "DEPENDENCIES",
@@ -453,7 +455,6 @@ def clear_record_context() -> None:
 
 CommandOutcome = Literal["created", "updated", "rejected", "skipped", "duplicate", "dead_lettered", "invalid_signature"]
 DlqReason = Literal["invalid_json", "invalid_envelope", "too_large", "processing_error"]
-Dependency = Literal["postgres", "kafka"]
 Provider = Literal["stripe", "adyen", "gocardless"]
 #: ``success``; ``retryable_error`` (network, 429, 5xx: will be retried); ``permanent_error`` (other 4xx, or attempts
 #: exhausted); ``timeout`` (the inline budget ran out, the call goes on as a background job).
@@ -612,52 +613,22 @@ class Metrics:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(slots=True)
 class Health:
     """Readiness flags; ready when the database is reachable, the broker connected and partitions assigned."""
 
-    def __init__(self) -> None:
-        self._database_ok = False
-        self._broker_ok = False
-        self._partitions_assigned = False
-
-    @property
-    def database_ok(self) -> bool:
-        return self._database_ok
-
-    @database_ok.setter
-    def database_ok(self, value: bool) -> None:
-        self._database_ok = bool(value)
-
-    @property
-    def broker_ok(self) -> bool:
-        return self._broker_ok
-
-    @broker_ok.setter
-    def broker_ok(self, value: bool) -> None:
-        self._broker_ok = bool(value)
-
-    @property
-    def partitions_assigned(self) -> bool:
-        return self._partitions_assigned
-
-    @partitions_assigned.setter
-    def partitions_assigned(self, value: bool) -> None:
-        self._partitions_assigned = bool(value)
+    database_ok: bool = False
+    broker_ok: bool = False
+    partitions_assigned: bool = False
 
     @property
     def ready(self) -> bool:
-        return self._database_ok and self._broker_ok and self._partitions_assigned
+        return self.database_ok and self.broker_ok and self.partitions_assigned
 
     def not_ready(self) -> list[str]:
         """Names of the failing checks (``database``, ``broker``, ``partitions``), empty when ready."""
-        failing: list[str] = []
-        if not self._database_ok:
-            failing.append("database")
-        if not self._broker_ok:
-            failing.append("broker")
-        if not self._partitions_assigned:
-            failing.append("partitions")
-        return failing
+        checks = (("database", self.database_ok), ("broker", self.broker_ok), ("partitions", self.partitions_assigned))
+        return [name for name, ok in checks if not ok]
 
 
 class HealthServer:

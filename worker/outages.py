@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 import asyncpg
+
+Dependency = Literal["postgres", "kafka"]
+"""The dependencies whose outages are waited out (and counted, in `customer_worker_dependency_retries_total`)."""
 
 
 class DependencyUnavailableError(Exception):

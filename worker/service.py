@@ -21,7 +21,7 @@ import structlog
 
 from worker.contract.codes import DlqReason
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
-from worker.outages import is_outage
+from worker.outages import Dependency, is_outage
 from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
@@ -53,15 +53,17 @@ class BatchReport:
     dead_letters: dict[str, int] = field(default_factory=dict)
 
 
-OutageHook = Callable[[str, bool], None]
+OutageHook = Callable[[Dependency, bool], None]
 """Called with (dependency, available): False on each retry during an outage, True once the operation succeeded."""
 
 
-def _ignore(dependency: str, available: bool) -> None:
+def _ignore(dependency: Dependency, available: bool) -> None:
     return None
 
 
-async def until_done(operation: Callable[[], Awaitable[T]], dependency: str, on_outage: OutageHook = _ignore) -> T:
+async def until_done(
+    operation: Callable[[], Awaitable[T]], dependency: Dependency, on_outage: OutageHook = _ignore
+) -> T:
     """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes."""
     async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
         with attempt:

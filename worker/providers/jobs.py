@@ -29,6 +29,7 @@ import structlog
 
 from worker.domain.customer import COLUMNS, CustomerState
 from worker.domain.events import OutboxEvent, build_event
+from worker.ids import new_id
 from worker.providers.base import ProviderError
 from worker.providers.ids import idempotency_key
 from worker.providers.stripe import setup_payment_methods
@@ -157,7 +158,7 @@ def provider_event(
     job: ClaimedJob, state: CustomerState, event_type: str, now: datetime, extra: dict[str, Any] | None = None
 ) -> OutboxEvent:
     return build_event(
-        event_id=uuid.uuid4(),
+        event_id=new_id(),
         event_type=event_type,
         organization_id=job.organization_id,
         message_id=job.message_id,
