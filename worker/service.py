@@ -176,7 +176,7 @@ class BatchService:
                     middle = len(part) // 2
                     pending[:0] = [part[:middle], part[middle:]]
                 continue
-            _merge(total, summary)
+            total.add(summary)
         return total, poisoned
 
 
@@ -192,15 +192,3 @@ def _log_rejection(record: RawRecord, rejection: Rejection) -> None:
             log.info("command_rejected", errors=rejection.errors)
         else:
             log.warning("command_signature_invalid")
-
-
-def _merge(total: BatchSummary, part: BatchSummary) -> None:
-    total.created += part.created
-    total.updated += part.updated
-    total.rejected += part.rejected
-    total.invalid_signature += part.invalid_signature
-    total.skipped += part.skipped
-    total.duplicates += part.duplicates
-    total.unknown_fields += part.unknown_fields
-    total.events += part.events
-    total.jobs.extend(part.jobs)

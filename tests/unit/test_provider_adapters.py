@@ -17,14 +17,14 @@ from tests.fakes.adyen_fake import DEFAULT_ADYEN_KEY, DEFAULT_MERCHANT_ACCOUNT, 
 from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from worker.domain.customer import CustomerState
+from worker.domain.customer import CustomerState, stripe_setup_methods
 from worker.observability import Metrics
 from worker.providers.base import ProviderError, parse_retry_after
 from worker.providers.factory import AdapterFactory
 from worker.providers.ids import MAX_KEY_LENGTH, derived_key, idempotency_key
 from worker.providers.registry import Connection, ConnectionConfig, ProviderName
 from worker.providers.runner import ConnectionGate, ProviderCaller, backoff_delay, create_inline
-from worker.providers.stripe import create_params, setup_payment_methods, update_params
+from worker.providers.stripe import create_params, update_params
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -194,8 +194,8 @@ def test_stripe_parameters() -> None:
         "country": "FR",
     }
     assert params.get("metadata") == {"lago_customer_id": str(state.id), "customer_id": state.external_id}
-    assert setup_payment_methods(state) == ["card", "link"]
-    assert setup_payment_methods(customer(provider_payment_methods=("customer_balance",))) == []
+    assert stripe_setup_methods(state) == ["card", "link"]
+    assert stripe_setup_methods(customer(provider_payment_methods=("customer_balance",))) == []
     cleared = update_params(
         customer(
             name=None,

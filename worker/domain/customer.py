@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple, TypedDict
 from uuid import UUID
 
-from worker.contract.customer import CustomerInput
+from worker.contract.customer import SHIPPING_FIELDS, CustomerInput
+from worker.contract.datasets import STRIPE_METHODS_WITHOUT_SETUP
 
 
 class MetadataEntry(TypedDict):
@@ -95,7 +96,7 @@ _PLAIN_FIELDS: Final = (
     "net_payment_term",
 )
 _PLAIN_FIELD_SET: Final = frozenset(_PLAIN_FIELDS)
-_ADDRESS_FIELDS: Final = ("address_line1", "address_line2", "city", "zipcode", "state", "country")
+_ADDRESS_FIELDS: Final = tuple(sorted(SHIPPING_FIELDS))  # the contract's six address fields
 _ADDRESS_FIELD_SET: Final = frozenset(_ADDRESS_FIELDS)
 _SHIPPING_COLUMNS: Final = tuple((name, f"shipping_{name}") for name in _ADDRESS_FIELDS)
 _BILLING_FIELDS: Final = (
@@ -108,6 +109,15 @@ _BILLING_FIELDS: Final = (
 _BILLING_FIELD_SET: Final = frozenset(_BILLING_FIELDS)
 PROVIDER_PUSHED_FIELDS: Final = frozenset({"name", "firstname", "lastname", "email", "phone", *_ADDRESS_FIELDS})
 """Changes that are pushed to a linked Stripe customer (SPEC §9)."""
+STRIPE_DEFAULT_PAYMENT_METHODS: Final = ("card",)
+"""What a Stripe-linked customer without payment methods gets (Lago's default)."""
+
+
+def stripe_setup_methods(state: CustomerState) -> list[str]:
+    """The customer's Stripe payment methods that a Checkout Session in setup mode collects (SPEC §11: all but
+    `customer_balance` and `crypto`); empty when none needs setup."""
+    methods = state.provider_payment_methods or STRIPE_DEFAULT_PAYMENT_METHODS
+    return [method for method in methods if method not in STRIPE_METHODS_WITHOUT_SETUP]
 
 
 def _address_value(value: str | None) -> str | None:

@@ -14,17 +14,18 @@ from typing import Literal
 from uuid import UUID
 
 from worker.contract.codes import BASE, Errors
-from worker.contract.datasets import STRIPE_METHODS_WITHOUT_SETUP
 from worker.contract.decode import Command
 from worker.contract.links import resolve_connection
 from worker.domain.customer import (
     PROVIDER_PUSHED_FIELDS,
+    STRIPE_DEFAULT_PAYMENT_METHODS,
     CustomerState,
     advance_high_water_mark,
     apply_patch,
     is_stale,
     new_customer,
     patch_of,
+    stripe_setup_methods,
 )
 from worker.providers.registry import LookupFailure, ProviderRegistry
 
@@ -130,7 +131,7 @@ def apply_command(
         and patch.get("payment_provider") == "stripe"
         and not (patch.get("provider_payment_methods") or (state and state.provider_payment_methods))
     ):
-        patch["provider_payment_methods"] = ("card",)
+        patch["provider_payment_methods"] = STRIPE_DEFAULT_PAYMENT_METHODS
     if state is None:
         after = new_customer(new_id(), command.organization_id, command.external_id, now, patch)
         created = True
@@ -159,7 +160,7 @@ def _jobs(
         newly_linked = link.provider_customer_id and (
             before is None or before.provider_customer_id != after.provider_customer_id
         )
-        if newly_linked and before is not None and _needs_checkout(after):
+        if newly_linked and before is not None and provider == "stripe" and stripe_setup_methods(after):
             return (ProviderJob("checkout", provider, code, message_id),)
         return ()
     if (
@@ -171,9 +172,3 @@ def _jobs(
     ):
         return (ProviderJob("update", provider, code, message_id),)
     return ()
-
-
-def _needs_checkout(state: CustomerState) -> bool:
-    if state.payment_provider != "stripe":
-        return False
-    return any(method not in STRIPE_METHODS_WITHOUT_SETUP for method in state.provider_payment_methods or ("card",))

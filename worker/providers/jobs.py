@@ -27,12 +27,11 @@ import asyncpg
 import orjson
 import structlog
 
-from worker.domain.customer import COLUMNS, CustomerState
+from worker.domain.customer import COLUMNS, CustomerState, stripe_setup_methods
 from worker.domain.events import OutboxEvent, build_event
 from worker.ids import new_id
 from worker.providers.base import ProviderError
 from worker.providers.ids import idempotency_key
-from worker.providers.stripe import setup_payment_methods
 from worker.store.db import Conn
 from worker.store.outbox import write_events
 from worker.store.rows import state_from_row
@@ -132,7 +131,7 @@ def needs_checkout_after_create(provider: str, state: CustomerState) -> bool:
     """SPEC §9/§11: Stripe when a payment method needs setup; GoCardless always (a billing request flow); Adyen
     always, its link coming with the create itself."""
     if provider == "stripe":
-        return bool(setup_payment_methods(state))
+        return bool(stripe_setup_methods(state))
     return provider in ("gocardless", "adyen")
 
 
@@ -149,7 +148,7 @@ def skip_reason(job: ClaimedJob, state: CustomerState | None) -> str | None:
         return "no_provider_customer"
     if job.kind == "update" and job.provider == "adyen":
         return "nothing_to_push"
-    if job.kind == "checkout" and job.provider == "stripe" and not setup_payment_methods(state):
+    if job.kind == "checkout" and job.provider == "stripe" and not stripe_setup_methods(state):
         return "no_setup_needed"
     return None
 

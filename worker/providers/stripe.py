@@ -15,9 +15,8 @@ import stripe
 from stripe.params import CustomerCreateParams, CustomerUpdateParams
 from stripe.params.checkout import SessionCreateParams
 
-from worker.contract.datasets import STRIPE_METHODS_WITHOUT_SETUP
 from worker.contract.email import first_email
-from worker.domain.customer import CustomerState
+from worker.domain.customer import STRIPE_DEFAULT_PAYMENT_METHODS, CustomerState, stripe_setup_methods
 from worker.providers.base import (
     DEFAULT_TIMEOUT,
     ProviderError,
@@ -36,7 +35,6 @@ DEFAULT_SUCCESS_URL: Final = "https://stripe.com/"
 """Where Stripe's hosted setup page sends the customer back when the connection sets no `success_url` (Lago's
 default)."""
 
-DEFAULT_PAYMENT_METHODS: Final = ("card",)
 _PROVIDER: Final[ProviderName] = "stripe"
 # Stripe's address fields and the customer columns they come from.
 _ADDRESS: Final = (
@@ -47,13 +45,6 @@ _ADDRESS: Final = (
     ("state", "state"),
     ("country", "country"),
 )
-
-
-def setup_payment_methods(customer: CustomerState) -> list[str]:
-    """The customer's payment methods that a Checkout Session in setup mode collects (SPEC §11: all but
-    `customer_balance` and `crypto`); empty when none needs setup."""
-    methods = customer.provider_payment_methods or DEFAULT_PAYMENT_METHODS
-    return [method for method in methods if method not in STRIPE_METHODS_WITHOUT_SETUP]
 
 
 def create_params(customer: CustomerState) -> CustomerCreateParams:
@@ -143,7 +134,7 @@ class StripeAdapter:
             raise _error(exc) from None
 
     async def checkout_url(self, customer: CustomerState, provider_customer_id: str, key: str) -> str:
-        methods = setup_payment_methods(customer) or list(DEFAULT_PAYMENT_METHODS)
+        methods = stripe_setup_methods(customer) or list(STRIPE_DEFAULT_PAYMENT_METHODS)
         # stripe 16 pins an API version where Checkout Sessions take `allowed_payment_method_types`.
         params: SessionCreateParams = {
             "mode": "setup",

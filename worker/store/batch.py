@@ -5,7 +5,7 @@
 3. fold each customer's commands in partition order (pure domain code);
 4. upsert the changed customers, write the outbox events and the provider jobs.
 
-Four statements whatever the batch size; the caller commits the Kafka offsets only after this returns.
+Five statements at most, whatever the batch size; the caller commits the Kafka offsets only after this returns.
 """
 
 from __future__ import annotations
@@ -56,6 +56,18 @@ class BatchSummary:
     jobs: list[tuple[CustomerState, ProviderJob, str | None]] = field(default_factory=list)
     events: int = 0
 
+    def add(self, other: BatchSummary) -> None:
+        """Fold in the summary of another part of the same batch (poison isolation applies a batch in parts)."""
+        self.created += other.created
+        self.updated += other.updated
+        self.rejected += other.rejected
+        self.invalid_signature += other.invalid_signature
+        self.skipped += other.skipped
+        self.duplicates += other.duplicates
+        self.unknown_fields += other.unknown_fields
+        self.jobs.extend(other.jobs)
+        self.events += other.events
+
 
 async def apply_batch(
     conn: Conn,
@@ -72,15 +84,14 @@ async def apply_batch(
         provider_events = await create_inline(outcomes, registry, inline, now) if inline is not None else {}
         events: list[OutboxEvent] = []
         for answer in fresh:
+            summary.unknown_fields += answer.unknown_fields
             if isinstance(answer, Rejection):
                 events.append(_rejected(answer, now))
                 if answer.record_as_processed:
                     summary.rejected += 1
                 else:
                     summary.invalid_signature += 1
-                summary.unknown_fields += answer.unknown_fields
                 continue
-            summary.unknown_fields += answer.unknown_fields
             events.append(_answer(outcomes[id(answer)], now, summary))
             if id(answer) in provider_events:
                 events.append(provider_events[id(answer)])  # after the command's primary event (SPEC §11)
