@@ -199,7 +199,6 @@ class CustomerInput(AddressFields, total=False):
 
 
 CUSTOMER: Final = TypeAdapter(CustomerInput)
-BILLING: Final = TypeAdapter(BillingConfiguration)
 
 
 def _keys(kind: Any) -> frozenset[str]:

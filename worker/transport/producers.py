@@ -32,10 +32,6 @@ def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
 
 
-def is_kafka_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OSError | TimeoutError) or (isinstance(exc, KafkaError) and exc.retriable)
-
-
 def raise_outage(exc: BaseException) -> None:
     """Re-raise a retriable broker error as the service's DependencyUnavailableError (then retried without limit)."""
     if isinstance(exc, KafkaError) and exc.retriable:
