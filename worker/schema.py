@@ -102,7 +102,11 @@ def _string(description: str, **constraints: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **constraints}
 
 
-def _headers(properties: dict[str, dict[str, Any]], required: list[str], *, others: bool = False) -> dict[str, Any]:
+def _headers(
+    properties: dict[str, dict[str, Any]], required: list[str] | None = None, *, others: bool = False
+) -> dict[str, Any]:
+    """Headers as a JSON object; every header is required unless `required` names the ones that are."""
+    required = list(properties) if required is None else required
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": others}
 
 
@@ -183,14 +187,6 @@ def asyncapi_document() -> dict[str, Any]:
                 "dlq-source-offset": _string("Its offset, in decimal.", pattern="^[0-9]+$"),
                 "dlq-failed-at": _string("When it was dead-lettered (RFC 3339).", format="date-time"),
             },
-            required=[
-                "dlq-reason",
-                "dlq-error",
-                "dlq-source-topic",
-                "dlq-source-partition",
-                "dlq-source-offset",
-                "dlq-failed-at",
-            ],
             others=True,
         ),
         "payload": {"description": "The original record value, byte for byte: not necessarily JSON, possibly empty."},
