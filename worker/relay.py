@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from worker.faults import crash_point
-from worker.outages import is_outage
+from worker.outages import OUTAGES, is_outage
 
 log = structlog.get_logger("worker.relay")
 
@@ -73,8 +73,6 @@ class OutboxRelay:
         while not self._stopping:
             try:
                 published = await self.publish_once()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # noqa: BLE001
                 # The relay never gives up: an outage or a broker refusal is retried; rows stay in the outbox.
                 log.warning("relay_retry", error_type=type(exc).__name__, outage=is_outage(exc))
@@ -93,7 +91,7 @@ class OutboxRelay:
         while loop.time() < deadline:
             try:
                 published = await asyncio.wait_for(self.publish_once(), timeout=max(deadline - loop.time(), 0.01))
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (*OUTAGES, asyncpg.PostgresError):  # best effort: what is left stays in the outbox
                 return
             if published == 0:
                 return

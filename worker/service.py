@@ -136,8 +136,6 @@ class BatchService:
         while True:
             try:
                 return await until_done(lambda: self._apply_once(answers), "postgres", self._on_outage)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # anything but an outage counts towards the poison limit
                 failures += 1
                 log.error(

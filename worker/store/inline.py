@@ -81,8 +81,10 @@ async def create_inline(
             )
         elif state.id in by_customer:
             provider_id, code = by_customer[state.id]
-            if state.provider_customer_id is None and state.payment_provider_code == code:
-                state = state._replace(provider_customer_id=provider_id)
-            jobs = tuple(job for job in outcome.jobs if job.kind != "create")
-            outcomes[key] = Applied(outcome.command, outcome.created, state, jobs)
+            # Only while the customer stays on that connection: a move to another one keeps its own create.
+            if state.payment_provider_code == code:
+                if state.provider_customer_id is None:
+                    state = state._replace(provider_customer_id=provider_id)
+                jobs = tuple(job for job in outcome.jobs if job.kind != "create")
+                outcomes[key] = Applied(outcome.command, outcome.created, state, jobs)
     return events

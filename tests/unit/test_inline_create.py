@@ -1,0 +1,82 @@
+"""`sync: true` within one batch (`store.inline.create_inline`): a customer linked inline by one command is linked for
+its later commands too, unless a later command moves it to another connection, whose own create must then run."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from pydantic import SecretStr
+
+from worker.contract.decode import Command, DecodeContext, decode
+from worker.domain.fold import Applied, Outcome, ProviderJob, fold_customer
+from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
+from worker.security import SigningKeys
+from worker.store.inline import create_inline
+
+ORG: Final = "org_inline"
+NOW: Final = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+REGISTRY: Final = ProviderRegistry(
+    [
+        Connection(
+            config=ConnectionConfig.model_validate(
+                {"organization_id": ORG, "code": code, "provider": "stripe", "secret_env": "UNUSED"}
+            ),
+            secret=SecretStr("unused"),
+        )
+        for code in ("stripe_a", "stripe_b")
+    ]
+)
+CONTEXT: Final = DecodeContext(signing_keys=SigningKeys({}), registry=REGISTRY)
+
+
+def _command(code: str, *, sync: bool) -> Command:
+    billing: dict[str, Any] = {"payment_provider": "stripe", "payment_provider_code": code, "sync_with_provider": True}
+    if sync:
+        billing["sync"] = True
+    value = orjson.dumps(
+        {
+            "message_id": str(uuid.uuid4()),
+            "organization_id": ORG,
+            "customer": {"external_id": "cus_1", "billing_configuration": billing},
+        }
+    )
+    command = decode(value, (), CONTEXT)
+    assert isinstance(command, Command)
+    return command
+
+
+async def _fold_and_create(commands: list[Command]) -> list[Applied]:
+    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=uuid.uuid4)
+    pairs = zip(commands, result.outcomes, strict=True)
+    outcomes: dict[int, Outcome] = {id(command): outcome for command, outcome in pairs}
+    created: list[str] = []
+
+    async def inline(connection: Connection, customer: Any, message_id: str) -> str | None:
+        created.append(connection.code)
+        return f"cus_at_{connection.code}"
+
+    events = await create_inline(outcomes, REGISTRY, inline, NOW)
+    assert created == ["stripe_a"]
+    assert list(events) == [id(commands[0])]
+    applied = []
+    for command in commands:
+        outcome = outcomes[id(command)]
+        assert isinstance(outcome, Applied)
+        applied.append(outcome)
+    return applied
+
+
+async def test_a_later_command_on_the_same_connection_is_linked_and_creates_nothing() -> None:
+    first, second = await _fold_and_create([_command("stripe_a", sync=True), _command("stripe_a", sync=False)])
+    assert first.state.provider_customer_id == second.state.provider_customer_id == "cus_at_stripe_a"
+    assert [job.kind for job in second.jobs] == []
+
+
+async def test_a_later_command_moving_to_another_connection_keeps_its_create() -> None:
+    first, second = await _fold_and_create([_command("stripe_a", sync=True), _command("stripe_b", sync=False)])
+    assert first.state.provider_customer_id == "cus_at_stripe_a"
+    assert second.state.provider_customer_id is None
+    assert second.jobs == (ProviderJob("create", "stripe", "stripe_b", second.command.message_id),)
