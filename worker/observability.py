@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from worker.outages import Dependency
+from worker.providers.registry import ProviderName
 
 __all__ = [
     "COMMAND_OUTCOMES",
@@ -53,13 +54,11 @@ __all__ = [
     "LogFormat",
     "Logger",
     "Metrics",
-    "Provider",
     "ProviderCallOutcome",
     "adopt_library_loggers",
-    "bind_record_context",
-    "clear_record_context",
     "configure_logging",
     "get_logger",
+    "record_context",
     "redact",
 ]
 
@@ -130,7 +129,6 @@ _MAX_ERROR_CHARS: Final = 500
 _MAX_TRACEBACK_CHARS: Final = 20_000
 _MAX_CHAINED: Final = 8
 _MAX_ID_CHARS: Final = 255
-_RECORD_CONTEXT_KEYS: Final[tuple[str, ...]] = ("organization_id", "message_id", "partition", "offset")
 _HANDLER_MARK: Final = "_customer_worker_handler"
 
 
@@ -309,9 +307,7 @@ def adopt_library_loggers(level: int | None = None) -> None:
             for handler in list(candidate.handlers):
                 candidate.removeHandler(handler)
             candidate.propagate = True
-            if name in NOISY_LIBRARIES and level is not None:
-                candidate.setLevel(max(logging.WARNING, level))
-            elif name not in NOISY_LIBRARIES:
+            if name not in NOISY_LIBRARIES:  # the libraries' own loggers are set below
                 candidate.setLevel(logging.NOTSET)
     if level is not None:
         for lib in NOISY_LIBRARIES:
@@ -355,7 +351,7 @@ def configure_logging(level: str, fmt: LogFormat, *, capture_uncaught: bool = Tr
     """Configure structlog and the stdlib root logger; idempotent (a second call replaces the first).
 
     Every line carries ``timestamp`` (ISO 8601, UTC), ``level``, ``logger``, ``event`` and the context bound with
-    structlog.contextvars (see `bind_record_context`). ``exc_info`` becomes ``error`` (short, without data),
+    structlog.contextvars (see `record_context`). ``exc_info`` becomes ``error`` (short, without data),
     ``error_type`` and ``traceback`` (JSON) or a rendered traceback below the line (console). Lines go to stderr.
     With `capture_uncaught`, uncaught exceptions (main thread, other threads, unraisable) and Python warnings are
     logged through the same pipeline instead of printed raw.
@@ -433,20 +429,17 @@ def get_logger(name: str) -> Logger:
     return structlog.stdlib.get_logger(name)
 
 
-def bind_record_context(organization_id: str | None, message_id: str | None, partition: int, offset: int) -> None:
-    """Bind the record being processed to every log line of this task/thread; ``None`` ids are left out."""
-    clear_record_context()
+def record_context(
+    organization_id: str | None, message_id: str | None, partition: int, offset: int
+) -> contextlib.AbstractContextManager[None]:
+    """Bind the record being processed to every log line of this task/thread inside the `with` block; ``None`` ids
+    are left out. On exit the previous context comes back; other context variables stay."""
     context: dict[str, Any] = {"partition": partition, "offset": offset}
     if organization_id is not None:
         context["organization_id"] = organization_id[:_MAX_ID_CHARS]
     if message_id is not None:
         context["message_id"] = message_id[:_MAX_ID_CHARS]
-    structlog.contextvars.bind_contextvars(**context)
-
-
-def clear_record_context() -> None:
-    """Remove what `bind_record_context` bound; other context variables stay."""
-    structlog.contextvars.unbind_contextvars(*_RECORD_CONTEXT_KEYS)
+    return structlog.contextvars.bound_contextvars(**context)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -455,7 +448,6 @@ def clear_record_context() -> None:
 
 CommandOutcome = Literal["created", "updated", "rejected", "skipped", "duplicate", "dead_lettered", "invalid_signature"]
 DlqReason = Literal["invalid_json", "invalid_envelope", "too_large", "processing_error"]
-Provider = Literal["stripe", "adyen", "gocardless"]
 #: ``success``; ``retryable_error`` (network, 429, 5xx: will be retried); ``permanent_error`` (other 4xx, or attempts
 #: exhausted); ``timeout`` (the inline budget ran out, the call goes on as a background job).
 ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "timeout"]
@@ -463,7 +455,7 @@ ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "
 COMMAND_OUTCOMES: Final[tuple[CommandOutcome, ...]] = get_args(CommandOutcome)
 DLQ_REASONS: Final[tuple[DlqReason, ...]] = get_args(DlqReason)
 DEPENDENCIES: Final[tuple[Dependency, ...]] = get_args(Dependency)
-PROVIDERS: Final[tuple[Provider, ...]] = get_args(Provider)
+PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 PROVIDER_CALL_OUTCOMES: Final[tuple[ProviderCallOutcome, ...]] = get_args(ProviderCallOutcome)
 
 _NAMESPACE: Final = "customer_worker"
@@ -574,7 +566,7 @@ class Metrics:
     def dependency_retry(self, dependency: Dependency) -> None:
         self.dependency_retries_total.labels(dependency=_check(dependency, DEPENDENCIES, "dependency")).inc()
 
-    def provider_call(self, provider: Provider, outcome: ProviderCallOutcome, seconds: float) -> None:
+    def provider_call(self, provider: ProviderName, outcome: ProviderCallOutcome, seconds: float) -> None:
         checked = _check(provider, PROVIDERS, "provider")
         self.provider_calls_total.labels(
             provider=checked, outcome=_check(outcome, PROVIDER_CALL_OUTCOMES, "outcome")

@@ -21,6 +21,7 @@ import structlog
 
 from worker.contract.codes import DlqReason
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
+from worker.observability import record_context
 from worker.outages import Dependency, is_outage
 from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
@@ -126,7 +127,7 @@ class BatchService:
             await until_done(lambda: self._dead_letters.send(letters), "kafka", self._on_outage)
             for record, letter in letters:
                 report.dead_letters[letter.reason.value] = report.dead_letters.get(letter.reason.value, 0) + 1
-                with structlog.contextvars.bound_contextvars(partition=record.partition, offset=record.offset):
+                with record_context(None, None, record.partition, record.offset):
                     log.warning("dead_lettered", reason=letter.reason.value, error=letter.error)
         return report
 
@@ -180,12 +181,7 @@ class BatchService:
 
 def _log_rejection(record: RawRecord, rejection: Rejection) -> None:
     # Paths and codes only: the rejected values may be personal data.
-    with structlog.contextvars.bound_contextvars(
-        organization_id=rejection.organization_id,
-        message_id=rejection.message_id,
-        partition=record.partition,
-        offset=record.offset,
-    ):
+    with record_context(rejection.organization_id, rejection.message_id, record.partition, record.offset):
         if rejection.record_as_processed:
             log.info("command_rejected", errors=rejection.errors)
         else:

@@ -26,10 +26,9 @@ from worker.observability import (
     Health,
     HealthServer,
     Metrics,
-    bind_record_context,
-    clear_record_context,
     configure_logging,
     get_logger,
+    record_context,
     redact,
 )
 
@@ -142,9 +141,8 @@ def test_record_context_is_merged_into_captured_logs() -> None:
     log = get_logger("worker.test")
     try:
         with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            bind_record_context("org_acme", "msg-1", 2, 417)
-            log.info("command_applied", outcome="created")
-            clear_record_context()
+            with record_context("org_acme", "msg-1", 2, 417):
+                log.info("command_applied", outcome="created")
             log.info("batch_done")
     finally:
         structlog.contextvars.clear_contextvars()
@@ -161,11 +159,11 @@ def test_record_context_is_merged_into_captured_logs() -> None:
 def test_record_context_leaves_out_missing_ids_and_other_context() -> None:
     try:
         structlog.contextvars.bind_contextvars(batch_id="b-7")
-        bind_record_context("org_acme", "msg-1", 0, 1)
-        bind_record_context(None, None, 1, 99)  # next record: invalid envelope, no ids
-        context = structlog.contextvars.get_contextvars()
+        with record_context("org_acme", "msg-1", 0, 1):
+            pass
+        with record_context(None, None, 1, 99):  # next record: invalid envelope, no ids
+            context = structlog.contextvars.get_contextvars()
         assert context == {"batch_id": "b-7", "partition": 1, "offset": 99}
-        clear_record_context()
         assert structlog.contextvars.get_contextvars() == {"batch_id": "b-7"}
     finally:
         structlog.contextvars.clear_contextvars()
@@ -173,8 +171,8 @@ def test_record_context_leaves_out_missing_ids_and_other_context() -> None:
 
 def test_json_lines_carry_record_context(json_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
     log = get_logger("worker.service")
-    bind_record_context("org_acme", "msg-42", 5, 1234)
-    log.info("command_applied", outcome="updated")
+    with record_context("org_acme", "msg-42", 5, 1234):
+        log.info("command_applied", outcome="updated")
     entry, _ = _single_line(capsys)
     assert entry["event"] == "command_applied"
     assert entry["level"] == "info"
@@ -188,7 +186,6 @@ def test_json_lines_carry_record_context(json_logging: None, capsys: pytest.Capt
         1234,
     )
 
-    clear_record_context()
     log.info("idle")
     entry, _ = _single_line(capsys)
     assert entry["event"] == "idle"
@@ -373,8 +370,8 @@ def test_uncaught_exception_and_warning_are_logged(json_logging: None, capsys: p
 
 def test_console_format_renders_one_entry(restore_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", "console")
-    bind_record_context("org_acme", "msg-1", 0, 7)
-    get_logger("worker.test").info("console_line", email="jane@example.com", outcome="created")
+    with record_context("org_acme", "msg-1", 0, 7):
+        get_logger("worker.test").info("console_line", email="jane@example.com", outcome="created")
     captured = capsys.readouterr()
     assert "console_line" in captured.err
     assert "organization_id=org_acme" in captured.err

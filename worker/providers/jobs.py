@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import asyncpg
 import orjson
@@ -38,7 +38,6 @@ from worker.store.rows import state_from_row
 
 log = structlog.get_logger("worker.providers")
 
-JobKind = Literal["create", "update", "checkout"]
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is generic for type checkers only
 
 _RETURNING: Final = (

@@ -28,11 +28,10 @@ from worker.observability import Metrics
 from worker.outages import OUTAGES
 from worker.providers.base import (
     CONFIGURATION_ERROR,
-    TIMEOUT,
     UNAUTHORIZED,
     ProviderAdapter,
     ProviderError,
-    compose_message,
+    network_error,
     utc_now,
 )
 from worker.providers.factory import AdapterFactory
@@ -458,7 +457,7 @@ class ProviderJobRunner:
         except ProviderError as error:
             return error
         except TimeoutError:
-            return ProviderError(provider, TIMEOUT, compose_message(TIMEOUT, None), retryable=True)
+            return network_error(provider, timed_out=True)
 
     async def _call(self, connection: Connection, job: ClaimedJob, state: CustomerState, key: str) -> JobResult:
         pid = state.provider_customer_id
@@ -520,8 +519,6 @@ class ProviderJobRunner:
             log.info("provider_job_done", events=len(events), **fields)
             if events and self._on_events is not None:
                 self._on_events()
-            if job.kind == "create":
-                self.notify()  # a follow-up checkout job may have been written
             return
         error = outcome
         if error.retryable and job.attempts < self._max_attempts:
