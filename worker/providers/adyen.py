@@ -63,10 +63,8 @@ def link_request(customer: CustomerState, connection: Connection) -> dict[str, A
 
 
 def _error(exc: Exception) -> ProviderError:
-    if isinstance(exc, requests.Timeout):
-        return network_error(_PROVIDER, timed_out=True)
     if isinstance(exc, requests.RequestException):
-        return network_error(_PROVIDER, timed_out=False)
+        return network_error(_PROVIDER, timed_out=isinstance(exc, requests.Timeout))
     if isinstance(exc, AdyenEndpointInvalidFormat | Adyen.AdyenInvalidRequestError):
         return configuration_error(_PROVIDER, "the SDK refused the connection settings")
     assert isinstance(exc, Adyen.AdyenError)

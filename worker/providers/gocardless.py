@@ -87,10 +87,8 @@ def update_params(customer: CustomerState) -> dict[str, Any]:
 
 
 def _error(exc: Exception) -> ProviderError:
-    if isinstance(exc, requests.Timeout):
-        return network_error(_PROVIDER, timed_out=True)
     if isinstance(exc, requests.RequestException):
-        return network_error(_PROVIDER, timed_out=False)
+        return network_error(_PROVIDER, timed_out=isinstance(exc, requests.Timeout))
     if not isinstance(exc, gc_errors.ApiError):
         # MalformedResponseError and the like: the answer was not GoCardless's JSON (a proxy page, a cut body).
         status_code = getattr(exc, "status_code", None)

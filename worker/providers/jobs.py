@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
 import asyncpg
 import orjson
@@ -152,17 +152,27 @@ def skip_reason(job: ClaimedJob, state: CustomerState | None) -> str | None:
     return None
 
 
+class Cause(Protocol):
+    """What a provider event answers: a claimed job, or the command whose inline create it reports."""
+
+    @property
+    def message_id(self) -> str: ...
+
+    @property
+    def traceparent(self) -> str | None: ...
+
+
 def provider_event(
-    job: ClaimedJob, state: CustomerState, event_type: str, now: datetime, extra: dict[str, Any] | None = None
+    cause: Cause, state: CustomerState, event_type: str, now: datetime, extra: dict[str, Any] | None = None
 ) -> OutboxEvent:
     return build_event(
         event_id=new_id(),
         event_type=event_type,
-        organization_id=job.organization_id,
-        message_id=job.message_id,
+        organization_id=state.organization_id,
+        message_id=cause.message_id,
         external_id=state.external_id,
         occurred_at=now,
-        traceparent=job.traceparent,
+        traceparent=cause.traceparent,
         customer=state,
         extra=extra,
     )
@@ -190,12 +200,15 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 
 async def claim_due(pool: Pool, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    rows = await pool.fetch(_CLAIM_DUE, limit, lease_seconds)
-    return sorted(map(_job, rows), key=lambda job: job.id)
+    return await _claim(pool, _CLAIM_DUE, limit, lease_seconds)
 
 
 async def claim_expired(pool: Pool, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    rows = await pool.fetch(_CLAIM_EXPIRED, limit, lease_seconds)
+    return await _claim(pool, _CLAIM_EXPIRED, limit, lease_seconds)
+
+
+async def _claim(pool: Pool, statement: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    rows = await pool.fetch(statement, limit, lease_seconds)
     return sorted(map(_job, rows), key=lambda job: job.id)
 
 

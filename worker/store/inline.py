@@ -10,10 +10,9 @@ from datetime import datetime
 from uuid import UUID
 
 from worker.domain.customer import CustomerState
-from worker.domain.events import OutboxEvent, build_event
+from worker.domain.events import OutboxEvent
 from worker.domain.fold import Applied, Outcome, ProviderJob
-from worker.ids import new_id
-from worker.providers.jobs import needs_checkout_after_create
+from worker.providers.jobs import needs_checkout_after_create, provider_event
 from worker.providers.registry import Connection, ProviderRegistry
 
 InlineCreate = Callable[[Connection, CustomerState, str], Awaitable[str | None]]
@@ -69,16 +68,7 @@ async def create_inline(
                 )
             outcomes[key] = Applied(outcome.command, outcome.created, state, jobs)
             by_customer[state.id] = (linked[key], state.payment_provider_code)
-            events[key] = build_event(
-                event_id=new_id(),
-                event_type="customer.payment_provider_created",
-                organization_id=state.organization_id,
-                message_id=outcome.command.message_id,
-                external_id=state.external_id,
-                occurred_at=now,
-                traceparent=outcome.command.traceparent,
-                customer=state,
-            )
+            events[key] = provider_event(outcome.command, state, "customer.payment_provider_created", now)
         elif state.id in by_customer:
             provider_id, code = by_customer[state.id]
             # Only while the customer stays on that connection: a move to another one keeps its own create.
