@@ -23,7 +23,7 @@ from worker.providers.base import ProviderError, parse_retry_after
 from worker.providers.factory import AdapterFactory
 from worker.providers.ids import MAX_KEY_LENGTH, derived_key, idempotency_key
 from worker.providers.registry import Connection, ConnectionConfig, ProviderName
-from worker.providers.runner import ConnectionGate, ProviderCaller, backoff_delay, create_inline
+from worker.providers.runner import ConnectionGate, ProviderCaller, backoff_delay
 from worker.providers.stripe import create_params, update_params
 
 pytestmark = [
@@ -373,15 +373,15 @@ async def test_inline_create(fake_gc: FakeGoCardless, factory: AdapterFactory) -
     conn = connection("gocardless", fake_gc)
     state = customer()
     fake_gc.fail_next(500)
-    created = await create_inline(conn, state, "msg-1", 2.0, caller=caller)
+    created = await caller.create_inline(conn, state, "msg-1", 2.0)
     assert created is not None
     assert list(fake_gc.customers) == [created]
-    assert await create_inline(conn, state, "msg-1", 2.0, caller=caller) == created  # same key, same customer
+    assert await caller.create_inline(conn, state, "msg-1", 2.0) == created  # same key, same customer
 
-    assert await create_inline(conn, customer(email="invalid@example.invalid"), "msg-2", 2.0, caller=caller) is None
+    assert await caller.create_inline(conn, customer(email="invalid@example.invalid"), "msg-2", 2.0) is None
 
     fake_gc.fail_next(503, times=50)
     started = asyncio.get_running_loop().time()
-    assert await create_inline(conn, state, "msg-3", 0.4, caller=caller) is None
+    assert await caller.create_inline(conn, state, "msg-3", 0.4) is None
     assert asyncio.get_running_loop().time() - started < 0.6
     fake_gc.clear_faults()

@@ -241,19 +241,6 @@ def _refused(provider: ProviderName) -> ProviderError:
     )
 
 
-async def create_inline(
-    connection: Connection,
-    customer: CustomerState,
-    message_id: str,
-    budget_seconds: float = DEFAULT_INLINE_BUDGET,
-    *,
-    caller: ProviderCaller,
-) -> str | None:
-    """See `ProviderCaller.create_inline`; pass the runner's caller (`runner.caller`) so inline calls share its rate
-    limits and broken-connection memory."""
-    return await caller.create_inline(connection, customer, message_id, budget_seconds)
-
-
 class _Skip:
     __slots__ = ("reason",)
 
@@ -283,7 +270,6 @@ class ProviderJobRunner:
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         drain_timeout: float = 10.0,
         on_events: Callable[[], None] | None = None,
-        caller: ProviderCaller | None = None,
     ) -> None:
         """`lease_seconds` must exceed one job's longest run (rate-limiter wait plus up to two SDK timeouts): a job
         is abandoned (retried later) when 3/4 of it has passed, so its lease never runs out while it is in hand.
@@ -292,7 +278,7 @@ class ProviderJobRunner:
             raise ValueError("concurrency, max_attempts and lease_seconds must be positive")
         self._pool = pool
         self._registry = registry
-        self.caller = caller or ProviderCaller(
+        self.caller = ProviderCaller(
             factory, metrics, probe_interval=probe_interval, backoff_base=backoff_base, backoff_max=backoff_max
         )
         self._concurrency = concurrency
@@ -419,15 +405,9 @@ class ProviderJobRunner:
             except Exception as exc:  # a bug in one job must not stop the others
                 log.error("provider_job_crashed", error_type=type(exc).__name__, exc_info=True)
                 # Retried like a provider failure, so a lasting bug ends as a failed job with an error event.
-                outcome = (
-                    ProviderError(
-                        _provider(job.provider),
-                        INTERNAL_ERROR,
-                        "the worker failed while running the job",
-                        retryable=True,
-                    )
-                    if job.provider in _PROVIDERS
-                    else _Skip("unknown_provider")
+                # (`_attempt` has returned a skip for an unknown provider before anything that can raise.)
+                outcome = ProviderError(
+                    _provider(job.provider), INTERNAL_ERROR, "the worker failed while running the job", retryable=True
                 )
             try:
                 await self._record(job, outcome)
