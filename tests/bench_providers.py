@@ -29,9 +29,7 @@ async def run(rate: int, seconds: float, concurrency: int) -> int:
         postgres = EmbeddedPostgres(Path(folder) / "pg", fast=True)
         dsn = postgres.start()
         try:
-            conn = await asyncpg.connect(dsn)
-            await migrations.migrate(conn)
-            await conn.close()
+            await migrations.migrate_dsn(dsn)
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=6)
             rated = connection("stripe", fake, code="stripe_rated", rate_limit_per_second=float(rate))
             harness = ProviderHarness(pool=pool, fakes={"stripe": fake}, connections=[rated])

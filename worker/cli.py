@@ -26,44 +26,23 @@ def _settings(kind: Callable[[], S]) -> S:
         raise ConfigurationError(f"configuration error: {describe_errors(exc)}") from None
 
 
-def _logging(settings: Settings | None = None) -> None:
-    from worker.observability import configure_logging
-
-    if settings is None:
-        try:
-            settings = Settings()
-        except ValidationError:
-            configure_logging("INFO", "console")
-            return
-    configure_logging(settings.log_level.upper(), settings.log_format)
-
-
 def cmd_run(_: argparse.Namespace) -> int:
     from worker.app import Worker, load_configuration
+    from worker.observability import configure_logging
 
     settings = _settings(Settings)
-    _logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     configuration = load_configuration(settings)
     return asyncio.run(Worker(configuration).run())
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    import asyncpg
-
-    from worker.store import migrations
+    from worker.store.migrations import migrate_dsn
 
     settings = _settings(DatabaseSettings)
-
-    async def migrate() -> int:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            done = await migrations.migrate(conn)
-        finally:
-            await conn.close()
-        print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
-        return 0
-
-    return asyncio.run(migrate())
+    done = asyncio.run(migrate_dsn(settings.database_url))
+    print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
+    return 0
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:

@@ -412,11 +412,7 @@ class Launcher:
 
 
 async def migrate_database(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
+    await migrations.migrate_dsn(dsn)
 
 
 @dataclass(frozen=True, slots=True)

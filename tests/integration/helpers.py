@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -97,11 +96,7 @@ class RecordingSink:
 
 
 async def migrate_database(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
+    await migrations.migrate_dsn(dsn)
 
 
 def header_dict(record: Any) -> dict[str, bytes]:

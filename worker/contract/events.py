@@ -12,16 +12,6 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EventType = Literal[
-    "customer.created",
-    "customer.updated",
-    "customer.rejected",
-    "customer.skipped",
-    "customer.payment_provider_created",
-    "customer.payment_provider_error",
-    "customer.checkout_url_generated",
-]
-
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

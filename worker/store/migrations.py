@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
+import asyncpg
+
 from worker.store.db import Conn
 
 _LOCK_KEY = 0x6375_7374_6D69_67  # "custmig": one migrator at a time across replicas
@@ -69,3 +71,12 @@ async def migrate(conn: Conn) -> list[Migration]:
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def migrate_dsn(dsn: str) -> list[Migration]:
+    """`migrate` over a connection of its own (the CLI, `dev`, the benchmarks and the test fixtures)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

@@ -80,11 +80,7 @@ async def fresh_database(admin_dsn: str, name: str) -> str:
     finally:
         await conn.close()
     dsn = _with_database(admin_dsn, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
+    await migrations.migrate_dsn(dsn)
     return dsn
 
 
@@ -205,7 +201,9 @@ async def measure_drain(dsn: str, total: int, label: str, process: subprocess.Po
     finally:
         await conn.close()
         _progress_done()
-    return 0.8 * total / max(marks[0.9] - marks[0.1], 1e-6)
+    if marks[0.9] <= marks[0.1]:
+        raise RuntimeError(f"{label}: the drain ended within one progress poll, too short to measure; raise --count")
+    return 0.8 * total / (marks[0.9] - marks[0.1])
 
 
 def _worker_env(servers: Servers, dsn: str, topics: dict[str, str], group: str, port: int) -> dict[str, str]:
@@ -257,6 +255,8 @@ async def measure_latency(
 ) -> dict[str, float]:
     """Publish at `rate` per second for `seconds`; percentiles of publish-to-event latency, first second excluded."""
     commands = build_commands(int(rate * seconds), seed=seed, providers=providers, prefix=f"lat{rate}-{seed}")
+    # Parsed before the timed loop: the send loop shares the event loop that timestamps arriving events.
+    message_ids = [orjson.loads(value)["message_id"] for _, value in commands]
     sent: dict[str, float] = {}
     latencies: list[float] = []
     consumer = AIOKafkaConsumer(
@@ -291,7 +291,7 @@ async def measure_latency(
                 sends = []
                 while budget >= 1 and index < len(commands):
                     key, value = commands[index]
-                    sent[orjson.loads(value)["message_id"]] = time.monotonic()
+                    sent[message_ids[index]] = time.monotonic()
                     sends.append(await kafka.send(topics["commands"], value=value, key=key))
                     index += 1
                     budget -= 1

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
@@ -50,11 +49,7 @@ def embedded_stack(data_dir: Path) -> Iterator[tuple[str, str]]:
 
 
 async def prepare(settings: Settings, partitions: int) -> None:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
+    await migrations.migrate_dsn(settings.database_url)
     await create_topics(settings, partitions=partitions, replication=1)
 
 

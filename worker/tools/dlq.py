@@ -62,6 +62,7 @@ async def replay(settings: KafkaSettings, selection: ReplayFilter) -> int:
         partitions = [
             TopicPartition(settings.dlq_topic, p)
             for p in sorted(consumer.partitions_for_topic(settings.dlq_topic) or ())
+            if selection.partition in (None, p)  # read only the partition asked for
         ]
         if not partitions:
             return 0

@@ -14,14 +14,13 @@ from typing import IO
 
 import orjson
 
+from worker.domain.events import event_key
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 from worker.settings import KafkaSettings
-from worker.transport.producers import KafkaProducer
-
-Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+from worker.transport.producers import KafkaProducer, Message
 
 
-def command_message(value: bytes, keys: SigningKeys, traceparent: str | None = None) -> Message:
+def command_message(value: bytes, keys: SigningKeys) -> Message:
     headers: list[tuple[str, bytes]] = [("content-type", b"application/json")]
     key: bytes | None = None
     try:
@@ -33,12 +32,10 @@ def command_message(value: bytes, keys: SigningKeys, traceparent: str | None = N
         customer = document.get("customer")
         external_id = customer.get("external_id") if isinstance(customer, dict) else None
         if isinstance(organization_id, str):
-            key = f"{organization_id}:{external_id if isinstance(external_id, str) else ''}".encode()
+            key = event_key(organization_id, external_id if isinstance(external_id, str) else None).encode()
             secret = keys.first_key(organization_id)
             if secret is not None:
                 headers.append((SIGNATURE_HEADER, sign(secret, value)))
-    if traceparent:
-        headers.append(("traceparent", traceparent.encode()))
     return key, value, headers
 
 
