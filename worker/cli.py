@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from worker.errors import ConfigurationError
-from worker.settings import DatabaseSettings, KafkaSettings, Settings, describe_errors
+from worker.settings import DatabaseSettings, KafkaSettings, Settings, SigningSettings, describe_errors
 
 EXIT_CONFIG = 2
 S = TypeVar("S", bound=BaseSettings)
@@ -61,15 +61,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from worker.tools.publish import publish_file
 
     settings = _settings(KafkaSettings)
-    signing = _settings(_SigningSettings)
+    signing = _settings(SigningSettings)
     keys = load_signing_keys(signing.signing_keys_file, require_signatures=False)
     count = asyncio.run(publish_file(settings, args.file, keys))
     print(f"published {count} command(s) to {settings.commands_topic}")
     return 0
-
-
-class _SigningSettings(BaseSettings):
-    signing_keys_file: Path | None = None
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:

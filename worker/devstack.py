@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -602,3 +602,18 @@ async def _wait_for_topics(admin: Any, topics: list[str]) -> None:
         if ready >= set(topics):
             return
         await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def embedded_stack(data_dir: Path) -> Iterator[tuple[str, str]]:
+    """PostgreSQL and Tansu with their data and logs under `data_dir`: (dsn, bootstrap) while the block runs."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    postgres = EmbeddedPostgres(data_dir / "pg")
+    tansu = EmbeddedTansu(log_path=data_dir / "tansu.log")
+    try:
+        dsn = postgres.start()
+        bootstrap = tansu.start()
+        yield dsn, bootstrap
+    finally:
+        tansu.stop()
+        postgres.stop()

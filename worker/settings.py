@@ -36,11 +36,18 @@ class DatabaseSettings(BaseSettings):
     database_url: str
 
 
-class Settings(KafkaSettings, DatabaseSettings):
+class SigningSettings(BaseSettings):
+    """Producer signing keys: verified by the worker, used by `customer-worker publish` to sign."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    signing_keys_file: Path | None = None
+
+
+class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     """Everything `customer-worker run` needs; names beyond SPEC §10 are documented in the README."""
 
     providers_file: Path | None = None
-    signing_keys_file: Path | None = None
     require_signatures: bool = False
     shutdown_timeout: float = Field(default=30.0, gt=0)
     http_port: int = Field(default=8080, ge=0, le=65535)

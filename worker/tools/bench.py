@@ -36,7 +36,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.bench_validation import MUTATIONS, valid_customer
-from worker.devstack import EmbeddedPostgres, EmbeddedTansu, free_port
+from worker.devstack import embedded_stack, free_port
 from worker.settings import KafkaSettings
 from worker.store import migrations
 from worker.tools.topics import create_topics
@@ -57,14 +57,11 @@ def servers(data_dir: str | None) -> Iterator[Servers]:
     if dsn and bootstrap:
         yield Servers(dsn, bootstrap)
         return
-    with tempfile.TemporaryDirectory(prefix="cw-bench-", dir=data_dir) as folder:
-        postgres = EmbeddedPostgres(Path(folder) / "pg")
-        tansu = EmbeddedTansu()
-        try:
-            yield Servers(postgres.start(), tansu.start())
-        finally:
-            tansu.stop()
-            postgres.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="cw-bench-", dir=data_dir) as folder,
+        embedded_stack(Path(folder)) as (dsn, bootstrap),
+    ):
+        yield Servers(dsn, bootstrap)
 
 
 def _with_database(dsn: str, name: str) -> str:

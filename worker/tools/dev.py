@@ -5,11 +5,9 @@ they produce and stops everything."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
-from worker.devstack import EmbeddedPostgres, EmbeddedTansu
+from worker.devstack import embedded_stack
 from worker.security import SigningKeys
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
@@ -32,20 +30,6 @@ def default_data_dir() -> Path:
     if (checkout / "pyproject.toml").is_file() and os.access(checkout, os.W_OK):
         return checkout / ".devstack"
     return Path.home() / ".cache" / "customer-worker" / "devstack"
-
-
-@contextlib.contextmanager
-def embedded_stack(data_dir: Path) -> Iterator[tuple[str, str]]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    postgres = EmbeddedPostgres(data_dir / "pg")
-    tansu = EmbeddedTansu(log_path=data_dir / "tansu.log")
-    try:
-        dsn = postgres.start()
-        bootstrap = tansu.start()
-        yield dsn, bootstrap
-    finally:
-        tansu.stop()
-        postgres.stop()
 
 
 async def prepare(settings: Settings, partitions: int) -> None:
