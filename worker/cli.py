@@ -29,11 +29,16 @@ def _settings(kind: Callable[[], S]) -> S:
 def cmd_run(_: argparse.Namespace) -> int:
     from worker.app import Worker, load_configuration
     from worker.observability import configure_logging
+    from worker.tracing import configure_from_env, shutdown
 
     settings = _settings(Settings)
     configure_logging(settings.log_level, settings.log_format)
     configuration = load_configuration(settings)
-    return asyncio.run(Worker(configuration).run())
+    configure_from_env()
+    try:
+        return asyncio.run(Worker(configuration).run())
+    finally:
+        shutdown()
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import structlog
 
 from worker.faults import crash_point
 from worker.outages import OUTAGES, is_outage
+from worker.tracing import publish_span
 
 log = structlog.get_logger("worker.relay")
 
@@ -109,7 +110,8 @@ class OutboxRelay:
                 if row["traceparent"]:
                     headers.append(("traceparent", row["traceparent"].encode()))
                 messages.append((row["event_key"].encode(), bytes(row["payload"]), headers))
-            await self._sender.send_all(self._topic, messages)
+            with publish_span(self._topic, messages):
+                await self._sender.send_all(self._topic, messages)
             crash_point("after_relay_publish")
             await conn.execute(_DELETE, [row["id"] for row in rows])
         self.stats.published += len(rows)

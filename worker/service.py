@@ -26,6 +26,7 @@ from worker.outages import Dependency, is_outage
 from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
+from worker.tracing import consumed_batch, traced
 
 log = structlog.get_logger("worker.service")
 T = TypeVar("T")
@@ -104,6 +105,7 @@ class BatchService:
         self._poison_max_attempts = poison_max_attempts
         self._clock = clock
 
+    @consumed_batch
     async def handle(self, records: Sequence[RawRecord]) -> BatchReport:
         report = BatchReport(records=len(records))
         letters: list[tuple[RawRecord, DeadLetter]] = []
@@ -150,6 +152,7 @@ class BatchService:
                     raise PoisonError(type(exc).__name__) from exc
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
 
+    @traced("apply")
     async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
         async with self._pool.acquire() as conn:
             return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)

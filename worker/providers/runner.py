@@ -53,6 +53,7 @@ from worker.providers.jobs import (
     skip_reason,
 )
 from worker.providers.registry import Connection, ProviderName, ProviderRegistry
+from worker.tracing import provider_call, provider_job
 
 log = structlog.get_logger("worker.providers")
 
@@ -155,6 +156,7 @@ class ProviderCaller:
             self._limiters[key] = limiter
         return limiter
 
+    @provider_call
     async def call(
         self, connection: Connection, operation: Callable[[ProviderAdapter], Awaitable[T]], *, cost: int = 1
     ) -> T:
@@ -391,6 +393,7 @@ class ProviderJobRunner:
 
     # ------------------------------------------------------------------------------------------------ one job
 
+    @provider_job
     async def _execute(self, job: ClaimedJob) -> None:
         bound = structlog.contextvars.bound_contextvars(
             job_id=job.id, organization_id=job.organization_id, message_id=job.message_id
