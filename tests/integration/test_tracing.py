@@ -109,10 +109,11 @@ async def test_one_command_yields_linked_consume_apply_publish_spans_in_its_trac
     def traced() -> list[ReadableSpan]:
         return [s for s in exporter.get_finished_spans() if s.context is not None and s.context.trace_id == incoming]
 
-    # The relay ends its publish span once the broker acknowledged the send, which may be just after we read it.
+    # The relay ends its publish span once the broker acknowledged the send, which may be just after we read the
+    # event; the exporter has no event to wait on, hence the polling.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while not any(s.name.endswith(" publish") for s in traced()) and loop.time() < deadline:
+    while not any(s.name.endswith(" publish") for s in traced()) and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     spans = traced()
     consume = _one(spans, lambda s: s.name.endswith(" process"), "consume")
