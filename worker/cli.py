@@ -106,6 +106,28 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema_register(args: argparse.Namespace) -> int:
+    """Topics from COMMANDS_TOPIC / EVENTS_TOPIC (or their defaults); basic auth from SCHEMA_REGISTRY_USERNAME /
+    SCHEMA_REGISTRY_PASSWORD when set."""
+    import os
+
+    from worker.tools.schema_registry import RegistryError, register
+
+    topics = {
+        "commands": os.environ.get("COMMANDS_TOPIC", "customers.upsert.v1"),
+        "events": os.environ.get("EVENTS_TOPIC", "customers.events.v1"),
+    }
+    user, password = os.environ.get("SCHEMA_REGISTRY_USERNAME"), os.environ.get("SCHEMA_REGISTRY_PASSWORD")
+    try:
+        done = register(args.registry, args.schemas, topics, auth=(user, password or "") if user else None)
+    except RegistryError as exc:
+        print(f"schema register: {exc}", file=sys.stderr)
+        return 1
+    for item in done:
+        print(f"{item.subject}: schema id {item.schema_id}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from worker.tools import bench
 
@@ -165,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="write JSON Schema and AsyncAPI files")
     schema.add_argument("--out", type=Path, default=_default_schema_dir())
     schema.set_defaults(func=cmd_schema)
+    schema_commands = schema.add_subparsers(dest="schema_command", required=False)
+    register = schema_commands.add_parser("register", help="register schemas/ under <topic>-value subjects")
+    register.add_argument("--registry", required=True, help="Schema Registry base URL")
+    register.add_argument("--schemas", type=Path, default=_default_schema_dir())
+    register.set_defaults(func=cmd_schema_register)
     return parser
 
 

@@ -31,6 +31,7 @@ from worker.contract.customer import (
     CustomerInput,
     strip_nul,
 )
+from worker.contract.framing import unframe
 from worker.contract.links import LinkRequest, link_request, precheck
 from worker.contract.rules import add_error, cross_field_errors, pydantic_errors
 from worker.providers.registry import ProviderRegistry
@@ -96,8 +97,11 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         return DeadLetter(DlqReason.INVALID_JSON, "empty value (tombstone)")
     if len(value) > context.max_value_bytes:
         return DeadLetter(DlqReason.TOO_LARGE, f"value of {len(value)} bytes exceeds {context.max_value_bytes}")
+    unframed = unframe(value)  # SPEC §12: a Schema Registry frame is read past; the signature covers the whole value
+    if unframed is None:
+        return DeadLetter(DlqReason.INVALID_JSON, "value starts with byte 0 but holds no Schema Registry frame")
     try:
-        document = orjson.loads(value)
+        document = orjson.loads(unframed.payload)
     except orjson.JSONDecodeError as exc:
         return DeadLetter(DlqReason.INVALID_JSON, _json_error(exc))
     if not isinstance(document, dict):
