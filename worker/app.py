@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
-from worker.observability import Health, HealthServer, Metrics
+from worker.observability import Health, HealthServer, Metrics, export_readiness
 from worker.outages import Dependency
 from worker.providers.factory import AdapterFactory
 from worker.providers.jobs import prune_finished
@@ -65,6 +65,7 @@ class Worker:
         self._settings = configuration.settings
         self.metrics = metrics or Metrics()
         self.health = Health()
+        export_readiness(self.metrics, self.health)
         self._stop = asyncio.Event()
         self._partitions: set[int] = set()
 

@@ -685,3 +685,11 @@ class HealthServer:
         if self._port is None:
             raise RuntimeError("HealthServer is not started")
         return self._port
+
+
+def export_readiness(metrics: Metrics, health: Health) -> None:
+    """`customer_worker_ready`: 1 while /readyz would answer 200, else 0 (read at scrape time), for dashboards and
+    the not-ready alert."""
+    Gauge(
+        "ready", "1 when ready (database, broker, partitions), else 0.", namespace=_NAMESPACE, registry=metrics.registry
+    ).set_function(lambda: 1.0 if health.ready else 0.0)
