@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from tests.containers import postgres_container
 from worker.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics
 
 DEFAULT_TEST_PARTITIONS = 3
@@ -39,6 +40,9 @@ def pg_dsn() -> Iterator[str]:
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
+        return
+    if os.environ.get("TEST_POSTGRES") == "container":  # testcontainers backend (tests/containers/)
+        yield from postgres_container()
         return
     # Not under pytest's basetemp: a concurrent pytest run prunes old basetemp folders, this server's data included.
     folder = Path(tempfile.mkdtemp(prefix="cw-test-pg-"))
