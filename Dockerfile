@@ -3,6 +3,7 @@
 
 FROM debian:trixie-slim AS build
 # Debian's python3 and pip build the project's wheel; nothing of this stage but /opt/venv reaches the final image.
+# Debian packages are not pinned on purpose (DL3008): each build takes the distribution's security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-pip python3-setuptools python3-wheel python3-venv \
