@@ -3,21 +3,35 @@
 Each non-empty line is published byte for byte, so a producer's exact bytes (and their signature) are what the
 worker sees. The key is `{organization_id}:{external_id}` when the line is readable, the signature is made with the
 organization's first key from `SIGNING_KEYS_FILE` when it has one (SPEC §8 and §11).
+
+Every line must be one JSON object: the whole input is checked before anything is sent, bad lines are reported with
+their line numbers, and nothing is sent unless `skip_invalid` (then only the valid lines are). The worker decides
+what a valid command is; this only keeps out what can never be one (and would be sent as `application/json`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from worker.domain.events import event_key
+from worker.errors import ConfigurationError
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 from worker.settings import KafkaSettings
+from worker.tools.progress import ProgressReporter
 from worker.transport.producers import KafkaProducer, Message
+
+EXIT_INVALID = 1
+EXIT_INTERRUPTED = 130
+_CHUNK = 1000
+_SHOWN_ERRORS = 20
 
 
 def command_message(value: bytes, keys: SigningKeys) -> Message:
@@ -39,18 +53,39 @@ def command_message(value: bytes, keys: SigningKeys) -> Message:
     return key, value, headers
 
 
-def read_lines(source: IO[bytes]) -> Iterator[bytes]:
-    for line in source:
+def read_lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line, numbered from 1 as an editor does."""
+    for number, line in enumerate(source, 1):
         stripped = line.rstrip(b"\r\n")
         if stripped.strip():
-            yield stripped
+            yield number, stripped
+
+
+def line_error(value: bytes) -> str | None:
+    """Why `value` cannot be a command (not JSON, not an object), or None."""
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON ({str(exc).split(':')[0]})"
+    if not isinstance(document, dict):
+        return f"a JSON {type(document).__name__.replace('NoneType', 'null')}, not an object"
+    return None
+
+
+@dataclass(slots=True)
+class PublishReport:
+    valid: int = 0
+    sent: int = 0
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    interrupted: bool = False
 
 
 async def publish_values(
-    settings: KafkaSettings, values: Iterable[bytes], keys: SigningKeys, *, chunk: int = 1000
+    settings: KafkaSettings, values: Iterable[bytes], keys: SigningKeys, *, chunk: int = _CHUNK
 ) -> int:
+    """Send `values` as commands, in order; returns how many were acknowledged (no checks: callers check)."""
     producer = KafkaProducer(settings)
-    await producer.start()
+    await _start(producer, settings)
     count = 0
     try:
         pending: list[Message] = []
@@ -68,8 +103,102 @@ async def publish_values(
     return count
 
 
-async def publish_file(settings: KafkaSettings, path: str, keys: SigningKeys) -> int:
+async def _start(producer: KafkaProducer, settings: KafkaSettings) -> None:
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        hint = (
+            " The broker may not support idempotent producers (Tansu, the `dev` broker, does not): set "
+            "KAFKA_ENABLE_IDEMPOTENCE=false, as `customer-worker dev` prints."
+            if settings.kafka_enable_idempotence
+            else ""
+        )
+        msg = f"cannot start a producer on KAFKA_BOOTSTRAP_SERVERS ({type(exc).__name__}).{hint}"
+        raise ConfigurationError(msg) from None
+
+
+def check(source: IO[bytes]) -> tuple[list[tuple[int, bytes]], PublishReport]:
+    """Read and check every line: the valid ones (with their numbers) and a report of the bad ones."""
+    report = PublishReport()
+    valid: list[tuple[int, bytes]] = []
+    for number, value in read_lines(source):
+        error = line_error(value)
+        if error is None:
+            valid.append((number, value))
+        else:
+            report.invalid.append((number, error))
+    report.valid = len(valid)
+    return valid, report
+
+
+async def publish_file(
+    settings: KafkaSettings,
+    path: str,
+    keys: SigningKeys,
+    *,
+    dry_run: bool = False,
+    skip_invalid: bool = False,
+    stop: asyncio.Event | None = None,
+    out: IO[str] | None = None,
+) -> int:
+    """Check, then (unless `dry_run`, or bad lines without `skip_invalid`) send; prints a summary; exit status."""
+    out = out or sys.stdout
+    stop = stop or asyncio.Event()
     if path == "-":
-        return await publish_values(settings, read_lines(sys.stdin.buffer), keys)
-    with Path(path).open("rb") as source:  # noqa: ASYNC230 - a CLI reading its input file
-        return await publish_values(settings, read_lines(source), keys)
+        valid, report = check(sys.stdin.buffer)
+    else:
+        try:
+            with Path(path).open("rb") as source:  # noqa: ASYNC230 - a CLI reading its input file
+                valid, report = check(source)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
+    for number, error in report.invalid[:_SHOWN_ERRORS]:
+        print(f"line {number}: {error}", file=sys.stderr)
+    if len(report.invalid) > _SHOWN_ERRORS:
+        print(f"... and {len(report.invalid) - _SHOWN_ERRORS} more invalid line(s)", file=sys.stderr)
+    blocked = bool(report.invalid) and not skip_invalid
+    if not dry_run and not blocked and valid:
+        await _send(settings, valid, keys, report, stop)
+    print(summary(report, settings, dry_run=dry_run, blocked=blocked), file=out, flush=True)
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_INVALID if blocked else 0
+
+
+async def _send(
+    settings: KafkaSettings,
+    valid: list[tuple[int, bytes]],
+    keys: SigningKeys,
+    report: PublishReport,
+    stop: asyncio.Event,
+) -> None:
+    producer = KafkaProducer(settings)
+    await _start(producer, settings)
+    try:
+        with ProgressReporter("publish", len(valid)) as progress:
+            for index in range(0, len(valid), _CHUNK):
+                if stop.is_set():
+                    report.interrupted = True
+                    return
+                messages = [command_message(value, keys) for _, value in valid[index : index + _CHUNK]]
+                await producer.send_all(settings.commands_topic, messages)
+                report.sent += len(messages)
+                progress.advance(len(messages))
+    finally:
+        await producer.stop()
+
+
+def summary(report: PublishReport, settings: KafkaSettings, *, dry_run: bool, blocked: bool) -> str:
+    topic = settings.commands_topic
+    invalid = len(report.invalid)
+    if dry_run:
+        verdict = "would send nothing (fix them or pass --skip-invalid)" if blocked else f"would send {report.valid}"
+        return f"dry run: {report.valid} valid line(s), {invalid} invalid; {verdict} to {topic}"
+    if blocked:
+        return f"sent nothing: {invalid} invalid line(s) of {invalid + report.valid} (fix them or pass --skip-invalid)"
+    text = f"published {report.sent} command(s) to {topic}"
+    if invalid:
+        text += f", skipped {invalid} invalid line(s)"
+    if report.interrupted:
+        text += f"; interrupted, {report.valid - report.sent} not sent"
+    return text
