@@ -65,7 +65,7 @@ def _bash(line: str, clone: Path, env: dict[str, str], timeout: float = 120) -> 
     )
 
 
-def test_the_readme_walkthrough_works_as_written(clone: Path) -> None:  # noqa: PLR0915 - one story, told in order
+def test_the_readme_walkthrough_works_as_written(clone: Path) -> None:
     lines = walkthrough_lines((clone / "README.md").read_text(encoding="utf-8"))
     assert lines[:2] == ["source .venv/bin/activate", 'eval "$(customer-worker dev --print-env)"']
     user = _user_env(clone)
