@@ -21,22 +21,25 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 S = TypeVar("S", bound=BaseSettings)
 
-RUN_EPILOG = """\
-settings (environment variables; README.md "Settings" lists them all with their defaults):
-  required: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS
-  Kafka:    KAFKA_GROUP_ID, COMMANDS_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, KAFKA_ENABLE_IDEMPOTENCE (false for Tansu),
-            KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD,
-            KAFKA_SSL_CAFILE, KAFKA_SESSION_TIMEOUT_MS, KAFKA_FETCH_MAX_WAIT_MS, KAFKA_MAX_REQUEST_SIZE
-  worker:   PROVIDERS_FILE, SIGNING_KEYS_FILE, REQUIRE_SIGNATURES, SHUTDOWN_TIMEOUT, HTTP_PORT (8080),
-            LOG_LEVEL, LOG_FORMAT (json|console), BATCH_SIZE, BATCH_TIMEOUT_MS, INBOX_RETENTION_DAYS,
-            POISON_MAX_ATTEMPTS, DB_POOL_SIZE, RELAY_BATCH_SIZE, RELAY_IDLE_INTERVAL, PROVIDER_MAX_ATTEMPTS,
-            PROVIDER_CONCURRENCY, PROVIDER_SYNC_BUDGET
 
-exit statuses:
-  0  clean shutdown (SIGTERM or SIGINT)
-  2  bad configuration: a missing or malformed setting, an unreadable file, HTTP_PORT already in use
-  3  migrations pending (run `customer-worker migrate` first)
-"""
+def _run_epilog() -> str:
+    """The settings (every field of `Settings`, so the list cannot drift) and the exit statuses of `run`."""
+    import textwrap
+
+    fields = Settings.model_fields
+    required = [name.upper() for name, field in fields.items() if field.is_required()]
+    optional = [name.upper() for name, field in fields.items() if not field.is_required()]
+    listed = textwrap.fill(
+        "optional: " + ", ".join(optional), width=110, initial_indent="  ", subsequent_indent=" " * 12
+    )
+    return (
+        'settings (environment variables; README.md "Settings" gives their defaults and meaning):\n'
+        f"  required: {', '.join(required)}\n{listed}\n\n"
+        "exit statuses:\n"
+        "  0  clean shutdown (SIGTERM or SIGINT)\n"
+        "  2  bad configuration: a missing or malformed setting, an unreadable file, HTTP_PORT already in use\n"
+        "  3  migrations pending (run `customer-worker migrate` first)\n"
+    )
 
 
 def _settings(kind: Callable[[], S]) -> S:
@@ -199,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the worker",
         description="Consume commands, apply them to PostgreSQL, publish result events, serve /healthz, /readyz "
         "and /metrics on HTTP_PORT. Stops cleanly on SIGTERM or SIGINT.",
-        epilog=RUN_EPILOG,
+        epilog=_run_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.set_defaults(func=cmd_run)
