@@ -56,8 +56,8 @@ async def test_invalid_lines_are_reported_by_number_and_nothing_is_sent(stack: S
     result = await asyncio.to_thread(stack.cli, "publish", str(path))
     assert result.returncode == 1, result.stderr
     assert "line 3: not JSON" in result.stderr
-    assert "line 4: a JSON list, not an object" in result.stderr
-    assert "line 5: a JSON null, not an object" in result.stderr
+    assert "line 4: JSON array, not an object" in result.stderr
+    assert "line 5: JSON null, not an object" in result.stderr
     assert "line 1" not in result.stderr and "line 2" not in result.stderr
     assert "sent nothing: 3 invalid line(s) of 4" in result.stdout
     assert "Traceback" not in result.stderr

@@ -32,6 +32,7 @@ EXIT_INVALID = 1
 EXIT_INTERRUPTED = 130
 _CHUNK = 1000
 _SHOWN_ERRORS = 20
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def command_message(value: bytes, keys: SigningKeys) -> Message:
@@ -68,7 +69,7 @@ def line_error(value: bytes) -> str | None:
     except orjson.JSONDecodeError as exc:
         return f"not JSON ({str(exc).split(':')[0]})"
     if not isinstance(document, dict):
-        return f"a JSON {type(document).__name__.replace('NoneType', 'null')}, not an object"
+        return f"JSON {_JSON_KINDS.get(type(document), 'value')}, not an object"
     return None
 
 
