@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -332,7 +333,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `customer-worker events tail | head`: the reader left, which is no error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; give it somewhere to go
+        return 0
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiokafka"):
+            # A broker that cannot be reached or refuses: one line a person can act on, not a library traceback.
+            text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            print(
+                f"customer-worker {args.command}: Kafka error ({text}); check KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr
+            )
+            return EXIT_FAILED
+        raise
     return code
 
 

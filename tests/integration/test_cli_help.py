@@ -86,3 +86,12 @@ def test_a_port_in_use_exits_2_naming_http_port(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "HTTP_PORT" in result.stderr and str(port) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["dlq", "replay", "--dry-run"], ["events", "tail"]])
+def test_an_unreachable_broker_is_one_line_naming_the_setting(tmp_path: Path, command: list[str]) -> None:
+    result = _cli(*command, cwd=tmp_path, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9")
+    assert result.returncode == 1, result.stderr
+    assert "check KAFKA_BOOTSTRAP_SERVERS" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr

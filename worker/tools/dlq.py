@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.settings import KafkaSettings
 from worker.tools.progress import ProgressReporter
+from worker.tools.topics import start_consumer
 from worker.transport.options import client_options
 from worker.transport.producers import DLQ_HEADERS, KafkaProducer, Message
 
@@ -131,7 +132,7 @@ async def replay(
     run = _Replay(settings, selection, ReplayStats(dry_run=dry_run), stop or asyncio.Event())
     started_ms = int(time.time() * 1000)
     consumer = run.consumer
-    await consumer.start()
+    await start_consumer(consumer)
     try:
         partitions = [
             TopicPartition(settings.dlq_topic, p)

@@ -14,6 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.settings import KafkaSettings
+from worker.tools.topics import start_consumer
 from worker.transport.options import client_options
 
 _POLL_MS = 500
@@ -63,7 +64,7 @@ async def tail(
     out = out or sys.stdout
     stop = stop or asyncio.Event()
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
-    await consumer.start()
+    await start_consumer(consumer)
     printed = 0
     try:
         partitions = [
