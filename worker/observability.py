@@ -54,6 +54,7 @@ __all__ = [
     "NOISY_LIBRARIES",
     "PROVIDERS",
     "PROVIDER_CALL_OUTCOMES",
+    "PROVIDER_JOB_STATUSES",
     "REDACTED_KEYS",
     "CommandOutcome",
     "Dependency",
