@@ -44,7 +44,7 @@ async def _on_partition_of(stack: Stack, key: bytes) -> list[bytes]:
     records = await read_topic(
         stack.bootstrap,
         stack.topics["commands"],
-        until=lambda rs: rs[-1:] != [] and any(r.value == sentinel for r in rs),
+        until=lambda rs: any(r.value == sentinel for r in rs),
     )
     return [r.value for r in records if r.key == key and r.value != sentinel]
 
@@ -147,3 +147,12 @@ async def test_publish_without_idempotence_off_says_what_to_set(stack: Stack, tm
     assert result.returncode == 2, result.stderr
     assert "KAFKA_ENABLE_IDEMPOTENCE=false" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_publish_reads_stdin(stack: Stack) -> None:
+    documents = [command(_org(), {"external_id": f"cus_{n}"}) for n in range(2)]
+    result = await asyncio.to_thread(stack.cli, "publish", "-", stdin=b"\n".join(encode(d) for d in documents))
+    assert result.returncode == 0, result.stderr
+    assert f"published 2 command(s) to {stack.topics['commands']}" in result.stdout
+    for document in documents:
+        assert encode(document) in await _on_partition_of(stack, key_of(document))

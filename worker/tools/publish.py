@@ -12,11 +12,15 @@ what a valid command is; this only keeps out what can never be one (and would be
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -32,6 +36,7 @@ EXIT_INVALID = 1
 EXIT_INTERRUPTED = 130
 _CHUNK = 1000
 _SHOWN_ERRORS = 20
+_SPOOL_IN_MEMORY = 64 * 1024 * 1024
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
@@ -118,18 +123,22 @@ async def _start(producer: KafkaProducer, settings: KafkaSettings) -> None:
         raise ConfigurationError(msg) from None
 
 
-def check(source: IO[bytes]) -> tuple[list[tuple[int, bytes]], PublishReport]:
-    """Read and check every line: the valid ones (with their numbers) and a report of the bad ones."""
+def check(source: IO[bytes]) -> PublishReport:
+    """Read and check every line; the report counts the valid ones and lists the bad ones (nothing is kept)."""
     report = PublishReport()
-    valid: list[tuple[int, bytes]] = []
     for number, value in read_lines(source):
         error = line_error(value)
         if error is None:
-            valid.append((number, value))
+            report.valid += 1
         else:
             report.invalid.append((number, error))
-    report.valid = len(valid)
-    return valid, report
+    return report
+
+
+def _valid_lines(source: IO[bytes]) -> Iterator[bytes]:
+    for _, value in read_lines(source):
+        if line_error(value) is None:
+            yield value
 
 
 async def publish_file(
@@ -142,49 +151,58 @@ async def publish_file(
     stop: asyncio.Event | None = None,
     out: IO[str] | None = None,
 ) -> int:
-    """Check, then (unless `dry_run`, or bad lines without `skip_invalid`) send; prints a summary; exit status."""
+    """Check, then (unless `dry_run`, or bad lines without `skip_invalid`) send; prints a summary; exit status.
+
+    Two passes over the input, so memory stays flat however long the file: stdin is spooled to a temporary file
+    (in memory while small) to be read twice."""
     out = out or sys.stdout
     stop = stop or asyncio.Event()
-    if path == "-":
-        valid, report = check(sys.stdin.buffer)
-    else:
-        try:
-            with Path(path).open("rb") as source:  # noqa: ASYNC230 - a CLI reading its input file
-                valid, report = check(source)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
-    for number, error in report.invalid[:_SHOWN_ERRORS]:
-        print(f"line {number}: {error}", file=sys.stderr)
-    if len(report.invalid) > _SHOWN_ERRORS:
-        print(f"... and {len(report.invalid) - _SHOWN_ERRORS} more invalid line(s)", file=sys.stderr)
-    blocked = bool(report.invalid) and not skip_invalid
-    if not dry_run and not blocked and valid:
-        await _send(settings, valid, keys, report, stop)
+    with _open_input(path) as source:
+        report = check(source)
+        for number, error in report.invalid[:_SHOWN_ERRORS]:
+            print(f"line {number}: {error}", file=sys.stderr)
+        if len(report.invalid) > _SHOWN_ERRORS:
+            print(f"... and {len(report.invalid) - _SHOWN_ERRORS} more invalid line(s)", file=sys.stderr)
+        blocked = bool(report.invalid) and not skip_invalid
+        if not dry_run and not blocked and report.valid:
+            source.seek(0)
+            await _send(settings, _valid_lines(source), keys, report, stop)
     print(summary(report, settings, dry_run=dry_run, blocked=blocked), file=out, flush=True)
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INVALID if blocked else 0
 
 
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.seek(0)
+            yield cast("IO[bytes]", spool)
+        return
+    try:
+        source = Path(path).open("rb")  # noqa: SIM115 - closed below, after both passes
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
+    with source:
+        yield source
+
+
 async def _send(
-    settings: KafkaSettings,
-    valid: list[tuple[int, bytes]],
-    keys: SigningKeys,
-    report: PublishReport,
-    stop: asyncio.Event,
+    settings: KafkaSettings, values: Iterator[bytes], keys: SigningKeys, report: PublishReport, stop: asyncio.Event
 ) -> None:
     producer = KafkaProducer(settings)
     await _start(producer, settings)
     try:
-        with ProgressReporter("publish", len(valid)) as progress:
-            for index in range(0, len(valid), _CHUNK):
+        with ProgressReporter("publish", report.valid) as progress:
+            while chunk := list(itertools.islice(values, _CHUNK)):
                 if stop.is_set():
                     report.interrupted = True
                     return
-                messages = [command_message(value, keys) for _, value in valid[index : index + _CHUNK]]
-                await producer.send_all(settings.commands_topic, messages)
-                report.sent += len(messages)
-                progress.advance(len(messages))
+                await producer.send_all(settings.commands_topic, [command_message(value, keys) for value in chunk])
+                report.sent += len(chunk)
+                progress.advance(len(chunk))
     finally:
         await producer.stop()
 
