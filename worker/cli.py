@@ -126,7 +126,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             settings, selection, dry_run=args.dry_run, limit=args.limit, watch_seconds=args.watch, stop=stop
         )
         print(format_summary(stats, settings), flush=True)
-        return EXIT_INTERRUPTED if stats.interrupted else 0
+        if stats.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if stats.stuck else 0
 
     return asyncio.run(_until_signal(work))
 

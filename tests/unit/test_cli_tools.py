@@ -67,6 +67,8 @@ def test_replay_summary_by_reason_partition_and_returns() -> None:
     assert "interrupted" in text
     dry = format_summary(ReplayStats(dry_run=True, read=1, replayed_by_reason=Counter({"x": 1})), _settings())
     assert "dry run: nothing sent" in dry and "would replay 1" in dry
+    stuck = format_summary(ReplayStats(stuck="nothing returned for 60 s"), _settings())
+    assert "stopped early: nothing returned for 60 s" in stuck
 
 
 class _Terminal(io.StringIO):

@@ -84,6 +84,7 @@ class ReplayStats:
     boundary: dict[int, int] = field(default_factory=dict)
     limit_reached: bool = False
     interrupted: bool = False
+    stuck: str | None = None
 
     @property
     def replayed(self) -> int:
@@ -252,7 +253,9 @@ class _Replay:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > _STUCK_SECONDS:
                 behind = [f"{tp.partition} at {await consumer.position(tp)} of {bounds[tp]}" for tp in active]
-                raise RuntimeError(f"the DLQ stopped returning records before its end at start: {', '.join(behind)}")
+                # Deleted by retention meanwhile, or a broker fault: stop rather than wait forever.
+                stats.stuck = f"nothing returned for {_STUCK_SECONDS:g} s below the end at start ({', '.join(behind)})"
+                return
 
     async def watch_returns(self, ends: dict[TopicPartition, int], watch_seconds: float) -> None:
         """Read the DLQ past the boundary for `watch_seconds`, or until every replayed record came back."""
@@ -298,4 +301,6 @@ def format_summary(stats: ReplayStats, settings: KafkaSettings) -> str:
         lines.append("  stopped at --limit")
     if stats.interrupted:
         lines.append("  interrupted: the records above were handled, the rest was not")
+    if stats.stuck:
+        lines.append(f"  stopped early: {stats.stuck}")
     return "\n".join(lines)
