@@ -9,11 +9,12 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import new_database
@@ -117,16 +118,11 @@ async def running_stack(pg_dsn: str, bootstrap: str, name: str) -> AsyncIterator
 
 
 @contextlib.contextmanager
-def pytest_env(values: dict[str, str]) -> Any:
-    import pytest
-
+def pytest_env(values: dict[str, str]) -> Iterator[None]:
+    """`values` set and the optional worker files unset, for building a worker's Settings."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in values.items():
             patch.setenv(key, value)
         for key in _CLEARED:
             patch.delenv(key, raising=False)
         yield
-
-
-def lines_with(text: str, *needles: str) -> Sequence[str]:
-    return [line for line in text.splitlines() if all(n in line for n in needles)]
