@@ -71,13 +71,14 @@ def test_version(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"customer-worker {version('customer-worker')}"
 
 
-def test_a_port_in_use_exits_2_naming_http_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["run"], ["dev", "--data-dir", "data"]])
+def test_a_port_in_use_exits_2_naming_http_port(tmp_path: Path, command: list[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = _cli(
-            "run",
+            *command,
             cwd=tmp_path,
             HTTP_PORT=str(port),
             DATABASE_URL="postgresql://postgres@127.0.0.1:9/none",
@@ -86,6 +87,7 @@ def test_a_port_in_use_exits_2_naming_http_port(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "HTTP_PORT" in result.stderr and str(port) in result.stderr
     assert "Traceback" not in result.stderr
+    assert "export" not in result.stdout  # `dev` does not announce a port it cannot serve
 
 
 @pytest.mark.parametrize("command", [["dlq", "replay", "--dry-run"], ["events", "tail"]])

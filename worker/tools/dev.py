@@ -5,8 +5,10 @@ they produce and stops everything."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shlex
+import socket
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
 from worker.devstack import embedded_stack
+from worker.errors import ConfigurationError
 from worker.security import SigningKeys
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
@@ -89,6 +92,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _check_http_port(port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server binds it
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            msg = f"HTTP_PORT: port {port} is already in use (another `customer-worker dev`?); set HTTP_PORT"
+            raise ConfigurationError(msg) from None
+
+
 def _announce(settings: Settings, data_dir: Path) -> None:
     exports = export_lines(client_environment(settings))
     env_file(data_dir).write_text(f"# pid {os.getpid()}\n{exports}", encoding="utf-8")
@@ -111,6 +126,7 @@ async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
         await prepare(settings, partitions)
         worker = Worker(load_configuration(settings))
         if not demo:
+            _check_http_port(settings.http_port)  # before announcing a port a client could not reach
             _announce(settings, data_dir)
             try:
                 return await worker.run()
