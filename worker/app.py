@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from aiokafka import TopicPartition
 
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
+from worker.errors import ConfigurationError
 from worker.observability import Health, HealthServer, Metrics, export_readiness
 from worker.outages import Dependency
 from worker.providers.factory import AdapterFactory
@@ -80,7 +82,15 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop)
         http = HealthServer(self.health, self.metrics, host="0.0.0.0", port=settings.http_port)
-        await http.start()
+        try:
+            await http.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"HTTP_PORT: port {settings.http_port} is already in use (another worker or `customer-worker dev`?); "
+                "set HTTP_PORT to a free port"
+            ) from None
         pool = await create_pool(settings.database_url, size=settings.db_pool_size)
         producer = KafkaProducer(settings)
         try:
@@ -215,6 +225,19 @@ class Worker:
         summary = report.summary
         metrics = self.metrics
         metrics.batch(report.records, seconds)
+        counts = {
+            "created": summary.created,
+            "updated": summary.updated,
+            "rejected": summary.rejected,
+            "skipped": summary.skipped,
+            "duplicate": summary.duplicates,
+            "invalid_signature": summary.invalid_signature,
+            **{f"dlq_{reason}": n for reason, n in report.dead_letters.items()},
+        }
+        # One line per batch, not per record: what a person watching `dev` or a log wants to see.
+        log.info(
+            "batch_applied", records=report.records, ms=round(seconds * 1000), **{k: n for k, n in counts.items() if n}
+        )
         for outcome, count in (
             ("created", summary.created),
             ("updated", summary.updated),
@@ -243,12 +266,23 @@ class Worker:
                 )
                 assert row is not None
                 self.metrics.set_outbox(row["backlog"], row["age"])
+                await self._count_provider_jobs(pool)
                 self.health.database_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.health.database_ok = False
                 log.warning("maintenance_failed", error_type=type(exc).__name__)
             await self._update_lag(consumer)
             await asyncio.sleep(_MAINTENANCE_INTERVAL)
+
+    async def _count_provider_jobs(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        # Open jobs only: both statuses have a partial index, so the cost follows the backlog, not the table, and
+        # stays small with many replicas each asking every few seconds. Finished jobs are counted by the provider
+        # call counters.
+        rows = await pool.fetch(
+            "SELECT status, count(*) AS n FROM provider_jobs WHERE status IN ('pending', 'running') GROUP BY status",
+            timeout=_MAINTENANCE_INTERVAL,
+        )
+        self.metrics.set_provider_jobs({row["status"]: row["n"] for row in rows})
 
     async def _prune_inbox(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
         while True:

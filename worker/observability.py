@@ -30,7 +30,16 @@ from typing import Any, Final, Literal, TextIO, get_args
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel, ValidationError
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -45,6 +54,7 @@ __all__ = [
     "NOISY_LIBRARIES",
     "PROVIDERS",
     "PROVIDER_CALL_OUTCOMES",
+    "PROVIDER_JOB_STATUSES",
     "REDACTED_KEYS",
     "CommandOutcome",
     "Dependency",
@@ -459,6 +469,22 @@ PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 PROVIDER_CALL_OUTCOMES: Final[tuple[ProviderCallOutcome, ...]] = get_args(ProviderCallOutcome)
 
 _NAMESPACE: Final = "customer_worker"
+#: Statuses of `customer_worker_provider_jobs`: the open jobs (finished ones are counted by the provider call counters).
+PROVIDER_JOB_STATUSES: Final[tuple[str, ...]] = ("pending", "running")
+
+# Every counter and histogram would also expose a `_created` timestamp series: noise for dashboards and alerts.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - only when metrics are built
+
+    try:
+        return version("customer-worker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 _BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PROVIDER_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -543,6 +569,17 @@ class Metrics:
             registry=reg,
             buckets=_PROVIDER_BUCKETS,
         )
+        self.build_info = Info("build", "Version of the running worker.", namespace=ns, registry=reg)
+        self.build_info.info({"version": _version()})
+        self.provider_jobs = Gauge(
+            "provider_jobs",
+            "Open provider jobs in the database, by status (database-wide: every replica reports the same value).",
+            ["status"],
+            namespace=ns,
+            registry=reg,
+        )
+        for status in PROVIDER_JOB_STATUSES:
+            self.provider_jobs.labels(status=status)
         # Known label values start at 0, so rates and absent-series alerts work from the first scrape.
         for outcome in COMMAND_OUTCOMES:
             self.commands_total.labels(outcome=outcome)
@@ -590,6 +627,11 @@ class Metrics:
     def set_outbox(self, backlog: int, oldest_age_seconds: float) -> None:
         self.outbox_backlog.set(backlog)
         self.outbox_oldest_age_seconds.set(oldest_age_seconds)
+
+    def set_provider_jobs(self, counts: Mapping[str, int]) -> None:
+        """Open jobs by status, as just counted; a status with no row is 0."""
+        for status in PROVIDER_JOB_STATUSES:
+            self.provider_jobs.labels(status=status).set(counts.get(status, 0))
 
     @property
     def content_type(self) -> str:

@@ -186,6 +186,6 @@ def _log_rejection(record: RawRecord, rejection: Rejection) -> None:
     # Paths and codes only: the rejected values may be personal data.
     with record_context(rejection.organization_id, rejection.message_id, record.partition, record.offset):
         if rejection.record_as_processed:
-            log.info("command_rejected", errors=rejection.errors)
+            log.debug("command_rejected", errors=rejection.errors)
         else:
             log.warning("command_signature_invalid")

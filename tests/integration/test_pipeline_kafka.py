@@ -346,7 +346,7 @@ async def test_dlq_replay_filters_and_is_safe_to_repeat(pipeline: Pipeline) -> N
     assert before < first < last
 
     selection = ReplayFilter(reason="processing_error", from_offset=first, to_offset=last)
-    assert await replay(pipeline.kafka_settings(), selection) == 2
+    assert (await replay(pipeline.kafka_settings(), selection, watch_seconds=0)).replayed == 2
 
     replayed = {
         payload(r)["message_id"]: r
@@ -356,7 +356,7 @@ async def test_dlq_replay_filters_and_is_safe_to_repeat(pipeline: Pipeline) -> N
     assert trace_id(header_dict(replayed[commands["a"]["message_id"]])["traceparent"].decode()) == trace_id(traceparent)
 
     # Again: the commands are duplicates now, answered with no new event.
-    assert await replay(pipeline.kafka_settings(), selection) == 2
+    assert (await replay(pipeline.kafka_settings(), selection, watch_seconds=0)).replayed == 2
     await pipeline.sync()
     every = [commands[name]["message_id"] for name in commands]
     events = await pipeline.events_for(every, count=2, settle=0.5)
@@ -427,6 +427,6 @@ async def test_dlq_replay_republishes_every_letter_of_one_dead_letter_batch(pipe
     parked = await read_topic(pipeline.bootstrap, dlq_topic, until=lambda rs: len(rs) >= 3)
     assert [r.value for r in parked] == [encode(d) for d in documents]
 
-    assert await replay(settings, ReplayFilter()) == 3
+    assert (await replay(settings, ReplayFilter(), watch_seconds=0)).replayed == 3
     copies = await read_topic(pipeline.bootstrap, target, until=lambda rs: len(rs) >= 3)
     assert [r.value for r in copies] == [encode(d) for d in documents]

@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from importlib.metadata import version
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from worker.observability import (
     DLQ_REASONS,
     NOISY_LIBRARIES,
     PROVIDER_CALL_OUTCOMES,
+    PROVIDER_JOB_STATUSES,
     PROVIDERS,
     Health,
     HealthServer,
@@ -394,6 +396,8 @@ METRIC_NAMES = (
     "customer_worker_dependency_retries_total",
     "customer_worker_provider_calls_total",
     "customer_worker_provider_call_seconds",
+    "customer_worker_build_info",
+    "customer_worker_provider_jobs",
 )
 
 ALLOWED_LABEL_VALUES: dict[str, set[str]] = {
@@ -401,6 +405,8 @@ ALLOWED_LABEL_VALUES: dict[str, set[str]] = {
     "reason": set(DLQ_REASONS),
     "dependency": set(DEPENDENCIES),
     "provider": set(PROVIDERS),
+    "status": set(PROVIDER_JOB_STATUSES),
+    "version": {version("customer-worker")},
 }
 
 

@@ -7,10 +7,14 @@ import argparse
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=100_000, help="commands to drain")
-    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of the bench topics (default 6)")
     parser.add_argument("--rates", default="1000,2000,5000", help="offered loads for the latency runs, per second")
-    parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--skip-yardsticks", action="store_true")
-    parser.add_argument("--naive-count", type=int, default=3_000)
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="length of each latency run, seconds (default 10)"
+    )
+    parser.add_argument("--skip-yardsticks", action="store_true", help="skip the reference and naive pipelines")
+    parser.add_argument("--naive-count", type=int, default=3_000, help="commands for the naive mode (default 3000)")
     parser.add_argument("--with-providers", action="store_true", help="configure provider connections")
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument(
+        "--data-dir", default=None, help="folder for the temporary embedded stack (default: the system temp folder)"
+    )

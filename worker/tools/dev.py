@@ -5,7 +5,10 @@ they produce and stops everything."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import shlex
+import socket
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -16,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
 from worker.devstack import embedded_stack
+from worker.errors import ConfigurationError
 from worker.security import SigningKeys
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
@@ -41,15 +45,93 @@ def dev_environment(dsn: str, bootstrap: str) -> dict[str, str]:
     return {"DATABASE_URL": dsn, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_ENABLE_IDEMPOTENCE": "false"}
 
 
+def client_environment(settings: Settings) -> dict[str, str]:
+    """What a client of the dev stack needs (publish, events tail, dlq replay, psql, a second worker)."""
+    return {
+        "DATABASE_URL": settings.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "HTTP_PORT": str(settings.http_port),
+        "COMMANDS_TOPIC": settings.commands_topic,
+        "EVENTS_TOPIC": settings.events_topic,
+        "DLQ_TOPIC": settings.dlq_topic,
+    }
+
+
+def export_lines(environment: dict[str, str]) -> str:
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in environment.items())
+
+
+def env_file(data_dir: Path) -> Path:
+    return data_dir / "dev.env"
+
+
+def print_env(data_dir: Path) -> int:
+    """`dev --print-env`: the export lines of the dev stack running on `data_dir`, for `eval`; 1 when none runs."""
+    path = env_file(data_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    pid_line = text.split("\n", 1)[0]
+    pid = int(pid_line.removeprefix("# pid ")) if pid_line.startswith("# pid ") else 0
+    if not pid or not _alive(pid):
+        print(f"no dev stack is running on {data_dir}: start `customer-worker dev` first", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_http_port(port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server binds it
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            msg = f"HTTP_PORT: port {port} is already in use (another `customer-worker dev`?); set HTTP_PORT"
+            raise ConfigurationError(msg) from None
+
+
+def _announce(settings: Settings, data_dir: Path) -> None:
+    exports = export_lines(client_environment(settings))
+    env_file(data_dir).write_text(f"# pid {os.getpid()}\n{exports}", encoding="utf-8")
+    port = settings.http_port
+    print(
+        "customer-worker dev: embedded PostgreSQL and Tansu are up, the worker is starting.\n"
+        'Settings for a client (or, in another shell: eval "$(customer-worker dev --print-env)"):\n'
+        f"{exports}"
+        f"Health: http://127.0.0.1:{port}/readyz  Metrics: http://127.0.0.1:{port}/metrics\n"
+        "Try: customer-worker publish FILE.jsonl, customer-worker events tail, customer-worker dlq replay --dry-run\n"
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
+
+
 async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
     with embedded_stack(data_dir) as (dsn, bootstrap):
         os.environ.update(dev_environment(dsn, bootstrap))
         settings = Settings()
         await prepare(settings, partitions)
-        print(f"embedded stack up: DATABASE_URL={dsn} KAFKA_BOOTSTRAP_SERVERS={bootstrap}", file=sys.stderr)
         worker = Worker(load_configuration(settings))
         if not demo:
-            return await worker.run()
+            _check_http_port(settings.http_port)  # before announcing a port a client could not reach
+            _announce(settings, data_dir)
+            try:
+                return await worker.run()
+            finally:
+                env_file(data_dir).unlink(missing_ok=True)
         task = asyncio.create_task(worker.run(install_signal_handlers=False))
         try:
             await run_demo(settings)

@@ -34,3 +34,12 @@ def created_topics(response: Any) -> list[str]:
         elif code != TopicAlreadyExistsError.errno:
             raise for_code(code)(f"creating topic {entry['topic']!r}: {entry.get('error_message')}")
     return created
+
+
+async def start_consumer(consumer: Any) -> None:
+    """Start an aiokafka consumer; on failure (broker unreachable) close it before raising, so nothing leaks."""
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
