@@ -177,6 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from worker.outages import rejected_setting
+
+        message = rejected_setting(exc)
+        if message is None:
+            raise
+        print(f"configuration error: {message}", file=sys.stderr)
+        return EXIT_CONFIG
     return code
 
 
