@@ -25,7 +25,7 @@ from worker.providers.registry import Connection, ProviderRegistry, load_registr
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.runtime import tune_garbage_collector
-from worker.security import SigningKeys, load_signing_keys
+from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
 from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
 from worker.store import migrations
@@ -52,11 +52,19 @@ class Configuration:
 
 
 def load_configuration(settings: Settings) -> Configuration:
-    return Configuration(
+    configuration = Configuration(
         settings=settings,
         registry=load_registry(settings.providers_file),
         signing_keys=load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures),
     )
+    unsigned = unsigned_provider_organizations(configuration.signing_keys, configuration.registry)
+    if unsigned:
+        log.warning(
+            "provider_organizations_without_signing_keys",
+            organizations=unsigned,
+            hint="their commands are accepted unsigned; set SIGNING_KEYS_FILE keys or REQUIRE_SIGNATURES=true",
+        )
+    return configuration
 
 
 class Worker:
@@ -131,7 +139,11 @@ class Worker:
 
         service = BatchService(
             pool=pool,
-            decode_context=DecodeContext(signing_keys=self._config.signing_keys, registry=registry),
+            decode_context=DecodeContext(
+                signing_keys=self._config.signing_keys,
+                registry=registry,
+                max_clock_skew=timedelta(seconds=settings.max_clock_skew),
+            ),
             registry=registry,
             dead_letters=DeadLetterProducer(producer, settings.dlq_topic),
             poison_max_attempts=settings.poison_max_attempts,
