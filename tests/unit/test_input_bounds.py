@@ -272,3 +272,10 @@ def test_outcome10_name_like_text_inside_values_is_not_a_duplicate() -> None:
     outcome = decode(value(customer), [], CONTEXT)
     assert isinstance(outcome, Command), outcome
     assert outcome.customer["name"] == '"external_id": ":x'
+
+
+def test_outcome10_duplicate_beside_deep_nesting_is_still_refused() -> None:
+    deep = "[" * 1000 + "]" * 1000
+    raw = f'{{"message_id":"m","message_id":"n","organization_id":"o","customer":{{"external_id":"a","x":{deep}}}}}'
+    outcome = decode(raw.encode(), [], CONTEXT)
+    assert isinstance(outcome, DeadLetter) and outcome.reason is DlqReason.INVALID_ENVELOPE

@@ -47,8 +47,10 @@ _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f
 _NUL_ESCAPE: Final = b"\\u0000"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # The end of every member name: a closing quote, optional whitespace, a colon. It can also match inside a string
-# value (`": "`), never less often than there are names.
+# value (`": "`), never less often than there are names. Without whitespace before a colon (the usual writer),
+# counting the two bytes `":` is the same count, ten times faster.
 _NAME_END: Final = re.compile(rb'"[ \t\n\r]*:')
+_SPACED_NAME_END: Final = re.compile(rb'"[ \t\n\r]+:')
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -264,7 +266,12 @@ def _duplicate_names(value: bytes, document: dict[str, Any]) -> str | None:
     """A problem when an object of the value, at any depth, repeats a member name: parsers disagree on which one
     counts, so the command is ambiguous. Cheap for the usual value: when the name ends found in the bytes are as
     many as the members parsed, no name can repeat; only otherwise is the value parsed again, pair by pair."""
-    if len(_NAME_END.findall(value)) == _member_count(document):
+    ends = value.count(b'":') if _SPACED_NAME_END.search(value) is None else len(_NAME_END.findall(value))
+    try:
+        members = _member_count(document)
+    except RecursionError:
+        members = _member_count_deep(document)
+    if ends == members:
         return None
     try:
         json.loads(value, object_pairs_hook=_unique_pairs)
@@ -284,16 +291,30 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
         raise _DuplicateNameError
 
 
-def _member_count(document: dict[str, Any]) -> int:
+def _member_count(node: dict[str, Any] | list[Any]) -> int:
+    """Members of every object in `node`; recursive, the fastest way for the usual value (RecursionError past
+    Python's limit: orjson reads up to 1,024 levels)."""
+    count = 0
+    if type(node) is dict:
+        count = len(node)
+        items: Any = node.values()
+    else:
+        items = node
+    for item in items:
+        if type(item) is dict or type(item) is list:
+            count += _member_count(item)
+    return count
+
+
+def _member_count_deep(document: dict[str, Any]) -> int:
     count = 0
     stack: list[Any] = [document]
     while stack:
         node = stack.pop()
-        if isinstance(node, dict):
+        if type(node) is dict:
             count += len(node)
-            stack.extend(item for item in node.values() if isinstance(item, dict | list))
-        else:
-            stack.extend(item for item in node if isinstance(item, dict | list))
+            node = node.values()
+        stack.extend(item for item in node if type(item) is dict or type(item) is list)
     return count
 
 
