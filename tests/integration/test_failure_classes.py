@@ -19,6 +19,14 @@ from worker.outages import OUTAGES, is_outage, rejected_setting
 pytestmark = pytest.mark.timeout(60)
 
 
+def server_error(sqlstate: str, message: str = "server message") -> Exception:
+    """The exception asyncpg raises for an ErrorResponse with this SQLSTATE (its own mapping, unknown codes too)."""
+    kind: type[Exception] = PostgresMessage._get_error_class({"C": sqlstate})  # type: ignore[attr-defined]
+    exc = kind(message)
+    exc.sqlstate = sqlstate  # type: ignore[attr-defined]  # as asyncpg sets it from the server's fields
+    return exc
+
+
 @pytest.fixture
 async def conn(fresh_database: str) -> AsyncIterator[asyncpg.Connection[Any]]:
     connection = await asyncpg.connect(fresh_database)
@@ -178,8 +186,7 @@ async def test_outcome7_record_caused_failures_are_not_outages(
     ],
 )
 def test_outcome7_sqlstate_table(sqlstate: str, outage: bool) -> None:
-    exc = PostgresMessage._get_error_class({"C": sqlstate})("server message")
-    exc.sqlstate = sqlstate  # as asyncpg sets it from the server's fields
+    exc = server_error(sqlstate)
     assert is_outage(exc) is outage
     # The tuple for `except` clauses never catches what `is_outage` says is not an outage.
     if not outage:
@@ -187,8 +194,7 @@ def test_outcome7_sqlstate_table(sqlstate: str, outage: bool) -> None:
 
 
 def test_outcome8_rejected_credentials_name_the_setting() -> None:
-    exc = PostgresMessage._get_error_class({"C": "28P01"})("password authentication failed for user x")
-    exc.sqlstate = "28P01"
+    exc = server_error("28P01", "password authentication failed for user x")
     message = rejected_setting(exc)
     assert message is not None and message.startswith("DATABASE_URL")
     assert "password authentication failed" not in message
