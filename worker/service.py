@@ -168,7 +168,13 @@ class BatchService:
 
     async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
         async with self._pool.acquire() as conn:
-            return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
+            try:
+                return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
+            except asyncpg.ReadOnlySQLTransactionError:
+                # A demoted primary keeps answering read-only on this connection: drop it, so that the next
+                # attempt connects again (to the new primary, once the DSN's name or host list leads there).
+                conn.terminate()
+                raise
 
     async def _apply_one_by_one(
         self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
