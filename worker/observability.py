@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import re
+import string
 import sys
 import threading
 import traceback
@@ -135,6 +136,7 @@ _MAX_CHAINED: Final = 8
 _MAX_ID_CHARS: Final = 255
 _MAX_VALUE_CHARS: Final = 2_000
 _LONG_TEXT_KEYS: Final = frozenset({"traceback", "exception", "stack"})
+_ADDRESS_CHARACTERS: Final = string.ascii_letters + string.digits + "._%+-@"
 _HANDLER_MARK: Final = "_customer_worker_handler"
 
 
@@ -155,7 +157,7 @@ def _scrub_text(text: str) -> str:
 def _scrub_value(value: Any, depth: int = 0, limit: int = _MAX_VALUE_CHARS) -> Any:
     if isinstance(value, str):
         # Truncated first: scrubbing then costs at most `limit` characters, whatever a caller passed.
-        return _scrub_text(_truncate(value, limit))
+        return _scrub_text(_truncate_words(value, limit))
     if value is None or isinstance(value, bool | int | float):
         return value
     if depth >= _MAX_DEPTH:
@@ -182,6 +184,14 @@ def redact(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> 
         for key, value in event_dict.items()
         if not _is_redacted_key(key)
     }
+
+
+def _truncate_words(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, without the word cut in half: half an address (`jane.doe`, no `@` left)
+    is no longer recognisable as one, so it is dropped rather than shown."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip(_ADDRESS_CHARACTERS) + "…"
 
 
 def _truncate(text: str, limit: int) -> str:
