@@ -149,6 +149,7 @@ def test_outcome1_the_largest_accepted_customer_event_fits_in_one_mib() -> None:
             for name in ("name", "firstname", "lastname", "legal_name", "legal_number", "tax_identification_number")
         },
         "phone": text,
+        "email": ",".join(["a" * 60 + "@example.com"] * (MAX_EMAIL // 73)),
         "url": wide * MAX_URL,
         "logo_url": wide * MAX_URL,
         **address,
@@ -171,7 +172,8 @@ def test_outcome1_the_largest_accepted_customer_event_fits_in_one_mib() -> None:
         customer=state,
     )
     size = len(event.payload) + len(event.key.encode())
-    assert size < ONE_MIB // 2, size
+    print(f"largest accepted customer event: {size} bytes")
+    assert size < 256 * 1024, size
 
 
 def test_outcome1_too_many_errors_are_capped_with_a_note_under_base() -> None:
