@@ -19,6 +19,7 @@ from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
 from worker.observability import Health, HealthServer, Metrics
 from worker.outages import Dependency
+from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
 from worker.providers.jobs import prune_finished
 from worker.providers.registry import Connection, ProviderRegistry, load_registry
@@ -110,6 +111,8 @@ class Worker:
                 hint="run `customer-worker migrate` first",
             )
             return EXIT_PENDING_MIGRATIONS
+        if not await self._until_or_stopped(lambda: check_kafka_credentials(settings), "kafka"):
+            return EXIT_OK
         if not await self._until_or_stopped(producer.start, "kafka"):
             return EXIT_OK
 
