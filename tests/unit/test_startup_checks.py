@@ -19,7 +19,7 @@ def settings(**values: object) -> Settings:
     return Settings(**{"database_url": DSN, "kafka_bootstrap_servers": "broker:9092", **values})  # type: ignore[arg-type]
 
 
-def test_outcome8_database_url_is_a_secret() -> None:
+def test_outcome10_database_url_is_a_secret() -> None:
     loaded = settings()
     assert isinstance(loaded.database_url, SecretStr)
     assert loaded.database_url.get_secret_value() == DSN
