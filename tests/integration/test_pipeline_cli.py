@@ -146,6 +146,7 @@ def _json_line(line: str) -> dict[str, Any]:
         pytest.param("mysql://user:hunter2secret@db.example/app", id="mysql"),
         pytest.param("postgresql://user:hunter2secret@db.example:notaport/app", id="port-not-a-number"),
         pytest.param("postgresql://db.example:70000/app", id="port-out-of-range"),
+        pytest.param("postgresql://user:hunter2secret@db.example:5432/app?sslmode=bogus", id="client-option"),
     ],
 )
 def test_outcome8_malformed_database_url_exits_2_without_echoing_it(tmp_path: Path, value: str) -> None:
