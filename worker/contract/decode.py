@@ -12,7 +12,6 @@ Pure: no I/O, no clock, no logging. Nothing here raises for any input bytes.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from worker.contract.customer import (
     CustomerInput,
     strip_nul,
 )
+from worker.contract.duplicates import duplicate_names
 from worker.contract.links import LinkRequest, link_request, precheck
 from worker.contract.rules import add_error, bound_lists, capped, cross_field_errors, pydantic_errors
 from worker.providers.registry import ProviderRegistry
@@ -46,11 +46,6 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _NUL_ESCAPE: Final = b"\\u0000"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# The end of every member name: a closing quote, optional whitespace, a colon. It can also match inside a string
-# value (`": "`), never less often than there are names. Without whitespace before a colon (the usual writer),
-# counting the two bytes `":` is the same count, ten times faster.
-_NAME_END: Final = re.compile(rb'"[ \t\n\r]*:')
-_SPACED_NAME_END: Final = re.compile(rb'"[ \t\n\r]+:')
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -117,7 +112,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         return DeadLetter(DlqReason.INVALID_JSON, _json_error(exc))
     if not isinstance(document, dict):
         return DeadLetter(DlqReason.INVALID_ENVELOPE, f"value is a JSON {_json_type(document)}, not an object")
-    duplicate = _duplicate_names(value, document)
+    duplicate = duplicate_names(value, document)
     if duplicate is not None:
         return DeadLetter(DlqReason.INVALID_ENVELOPE, duplicate)
     message_id = document.get("message_id")
@@ -260,68 +255,6 @@ def _occurred_at(raw: Any, errors: Errors, context: DecodeContext) -> datetime |
             return parsed.astimezone(UTC)
     errors["occurred_at"] = [ErrorCode.VALUE_IS_INVALID.value]
     return None
-
-
-def _duplicate_names(value: bytes, document: dict[str, Any]) -> str | None:
-    """A problem when an object of the value, at any depth, repeats a member name: parsers disagree on which one
-    counts, so the command is ambiguous. Cheapest for a compact writer's value (orjson's, Jackson's): serialised
-    again, it comes out identical. Otherwise, when the name ends found in the bytes are as many as the members
-    parsed, no name can repeat; only when they differ is the value parsed again, pair by pair."""
-    try:
-        if orjson.dumps(document) == value:
-            return None  # a compact writer's value, re-made byte for byte from the members parsed: none was dropped
-    except orjson.JSONEncodeError:
-        pass
-    ends = value.count(b'":') if _SPACED_NAME_END.search(value) is None else len(_NAME_END.findall(value))
-    try:
-        members = _member_count(document)
-    except RecursionError:
-        members = _member_count_deep(document)
-    if ends == members:
-        return None
-    try:
-        json.loads(value, object_pairs_hook=_unique_pairs)
-    except _DuplicateNameError:
-        return "an object repeats a member name"
-    except RecursionError:
-        return "value is nested too deeply"
-    return None
-
-
-class _DuplicateNameError(Exception):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
-    if len({name for name, _ in pairs}) != len(pairs):
-        raise _DuplicateNameError
-
-
-def _member_count(node: dict[str, Any] | list[Any]) -> int:
-    """Members of every object in `node`; recursive, the fastest way for the usual value (RecursionError past
-    Python's limit: orjson reads up to 1,024 levels)."""
-    count = 0
-    if type(node) is dict:
-        count = len(node)
-        items: Any = node.values()
-    else:
-        items = node
-    for item in items:
-        if type(item) is dict or type(item) is list:
-            count += _member_count(item)
-    return count
-
-
-def _member_count_deep(document: dict[str, Any]) -> int:
-    count = 0
-    stack: list[Any] = [document]
-    while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            count += len(node)
-            node = node.values()
-        stack.extend(item for item in node if type(item) is dict or type(item) is list)
-    return count
 
 
 def _json_error(exc: orjson.JSONDecodeError) -> str:
