@@ -17,8 +17,9 @@ from aiokafka import TopicPartition
 
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
+from worker.errors import ConfigurationError
 from worker.observability import Health, HealthServer, Metrics
-from worker.outages import Dependency
+from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
 from worker.providers.jobs import prune_finished
@@ -205,7 +206,14 @@ class Worker:
         return False
 
     async def _check_database(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        await pool.fetchval("SELECT 1")
+        try:
+            await pool.fetchval("SELECT 1")
+        except Exception as exc:
+            # At start, a server that answers but refuses the settings is not waited for (SPEC §12 Settings).
+            refused = rejected_setting(exc)
+            if refused is not None:
+                raise ConfigurationError(f"configuration error: {refused}") from None
+            raise
         self.health.database_ok = True
 
     def _on_outage(self, dependency: Dependency, available: bool) -> None:

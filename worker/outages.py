@@ -14,6 +14,7 @@ know (a newer server's `53xxx`, say) arrives as `UnknownPostgresError` with its 
 | 25006 | read-only SQL transaction | what a demoted primary or a hot standby answers a write |
 | 25P04 | transaction timeout | like a cancelled statement |
 | 55P03 | lock not available | another transaction holds the lock (`lock_timeout`) |
+| class 28, 3D000 | credentials refused, no such database | a setting; exit 2 at start (`rejected_setting`) |
 
 Client side, connection-level failures are outages too (`OSError`, `TimeoutError`, asyncpg's `InterfaceError`
 about a closed connection, `InternalClientError` such as a protocol desync or a target server that is not the
@@ -37,8 +38,10 @@ class DependencyUnavailableError(Exception):
     error, say), so that callers need not know the client libraries' exception trees."""
 
 
-OUTAGE_SQLSTATE_CLASSES: Final = frozenset({"08", "53", "57", "58", "40"})
-OUTAGE_SQLSTATES: Final = frozenset({"25006", "25P04", "55P03"})
+OUTAGE_SQLSTATE_CLASSES: Final = frozenset({"08", "53", "57", "58", "40", "28"})
+# 28 (credentials refused) and 3D000 (no such database) too: met while running (a rotated password, a database being
+# restored), they say nothing about the record. At start they are a wrong setting instead (`rejected_setting`).
+OUTAGE_SQLSTATES: Final = frozenset({"25006", "25P04", "55P03", "3D000"})
 NOT_OUTAGE_SQLSTATES: Final = frozenset({"40002"})
 
 _CLIENT_DATA_ERRORS: Final = (

@@ -182,7 +182,8 @@ async def test_outcome7_record_caused_failures_are_not_outages(
         ("P0001", False),
         ("XX000", False),
         ("42P01", False),
-        ("28P01", False),  # wrong password: a setting, not an outage
+        ("28P01", True),  # wrong password: while running (a rotated password) an outage; at start, exit 2
+        ("3D000", True),
     ],
 )
 def test_outcome7_sqlstate_table(sqlstate: str, outage: bool) -> None:
