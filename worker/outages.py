@@ -65,6 +65,8 @@ OUTAGES: Final = (
     asyncpg.ReadOnlySQLTransactionError,
     asyncpg.TransactionTimeoutError,
     asyncpg.LockNotAvailableError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidCachedStatementError,
     asyncpg.InternalClientError,
 )

@@ -200,3 +200,20 @@ def test_outcome8_rejected_credentials_name_the_setting() -> None:
     assert message is not None and message.startswith("DATABASE_URL")
     assert "password authentication failed" not in message
     assert rejected_setting(asyncpg.DataError("x")) is None
+
+
+def test_outcome7_the_except_tuple_agrees_with_is_outage_for_every_asyncpg_server_error() -> None:
+    """`OUTAGES` (for `except` clauses) and `is_outage` (the rule) place every SQLSTATE asyncpg knows alike, but
+    one."""
+    disagreements = []
+    for name in dir(asyncpg.exceptions):
+        kind = getattr(asyncpg.exceptions, name)
+        sqlstate = getattr(kind, "sqlstate", None)
+        if not (isinstance(kind, type) and issubclass(kind, asyncpg.PostgresError) and isinstance(sqlstate, str)):
+            continue
+        exc = server_error(sqlstate) if type(server_error(sqlstate)) is kind else kind("server message")
+        if is_outage(exc) != isinstance(exc, OUTAGES):
+            disagreements.append((name, sqlstate, is_outage(exc)))
+    # 40000 itself is an outage, but its class is also the base of 40002 (a deferred constraint, the record's): the
+    # tuple cannot hold it without catching 40002 too. `is_outage` has it right.
+    assert disagreements == [("TransactionRollbackError", "40000", True)]
