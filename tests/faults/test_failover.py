@@ -110,7 +110,9 @@ async def test_outcome7_read_only_failover_for_10s_dead_letters_nothing_and_appl
     assert await worker.wait_exit(20) == 0
     events = await read_events(kafka_bootstrap, unique_topics["events"], quiet=1.0)
     outcome = await check_exactly_once(migrated_database, commands, events)
-    assert outcome.result_events == len(commands)
+    # One answer per command; a relay round cut by the outage between publish and delete republishes its events
+    # with the same event_id (at least once, SPEC §5), which check_exactly_once has checked.
+    assert outcome.result_events - outcome.republished == len(commands)
     print(f"read-only for {READ_ONLY_SECONDS:.0f} s, {ended} sessions ended; {outcome}; {len(retries)} retries")
 
 
