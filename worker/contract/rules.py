@@ -137,6 +137,20 @@ def bound_lists(customer: dict[str, Any], errors: Errors) -> dict[str, Any]:
     """Lists longer than their bound get the list's error, and only their first items are checked further: the
     work and the number of errors stay bounded whatever the list's length. Returns `customer` itself when every
     list is within bounds (the usual case), else a shallow copy with the long lists cut."""
+    tax_codes = customer.get("tax_codes")
+    metadata = customer.get("metadata")
+    billing = customer.get("billing_configuration")
+    methods = billing.get("provider_payment_methods") if type(billing) is dict else None
+    if (
+        (type(tax_codes) is not list or len(tax_codes) <= MAX_TAX_CODES)
+        and (type(metadata) is not list or len(metadata) <= MAX_METADATA_ITEMS)
+        and (type(methods) is not list or len(methods) <= MAX_PAYMENT_METHODS)
+    ):
+        return customer  # the usual case, settled without a loop or a call
+    return _cut_lists(customer, errors)
+
+
+def _cut_lists(customer: dict[str, Any], errors: Errors) -> dict[str, Any]:
     cut: dict[str, Any] = {}
     for name, bound, code in (
         ("tax_codes", MAX_TAX_CODES, ErrorCode.INVALID_COUNT),
