@@ -20,14 +20,15 @@ from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
 from worker.errors import ConfigurationError
 from worker.observability import Health, HealthServer, Metrics, export_readiness
-from worker.outages import Dependency
+from worker.outages import Dependency, rejected_setting
+from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
 from worker.providers.jobs import prune_finished
 from worker.providers.registry import Connection, ProviderRegistry, load_registry
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.runtime import tune_garbage_collector
-from worker.security import SigningKeys, load_signing_keys
+from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
 from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
 from worker.store import migrations
@@ -54,11 +55,19 @@ class Configuration:
 
 
 def load_configuration(settings: Settings) -> Configuration:
-    return Configuration(
+    configuration = Configuration(
         settings=settings,
         registry=load_registry(settings.providers_file),
         signing_keys=load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures),
     )
+    unsigned = unsigned_provider_organizations(configuration.signing_keys, configuration.registry)
+    if unsigned:
+        log.warning(
+            "provider_organizations_without_signing_keys",
+            organizations=unsigned,
+            hint="their commands are accepted unsigned; set SIGNING_KEYS_FILE keys or REQUIRE_SIGNATURES=true",
+        )
+    return configuration
 
 
 class Worker:
@@ -113,6 +122,8 @@ class Worker:
                 hint="run `customer-worker migrate` first",
             )
             return EXIT_PENDING_MIGRATIONS
+        if not await self._until_or_stopped(lambda: check_kafka_credentials(settings), "kafka"):
+            return EXIT_OK
         if not await self._until_or_stopped(producer.start, "kafka"):
             return EXIT_OK
 
@@ -142,7 +153,11 @@ class Worker:
 
         service = BatchService(
             pool=pool,
-            decode_context=DecodeContext(signing_keys=self._config.signing_keys, registry=registry),
+            decode_context=DecodeContext(
+                signing_keys=self._config.signing_keys,
+                registry=registry,
+                max_clock_skew=timedelta(seconds=settings.max_clock_skew),
+            ),
             registry=registry,
             dead_letters=DeadLetterProducer(producer, settings.dlq_topic),
             poison_max_attempts=settings.poison_max_attempts,
@@ -201,7 +216,14 @@ class Worker:
         return False
 
     async def _check_database(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        await pool.fetchval("SELECT 1")
+        try:
+            await pool.fetchval("SELECT 1")
+        except Exception as exc:
+            # At start, a server that answers but refuses the settings is not waited for (SPEC §12 Settings).
+            refused = rejected_setting(exc)
+            if refused is not None:
+                raise ConfigurationError(f"configuration error: {refused}") from None
+            raise
         self.health.database_ok = True
 
     def _on_outage(self, dependency: Dependency, available: bool) -> None:

@@ -372,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; give it somewhere to go
         return 0
     except Exception as exc:
+        from worker.outages import rejected_setting
+
+        message = rejected_setting(exc)
+        if message is not None:
+            print(f"configuration error: {message}", file=sys.stderr)
+            return EXIT_CONFIG
         if type(exc).__module__.startswith("aiokafka"):
             # A broker that cannot be reached or refuses: one line a person can act on, not a library traceback.
             text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import re
+import string
 import sys
 import threading
 import traceback
@@ -70,6 +71,7 @@ __all__ = [
     "get_logger",
     "record_context",
     "redact",
+    "safe_message",
 ]
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -132,13 +134,19 @@ _REDACTED_SUFFIXES: Final[tuple[str, ...]] = (
     "_signature",
     "_authorization",
 )
-_EMAIL_RE: Final = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+# Linear time: a match starts only where a run of local-part characters starts, and the possessive `++` never
+# backtracks into the run (none of its characters is `@`). The domain needs no dot, so that an address cut short by
+# truncation (`jane.doe@exa`) is still masked.
+_EMAIL_RE: Final = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]++@[A-Za-z0-9\-]*+(?:\.[A-Za-z0-9\-]++)*+")
 _URL_CREDENTIALS_RE: Final = re.compile(r"(?<=://)[^/\s@]+@")
 _MAX_DEPTH: Final = 8
 _MAX_ERROR_CHARS: Final = 500
 _MAX_TRACEBACK_CHARS: Final = 20_000
 _MAX_CHAINED: Final = 8
 _MAX_ID_CHARS: Final = 255
+_MAX_VALUE_CHARS: Final = 2_000
+_LONG_TEXT_KEYS: Final = frozenset({"traceback", "exception", "stack"})
+_ADDRESS_CHARACTERS: Final = string.ascii_letters + string.digits + "._%+-@"
 _HANDLER_MARK: Final = "_customer_worker_handler"
 
 
@@ -156,9 +164,10 @@ def _scrub_text(text: str) -> str:
     return _EMAIL_RE.sub("<email>", _URL_CREDENTIALS_RE.sub("***@", text))
 
 
-def _scrub_value(value: Any, depth: int = 0) -> Any:
+def _scrub_value(value: Any, depth: int = 0, limit: int = _MAX_VALUE_CHARS) -> Any:
     if isinstance(value, str):
-        return _scrub_text(value)
+        # Truncated first: scrubbing then costs at most `limit` characters, whatever a caller passed.
+        return _scrub_text(_truncate_words(value, limit))
     if value is None or isinstance(value, bool | int | float):
         return value
     if depth >= _MAX_DEPTH:
@@ -180,14 +189,26 @@ def redact(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> 
 
     A safety net only: code must not log customer values in the first place.
     """
-    return {key: _scrub_value(value) for key, value in event_dict.items() if not _is_redacted_key(key)}
+    return {
+        key: _scrub_value(value, limit=_MAX_TRACEBACK_CHARS if key in _LONG_TEXT_KEYS else _MAX_VALUE_CHARS)
+        for key, value in event_dict.items()
+        if not _is_redacted_key(key)
+    }
+
+
+def _truncate_words(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, without the word cut in half: half an address (`jane.doe`, no `@` left)
+    is no longer recognisable as one, so it is dropped rather than shown."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip(_ADDRESS_CHARACTERS) + "…"
 
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _safe_message(exc: BaseException) -> str:
+def safe_message(exc: BaseException) -> str:
     """A short message for `exc` that leaves out what commonly carries data.
 
     asyncpg appends the server's DETAIL (which can quote a whole row) to ``str()``: only the primary message is kept.
@@ -214,7 +235,7 @@ def _qualified_name(exc: BaseException) -> str:
 
 
 def _format_traceback(exc: BaseException, seen: set[int] | None = None, depth: int = 0) -> list[str]:
-    """Python's traceback layout, with each exception's message from `_safe_message` (no DETAIL, no inputs)."""
+    """Python's traceback layout, with each exception's message from `safe_message` (no DETAIL, no inputs)."""
     seen = set() if seen is None else seen
     seen.add(id(exc))
     lines: list[str] = []
@@ -230,7 +251,7 @@ def _format_traceback(exc: BaseException, seen: set[int] | None = None, depth: i
     if exc.__traceback__ is not None:
         lines.append("Traceback (most recent call last):\n")
         lines += traceback.format_tb(exc.__traceback__)
-    lines.append(f"{_qualified_name(exc)}: {_safe_message(exc)}\n")
+    lines.append(f"{_qualified_name(exc)}: {safe_message(exc)}\n")
     if isinstance(exc, BaseExceptionGroup) and depth < _MAX_CHAINED:
         for index, sub in enumerate(exc.exceptions[:10], 1):
             lines.append(f"+---------------- {index} ----------------\n")
@@ -256,7 +277,7 @@ def _exception_fields(traceback_key: str) -> Processor:
         exc = _exception_of(event_dict.pop("exc_info", None))
         event_dict.pop("exception", None)  # only ever our own rendering below
         if exc is not None:
-            event_dict["error"] = _safe_message(exc)
+            event_dict["error"] = safe_message(exc)
             event_dict["error_type"] = type(exc).__name__
             text = "".join(_format_traceback(exc)).rstrip("\n")
             if len(text) > _MAX_TRACEBACK_CHARS:

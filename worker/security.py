@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from worker.errors import ConfigurationError
+from worker.providers.registry import ProviderRegistry
 
 SIGNATURE_HEADER = "x-signature"
 _PREFIX = b"sha256="
@@ -33,6 +34,9 @@ class SigningKeys:
 
     def __repr__(self) -> str:
         return f"SigningKeys(organizations={len(self._keys)}, require_signatures={self.require_signatures})"
+
+    def organizations(self) -> frozenset[str]:
+        return frozenset(self._keys)
 
     def first_key(self, organization_id: str) -> bytes | None:
         keys = self._keys.get(organization_id)
@@ -60,6 +64,15 @@ class SigningKeys:
             if hmac.compare_digest(mac.digest(), presented):
                 return True
         return False
+
+
+def unsigned_provider_organizations(keys: SigningKeys, registry: ProviderRegistry) -> list[str]:
+    """Organizations with provider connections (they can make the worker call a payment provider) whose commands
+    are accepted unsigned: no keys of their own while `REQUIRE_SIGNATURES` is false. Sorted; empty when signatures
+    are required."""
+    if keys.require_signatures:
+        return []
+    return sorted({c.organization_id for c in registry.connections} - keys.organizations())
 
 
 def sign(key: bytes, value: bytes) -> bytes:

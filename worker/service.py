@@ -21,7 +21,7 @@ import structlog
 
 from worker.contract.codes import DlqReason
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
-from worker.observability import record_context
+from worker.observability import record_context, safe_message
 from worker.outages import Dependency, is_outage
 from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
@@ -29,6 +29,8 @@ from worker.store.inline import InlineCreate
 from worker.tracing import consumed_batch, traced
 
 log = structlog.get_logger("worker.service")
+# stamina's default hooks log `repr(exc)` (an asyncpg DETAIL can quote a row); `until_done` logs retries itself.
+stamina.instrumentation.set_on_retry_hooks([])
 T = TypeVar("T")
 
 
@@ -66,14 +68,28 @@ def _ignore(dependency: Dependency, available: bool) -> None:
 async def until_done(
     operation: Callable[[], Awaitable[T]], dependency: Dependency, on_outage: OutageHook = _ignore
 ) -> T:
-    """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes."""
+    """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes.
+
+    Each failed attempt is logged here, through the redaction pipeline (type and a short message without data);
+    stamina's own retry hooks, which log `repr(exc)`, are switched off below."""
+    failed = False
     async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
         with attempt:
-            if attempt.num > 1:
-                log.warning("dependency_retry", dependency=dependency, attempt=attempt.num)
-                on_outage(dependency, False)
-            result = await operation()
-            if attempt.num > 1:
+            try:
+                result = await operation()
+            except Exception as exc:
+                if is_outage(exc):
+                    failed = True
+                    log.warning(
+                        "dependency_retry",
+                        dependency=dependency,
+                        attempt=attempt.num,
+                        error_type=type(exc).__name__,
+                        error=safe_message(exc),
+                    )
+                    on_outage(dependency, False)
+                raise
+            if failed:
                 on_outage(dependency, True)
             return result
     raise AssertionError("unreachable: retry_context without limits only ends by returning or raising")
@@ -155,7 +171,13 @@ class BatchService:
     @traced("apply")
     async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
         async with self._pool.acquire() as conn:
-            return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
+            try:
+                return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
+            except asyncpg.ReadOnlySQLTransactionError:
+                # A demoted primary keeps answering read-only on this connection: drop it, so that the next
+                # attempt connects again (to the new primary, once the DSN's name or host list leads there).
+                conn.terminate()
+                raise
 
     async def _apply_one_by_one(
         self, answers: Sequence[tuple[RawRecord, Command | Rejection]]

@@ -2,11 +2,61 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_PORT: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\],]+)(?::(\d{1,5}))?")
+
+
+def _port_ok(port: str | None) -> bool:
+    return port is None or 1 <= int(port) <= 65535
+
+
+def _check_bootstrap_servers(value: str) -> str:
+    """`host[:port]` entries, comma-separated, as every Kafka client takes them. The messages never quote the
+    value: a misplaced secret must not end up in a log."""
+    entries = [entry.strip() for entry in value.split(",")]
+    if not any(entries):
+        raise ValueError("must list at least one host[:port]")
+    for entry in entries:
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None or not _port_ok(match.group(1)):
+            raise ValueError("each entry must be host[:port] with a port from 1 to 65535")
+    return value
+
+
+def _check_database_url(value: SecretStr) -> SecretStr:
+    """A `postgresql://` (or `postgres://`) URL whose hosts and ports are well formed; one or several hosts (failover
+    lists), or none with `?host=/socket/dir`. The server checks the rest when the worker connects."""
+    url = value.get_secret_value()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError("must be a postgresql:// URL") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL")
+    hosts = parts.netloc.rpartition("@")[2]
+    for entry in filter(None, hosts.split(",")):
+        if entry.startswith("%2F"):
+            continue  # a percent-encoded unix socket directory
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None or not _port_ok(match.group(1)):
+            raise ValueError("each host must be host[:port] with a port from 1 to 65535")
+    return value
+
+
+def revealed(value: SecretStr | str) -> str:
+    """The plain value, at the one place a connection is opened (a DSN given as text by tests passes through)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+BootstrapServers = Annotated[str, AfterValidator(_check_bootstrap_servers)]
+DatabaseUrl = Annotated[SecretStr, AfterValidator(_check_database_url)]
 
 
 class KafkaSettings(BaseSettings):
@@ -14,7 +64,7 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
-    kafka_bootstrap_servers: str
+    kafka_bootstrap_servers: BootstrapServers
     kafka_group_id: str = "customer-worker"
     commands_topic: str = "customers.upsert.v1"
     events_topic: str = "customers.events.v1"
@@ -33,7 +83,8 @@ class KafkaSettings(BaseSettings):
 class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
-    database_url: str
+    # A secret: it usually carries the password. `.get_secret_value()` only where a connection is opened.
+    database_url: DatabaseUrl
 
 
 class SigningSettings(BaseSettings):
@@ -64,6 +115,8 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     provider_max_attempts: int = Field(default=6, ge=1)
     provider_concurrency: int = Field(default=8, ge=1)
     provider_sync_budget: float = Field(default=5.0, gt=0)
+    # Seconds an `occurred_at` may be ahead of the worker's clock before it is `value_is_invalid` (SPEC §12).
+    max_clock_skew: float = Field(default=3600.0, ge=0)
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -702,7 +702,7 @@ async def test_migrations_pending_then_idempotent(fresh_database: str) -> None:
 
 
 async def test_worker_refuses_to_run_with_pending_migrations(fresh_database: str) -> None:
-    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers="127.0.0.1:9", http_port=0)
+    settings = Settings(database_url=SecretStr(fresh_database), kafka_bootstrap_servers="127.0.0.1:9", http_port=0)
     worker = Worker(Configuration(settings=settings, registry=ProviderRegistry.empty(), signing_keys=SigningKeys({})))
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -569,3 +569,65 @@ async def test_health_server_stops_and_reports_no_port() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{port}/healthz")
     await server.stop()  # idempotent
+
+
+# -- issue 9, outcome 10: every line through redaction, truncation before scrubbing ---------------------------------
+
+
+async def test_outcome10_retries_are_logged_through_redaction_not_by_stamina(
+    json_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.service import until_done
+
+    calls = 0
+    seen: list[tuple[str, bool]] = []
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionRefusedError("connect to postgresql://admin:s3cr3t@db for jane.doe@example.com failed")
+        return "done"
+
+    assert await until_done(flaky, "postgres", lambda dependency, ok: seen.append((dependency, ok))) == "done"
+    captured = capsys.readouterr()
+    entries = _json_lines(captured.err)
+    assert [entry["event"] for entry in entries] == ["dependency_retry"]
+    (entry,) = entries
+    assert (entry["dependency"], entry["error_type"], entry["attempt"]) == ("postgres", "ConnectionRefusedError", 1)
+    assert "s3cr3t" not in captured.err and "jane.doe" not in captured.err
+    assert "<email>" in entry["error"] and "***@db" in entry["error"]
+    assert seen == [("postgres", False), ("postgres", True)]
+
+
+def test_outcome10_long_strings_are_truncated_before_scrubbing() -> None:
+    address = "jane.doe@example.com"
+    text = "x " * 500 + address + " " + "y " * 20_000
+    event = redact(None, "info", {"event": "e", "detail": text})
+    assert len(event["detail"]) <= 2_000
+    assert "jane.doe" not in event["detail"] and "<email>" in event["detail"]
+    # An address cut short by the truncation, before or after its `@`, does not show either.
+    for padding in (1_990, 1_985, 1_980):
+        cut = redact(None, "info", {"event": "e", "detail": "x" * padding + " " + address})
+        assert "jane" not in cut["detail"] and "example" not in cut["detail"], cut["detail"][-30:]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("a" * 200_000 + "@", id="long-local-part"),
+        pytest.param("a@" * 100_000, id="many-at-signs"),
+        pytest.param("a." * 100_000 + "@b", id="dotted-run"),
+        pytest.param("://" + "a" * 200_000, id="url-without-credentials"),
+    ],
+)
+def test_outcome10_email_scrubbing_is_linear(text: str) -> None:
+    """Main took 11 s on 40,000 characters (quadratic backtracking); 200,000 would take minutes. The scrubber
+    itself, without truncation, is now linear: a generous bound, far from both."""
+    import time
+
+    from worker.observability import _scrub_text
+
+    started = time.perf_counter()
+    _scrub_text(text)
+    assert time.perf_counter() - started < 5.0

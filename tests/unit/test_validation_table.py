@@ -829,11 +829,11 @@ def test_external_id_is_stored_as_given() -> None:
         pytest.param(None, None, id="null"),
     ],
 )
-def test_occurred_at_valid(written: str | None, parsed: datetime | None) -> None:
+def test_occurred_at_valid_is_normalised_to_utc(written: str | None, parsed: datetime | None) -> None:
     command = accepted(body(), occurred_at=written)
     assert command.occurred_at == parsed
     if parsed is not None:
-        assert command.occurred_at is not None and command.occurred_at.utcoffset() == parsed.utcoffset()
+        assert command.occurred_at is not None and command.occurred_at.tzinfo is UTC
 
 
 def test_occurred_at_absent_is_none() -> None:

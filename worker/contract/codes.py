@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     PAYMENT_PROVIDER_NOT_FOUND = "payment_provider_not_found"
     PAYMENT_PROVIDER_CODE_MISSING = "payment_provider_code_missing"
     INVALID_SIGNATURE = "invalid_signature"
+    # Under `base` when a rejection reached `rules.MAX_ERROR_PATHS` and more errors were left out (SPEC §12).
+    ERRORS_OMITTED = "errors_omitted"
 
 
 class DlqReason(StrEnum):

@@ -31,6 +31,16 @@ from worker.contract.email import ASCII_ADDRESS_LIST, is_valid_email_list, norma
 
 PG_INT_MAX = 2**31 - 1
 
+# Bounds on free text (SPEC §12), in characters after NUL stripping: an accepted customer's event stays far below a
+# broker's 1 MiB whatever the characters (at most 6 bytes each, JSON-escaped). 255 is Lago's limit on `name`, and
+# fits the unique index on `external_id`; URLs and e-mail lists get more room. Over the bound: `value_is_too_long`.
+MAX_TEXT: Final = 255
+MAX_EMAIL: Final = 1_024
+MAX_URL: Final = 2_048
+# Bounds on lists; items past a list's bound are not checked (the list's own error says it is too long).
+MAX_TAX_CODES: Final = 100  # `invalid_count`
+MAX_PAYMENT_METHODS: Final = 8  # one of each method; more is `value_is_invalid`
+
 
 def _error(code: ErrorCode) -> PydanticCustomError:
     return PydanticCustomError(code.value, code.value)
@@ -65,6 +75,7 @@ class _RustFirst:
     fast: CoreSchema
     rule: Callable[[str], Any]
     code: ErrorCode
+    max_length: int | None = None  # checked first, in pydantic-core: `string_too_long`
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         either = core_schema.union_schema(
@@ -73,7 +84,7 @@ class _RustFirst:
             custom_error_type=self.code.value,
             custom_error_message=self.code.value,
         )
-        return core_schema.chain_schema([core_schema.str_schema(strict=True), either])
+        return core_schema.chain_schema([core_schema.str_schema(strict=True, max_length=self.max_length), either])
 
 
 def _one_of(values: Iterable[str], description: str, *, publish_values: bool = False) -> Any:
@@ -114,9 +125,12 @@ Country = Annotated[
 # A plain ASCII list is already normalised; invisible characters, dash look-alikes and blanks go to `_email`.
 Email = Annotated[
     str,
-    _RustFirst(core_schema.str_schema(pattern=ASCII_ADDRESS_LIST), _email, ErrorCode.INVALID_EMAIL_FORMAT),
+    _RustFirst(core_schema.str_schema(pattern=ASCII_ADDRESS_LIST), _email, ErrorCode.INVALID_EMAIL_FORMAT, MAX_EMAIL),
 ]
 NonNegativeInt = Annotated[int, Field(ge=0, le=PG_INT_MAX)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Url = Annotated[str, Field(max_length=MAX_URL)]
+TaxCode = Annotated[NonBlank, Field(max_length=MAX_TEXT)]
 
 # TypedDicts rather than models: a key that is absent from the command is absent from the validated value, which is
 # exactly the absent-versus-null distinction of SPEC §4, and pydantic-core validates them without building objects.
@@ -130,11 +144,11 @@ class AddressFields(TypedDict, total=False):
 
     __pydantic_config__ = _CONFIG  # type: ignore[misc]
 
-    address_line1: str | None
-    address_line2: str | None
-    city: str | None
-    zipcode: str | None
-    state: str | None
+    address_line1: Text | None
+    address_line2: Text | None
+    city: Text | None
+    zipcode: Text | None
+    state: Text | None
     country: Annotated[Country | None, Field(description="ISO 3166-1 alpha-2, any case, stored upper-case")]
 
 
@@ -157,15 +171,16 @@ class BillingConfiguration(TypedDict, total=False):
     invoice_grace_period: NonNegativeInt | None
     document_locale: Language | None
     payment_provider: PaymentProvider | None
-    payment_provider_code: str | None
-    provider_customer_id: str | None
+    payment_provider_code: Text | None
+    provider_customer_id: Text | None
     sync: bool | None
     sync_with_provider: bool | None
     provider_payment_methods: Annotated[
         list[str] | None,
         Field(
+            json_schema_extra={"maxItems": MAX_PAYMENT_METHODS},
             description="Stripe only: card, sepa_debit, us_bank_account, bacs_debit, link, boleto, crypto, "
-            "customer_balance; link requires card; customer_balance stands alone"
+            "customer_balance; link requires card; customer_balance stands alone",
         ),
     ]
 
@@ -174,16 +189,16 @@ class CustomerInput(AddressFields, total=False):
     """The body of Lago's `POST /api/v1/customers` (create or update), as carried in a command."""
 
     # Missing, null or blank is `value_is_mandatory` (mapped in `rules`); stored as given otherwise.
-    external_id: Required[NonBlank]
-    name: Annotated[str, Field(max_length=255)] | None
-    firstname: str | None
-    lastname: str | None
-    legal_name: str | None
-    legal_number: str | None
-    tax_identification_number: str | None
-    phone: str | None
-    url: str | None
-    logo_url: str | None
+    external_id: Required[Annotated[NonBlank, Field(max_length=MAX_TEXT)]]
+    name: Text | None
+    firstname: Text | None
+    lastname: Text | None
+    legal_name: Text | None
+    legal_number: Text | None
+    tax_identification_number: Text | None
+    phone: Text | None
+    url: Url | None
+    logo_url: Url | None
     email: Annotated[Email | None, Field(description="one address or a comma-separated list")]
     currency: Currency | None
     timezone: Timezone | None
@@ -191,7 +206,7 @@ class CustomerInput(AddressFields, total=False):
     net_payment_term: NonNegativeInt | None
     finalize_zero_amount_invoice: FinalizeZeroAmountInvoice | None
     # Each item not blank; duplicates collapse when applied (`patch_of`).
-    tax_codes: list[NonBlank] | None
+    tax_codes: Annotated[list[TaxCode] | None, Field(json_schema_extra={"maxItems": MAX_TAX_CODES})]
     # At most 5 items: counted in `rules`, so that the items' own errors are still reported.
     metadata: Annotated[list[MetadataItem] | None, Field(json_schema_extra={"maxItems": 5})]
     shipping_address: ShippingAddress | None

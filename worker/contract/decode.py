@@ -13,9 +13,9 @@ Pure: no I/O, no clock, no logging. Nothing here raises for any input bytes.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -26,14 +26,16 @@ from worker.contract.customer import (
     BILLING_FIELDS,
     CUSTOMER,
     CUSTOMER_FIELDS,
+    MAX_TEXT,
     SHIPPING_FIELDS,
     BillingConfiguration,
     CustomerInput,
     strip_nul,
 )
+from worker.contract.duplicates import duplicate_names
 from worker.contract.framing import unframe
 from worker.contract.links import LinkRequest, link_request, precheck
-from worker.contract.rules import add_error, cross_field_errors, pydantic_errors
+from worker.contract.rules import add_error, bound_lists, capped, cross_field_errors, pydantic_errors
 from worker.providers.registry import ProviderRegistry
 from worker.security import SIGNATURE_HEADER, SigningKeys
 
@@ -44,8 +46,13 @@ _IDENTIFIER_MAX: Final = 255
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _NUL_ESCAPE: Final = b"\\u0000"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,9 @@ class DecodeContext:
     signing_keys: SigningKeys
     registry: ProviderRegistry
     max_value_bytes: int = MAX_VALUE_BYTES
+    # `occurred_at` further ahead of `clock()` than this is `value_is_invalid` (MAX_CLOCK_SKEW).
+    max_clock_skew: timedelta = timedelta(hours=1)
+    clock: Callable[[], datetime] = _utc_now
 
 
 class Command(NamedTuple):
@@ -106,6 +116,9 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         return DeadLetter(DlqReason.INVALID_JSON, _json_error(exc))
     if not isinstance(document, dict):
         return DeadLetter(DlqReason.INVALID_ENVELOPE, f"value is a JSON {_json_type(document)}, not an object")
+    duplicate = duplicate_names(value, document)
+    if duplicate is not None:
+        return DeadLetter(DlqReason.INVALID_ENVELOPE, duplicate)
     message_id = document.get("message_id")
     organization_id = document.get("organization_id")
     customer = document.get("customer")
@@ -132,7 +145,8 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         )
 
     errors: Errors = {}
-    occurred_at = _occurred_at(document.get("occurred_at"), errors)
+    occurred_at = _occurred_at(document.get("occurred_at"), errors, context)
+    customer = bound_lists(customer, errors)
     parsed: CustomerInput | None = None
     try:
         parsed = _VALIDATE_CUSTOMER(customer)
@@ -151,7 +165,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
             message_id=message_id,
             organization_id=organization_id,
             external_id=_readable_external_id(customer),
-            errors=errors,
+            errors=capped(errors),
             traceparent=traceparent,
             unknown_fields=_unknown_outside_metadata(customer) + unknown_in_metadata,
         )
@@ -223,12 +237,15 @@ def _read_headers(headers: Headers) -> tuple[str | None, bytes | None]:
 
 def _readable_external_id(customer: dict[str, Any]) -> str | None:
     external_id = customer.get("external_id")
-    if isinstance(external_id, str) and external_id.strip():
+    # Too long is not usable either: it would make the rejection's key and event as long as the command.
+    if isinstance(external_id, str) and len(external_id) <= MAX_TEXT and external_id.strip():
         return external_id
     return None
 
 
-def _occurred_at(raw: Any, errors: Errors) -> datetime | None:
+def _occurred_at(raw: Any, errors: Errors, context: DecodeContext) -> datetime | None:
+    """RFC 3339 with an offset, normalised to UTC; from 1970-01-01 up to `max_clock_skew` ahead of the clock. A
+    far-future value would hold every later command back as stale; a year-1 value cannot be stored in UTC."""
     if raw is None:
         return None
     if isinstance(raw, str) and len(raw) >= 20 and raw[10] in "Tt ":
@@ -236,8 +253,10 @@ def _occurred_at(raw: Any, errors: Errors) -> datetime | None:
             parsed = datetime.fromisoformat(raw.upper())  # RFC 3339 allows a lower-case "t" and "z"
         except ValueError:
             parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed
+        # Compared before converting: an aware comparison cannot overflow, `astimezone` can (year 1 at +01:00).
+        latest = context.clock() + context.max_clock_skew
+        if parsed is not None and parsed.tzinfo is not None and _EPOCH <= parsed <= latest:
+            return parsed.astimezone(UTC)
     errors["occurred_at"] = [ErrorCode.VALUE_IS_INVALID.value]
     return None
 

@@ -6,11 +6,13 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from worker.contract.codes import ErrorCode, Errors
-from worker.contract.customer import METADATA_FIELDS, PG_INT_MAX
+from worker.contract.codes import BASE, ErrorCode, Errors
+from worker.contract.customer import MAX_PAYMENT_METHODS, MAX_TAX_CODES, METADATA_FIELDS, PG_INT_MAX
 from worker.contract.datasets import STRIPE_PAYMENT_METHODS
 
 MAX_METADATA_ITEMS: Final = 5
+MAX_ERROR_PATHS: Final = 50
+"""A rejection reports at most this many paths besides `base`; past it, `base` gets `errors_omitted`."""
 
 _CUSTOM_CODES: Final = frozenset(code.value for code in ErrorCode)
 _BUILTIN_CODES: Final = {
@@ -129,3 +131,50 @@ def _stripe_payment_methods(methods: Any, errors: Errors) -> None:
         or ("customer_balance" in chosen and len(chosen) > 1)
     ):
         add_error(errors, _PAYMENT_METHODS_PATH, ErrorCode.VALUE_IS_INVALID.value)
+
+
+def bound_lists(customer: dict[str, Any], errors: Errors) -> dict[str, Any]:
+    """Lists longer than their bound get the list's error, and only their first items are checked further: the
+    work and the number of errors stay bounded whatever the list's length. Returns `customer` itself when every
+    list is within bounds (the usual case), else a shallow copy with the long lists cut."""
+    tax_codes = customer.get("tax_codes")
+    metadata = customer.get("metadata")
+    billing = customer.get("billing_configuration")
+    methods = billing.get("provider_payment_methods") if type(billing) is dict else None
+    if (
+        (type(tax_codes) is not list or len(tax_codes) <= MAX_TAX_CODES)
+        and (type(metadata) is not list or len(metadata) <= MAX_METADATA_ITEMS)
+        and (type(methods) is not list or len(methods) <= MAX_PAYMENT_METHODS)
+    ):
+        return customer  # the usual case, settled without a loop or a call
+    return _cut_lists(customer, errors)
+
+
+def _cut_lists(customer: dict[str, Any], errors: Errors) -> dict[str, Any]:
+    cut: dict[str, Any] = {}
+    for name, bound, code in (
+        ("tax_codes", MAX_TAX_CODES, ErrorCode.INVALID_COUNT),
+        ("metadata", MAX_METADATA_ITEMS, ErrorCode.INVALID_COUNT),
+    ):
+        items = customer.get(name)
+        if isinstance(items, list) and len(items) > bound:
+            add_error(errors, name, code.value)
+            cut[name] = items[:bound]
+    billing = customer.get("billing_configuration")
+    if isinstance(billing, dict):
+        methods = billing.get("provider_payment_methods")
+        if isinstance(methods, list) and len(methods) > MAX_PAYMENT_METHODS:
+            add_error(errors, _PAYMENT_METHODS_PATH, ErrorCode.VALUE_IS_INVALID.value)
+            cut["billing_configuration"] = {**billing, "provider_payment_methods": methods[:MAX_PAYMENT_METHODS]}
+    return {**customer, **cut} if cut else customer
+
+
+def capped(errors: Errors) -> Errors:
+    """At most `MAX_ERROR_PATHS` paths besides `base`, the first ones found; `base: errors_omitted` says more were
+    left out, so that a rejection event stays small whatever the command."""
+    others = [path for path in errors if path != BASE]
+    if len(others) <= MAX_ERROR_PATHS:
+        return errors
+    kept = {path: errors[path] for path in others[:MAX_ERROR_PATHS]}
+    kept[BASE] = [*errors.get(BASE, ()), ErrorCode.ERRORS_OMITTED.value]
+    return kept

@@ -6,15 +6,18 @@ from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from pydantic import SecretStr
+
+from worker.settings import revealed
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
-async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool[asyncpg.Record]:
+async def create_pool(dsn: SecretStr | str, *, size: int) -> asyncpg.Pool[asyncpg.Record]:
     """Connections are made lazily and re-made after an outage; `min_size=0` lets start-up wait for PostgreSQL
     through the caller's retry loop instead of failing here."""
     return await asyncpg.create_pool(
-        dsn,
+        revealed(dsn),
         min_size=0,
         max_size=size,
         command_timeout=60,

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+from pydantic import SecretStr
 
+from worker.settings import revealed
 from worker.store.db import Conn
 
 _LOCK_KEY = 0x6375_7374_6D69_67  # "custmig": one migrator at a time across replicas
@@ -73,9 +75,9 @@ async def migrate(conn: Conn) -> list[Migration]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def migrate_dsn(dsn: str) -> list[Migration]:
+async def migrate_dsn(dsn: SecretStr | str) -> list[Migration]:
     """`migrate` over a connection of its own (the CLI, `dev`, the benchmarks and the test fixtures)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(revealed(dsn))
     try:
         return await migrate(conn)
     finally:

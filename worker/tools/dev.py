@@ -48,7 +48,8 @@ def dev_environment(dsn: str, bootstrap: str) -> dict[str, str]:
 def client_environment(settings: Settings) -> dict[str, str]:
     """What a client of the dev stack needs (publish, events tail, dlq replay, psql, a second worker)."""
     return {
-        "DATABASE_URL": settings.database_url,
+        # The embedded server has no password: printing its DSN for `eval` reveals nothing.
+        "DATABASE_URL": settings.database_url.get_secret_value(),
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "KAFKA_ENABLE_IDEMPOTENCE": "false",
         "HTTP_PORT": str(settings.http_port),
