@@ -59,6 +59,7 @@ _DESCRIPTIONS: Final = {
     "provider_max_attempts": "provider call attempts (contract §9)",
     "provider_concurrency": "provider calls in flight per worker",
     "provider_sync_budget": "seconds of inline provider calls for `sync: true`",
+    "max_clock_skew": "seconds an `occurred_at` may lie ahead of the worker's clock before it is `value_is_invalid`",
 }
 
 
