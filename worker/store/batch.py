@@ -5,7 +5,9 @@
 3. fold each customer's commands in partition order (pure domain code);
 4. upsert the changed customers, write the outbox events and the provider jobs.
 
-Five statements at most, whatever the batch size; the caller commits the Kafka offsets only after this returns.
+Seven statements at most, whatever the batch size (the look-up of creates in hand only when a command asks for a
+create for a stored, unlinked customer; the id key once per process); the caller commits the Kafka offsets only
+after this returns.
 """
 
 from __future__ import annotations
@@ -157,7 +159,13 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
         (state.organization_id, state.external_id): state
         for state in map(state_from_row, await conn.fetch(SELECT_FOR_UPDATE, organizations, external_ids))
     }
-    active = await _active_creates(conn, stored.values())
+    # Only customers that a command of this batch may ask a create for (none at all on most batches).
+    asking = [
+        state
+        for key, state in stored.items()
+        if any(command.link is not None and command.link.sync_with_provider for command in by_customer[key])
+    ]
+    active = await _active_creates(conn, asking)
     if len(stored) < len(by_customer) and not _id_key:
         _id_key.append(await conn.fetchval(_ID_KEY))
     id_key = _id_key[0] if _id_key else b""
@@ -183,7 +191,8 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
 
 async def _active_creates(conn: Conn, stored: Iterable[CustomerState]) -> dict[uuid.UUID, frozenset[str]]:
     """Connections with a create in hand, per stored customer not linked yet (read under the customers' locks)."""
-    unlinked = [state.id for state in stored if state.payment_provider_code and not state.provider_customer_id]
+    # Every unlinked customer: a create may still be in hand for a connection the customer has since left.
+    unlinked = [state.id for state in stored if not state.provider_customer_id]
     if not unlinked:
         return {}
     active: dict[uuid.UUID, set[str]] = {}
