@@ -168,6 +168,16 @@ async def test_a_name_change_right_after_a_sync_create_reaches_stripe(harness: P
     await assert_one_linked_customer(harness, "cus_rename", "After")
 
 
+async def test_a_full_body_resent_with_a_new_name_pushes_it(harness: ProviderHarness) -> None:
+    batches = Batches(harness)
+    await batches.apply(batches.commands(body("cus_full", "Before", sync=True)))
+    await batches.apply(batches.commands(body("cus_full", "After")))  # the link repeated, as producers send it
+
+    await harness.drive(batches.runner)
+
+    await assert_one_linked_customer(harness, "cus_full", "After")
+
+
 async def test_a_change_during_a_background_create_is_pushed_after_it(harness: ProviderHarness) -> None:
     fake = stripe_of(harness)
     batches = Batches(harness)

@@ -179,7 +179,7 @@ def _jobs(
         )
         if newly_linked and before is not None and provider == "stripe" and stripe_setup_methods(after):
             return (ProviderJob("checkout", provider, code, message_id),)
-        return ()
+    # A command that repeats the link (producers often send the whole body) still pushes what it changed.
     if (
         provider == "stripe"
         and before is not None
