@@ -37,7 +37,7 @@ fakes = test_providers_jobs.fakes  # the fixtures, shared
 harness = test_providers_jobs.harness
 
 
-def body(external_id: str, name: str, *, sync: bool = False, **fields: Any) -> dict[str, Any]:
+def body(external_id: str, name: str, *, sync: bool = False) -> dict[str, Any]:
     billing: dict[str, Any] = {"payment_provider": "stripe", "sync_with_provider": True}
     if sync:
         billing["sync"] = True

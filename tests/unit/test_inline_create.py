@@ -81,3 +81,40 @@ async def test_a_later_command_moving_to_another_connection_keeps_its_create() -
     assert first.state.provider_customer_id == "cus_at_stripe_a"
     assert second.state.provider_customer_id is None
     assert second.jobs == (ProviderJob("create", "stripe", "stripe_b", second.command.message_id, second.state),)
+
+
+def test_a_fold_asks_for_one_create_per_connection_and_none_while_one_is_in_hand() -> None:
+    commands = [_command("stripe_a", sync=False), _command("stripe_a", sync=True), _command("stripe_b", sync=False)]
+    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
+    jobs = [job for outcome in result.outcomes if isinstance(outcome, Applied) for job in outcome.jobs]
+    assert [(job.kind, job.connection_code, job.message_id) for job in jobs] == [
+        ("create", "stripe_a", commands[0].message_id),
+        ("create", "stripe_b", commands[2].message_id),
+    ]
+    assert jobs[0].request == result.outcomes[0].state  # type: ignore[union-attr]  # the snapshot of the command
+
+    stored = result.state
+    assert stored is not None
+    again = fold_customer(
+        stored,
+        [_command("stripe_b", sync=True)],
+        registry=REGISTRY,
+        now=NOW,
+        new_id=lambda _command: uuid.uuid4(),
+        active_creates=frozenset({"stripe_b"}),
+    )
+    (outcome,) = again.outcomes
+    assert isinstance(outcome, Applied) and outcome.jobs == ()
+
+
+def test_the_id_of_a_new_customer_comes_from_its_creating_command() -> None:
+    first = _command("stripe_a", sync=False)
+    ids = {first.message_id: uuid.uuid4()}
+    result = fold_customer(
+        None,
+        [first, _command("stripe_a", sync=False)],
+        registry=REGISTRY,
+        now=NOW,
+        new_id=lambda command: ids[command.message_id],
+    )
+    assert result.state is not None and result.state.id == ids[first.message_id]
