@@ -133,6 +133,7 @@ class ProviderHarness:
             "poll_interval": 0.05,
             "backoff_base": 0.05,
             "backoff_max": 0.2,
+            "search_settle": 0.1,
         }
         settings.update(options)
         return ProviderJobRunner(self.pool, self.registry, factory, self.metrics, **settings)

@@ -270,7 +270,13 @@ async def test_a_key_refused_for_other_parameters_creates_under_a_derived_key(ha
 
     await assert_one_linked_customer(harness, "cus_mismatch", "Acme")
     keys = [request.idempotency_key for request in fake.requests_to("POST", CREATE)]
-    assert keys == [key, key, f"{key}-r1"]
+    # The job's first attempt meets the dead end and finds nothing; it looks again later (search may lag a fresh
+    # create), still finds nothing, and creates under the derived key.
+    assert keys == [key, key, key, f"{key}-r1"]
+    assert len(fake.requests_to("GET", "/v1/customers/search")) == 2
+    assert [(job["status"], job["attempts"]) for job in await harness.jobs() if job["kind"] == "create"] == [
+        ("done", 2)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ Retry-After

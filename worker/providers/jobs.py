@@ -42,7 +42,7 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is ge
 
 _RETURNING: Final = (
     "RETURNING j.id, j.organization_id, j.customer_id, j.message_id, j.kind, j.provider, j.connection_code, "
-    "j.traceparent, j.attempts, j.request"
+    "j.traceparent, j.attempts, j.request, j.last_error->>'error_code' AS last_error_code"
 )
 # One job at a time per customer, oldest first: a job is due only when no older job of its customer is pending or
 # running, and no job of its customer is running. So a push never overtakes a create or an older push, and two
@@ -105,6 +105,8 @@ class ClaimedJob:
     """Claims so far, this one included; also the fencing token of this claim."""
     request: CustomerState | None = None
     """A create's request snapshot (the customer as the command left it); None for other kinds and older jobs."""
+    last_error_code: str | None = None
+    """The error code the previous attempt ended with, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,7 @@ def _job(row: asyncpg.Record) -> ClaimedJob:
         traceparent=row["traceparent"],
         attempts=row["attempts"],
         request=None if row["request"] is None else state_from_json(row["request"]),
+        last_error_code=row["last_error_code"],
     )
 
 

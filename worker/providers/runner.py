@@ -67,6 +67,10 @@ LATENCY_ALLOWANCE: Final = 0.1
 ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
 INTERNAL_ERROR: Final = "internal_error"
 _PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
+DEAD_END_UNRESOLVED: Final = "dead_end_unresolved"
+DEFAULT_SEARCH_SETTLE: Final = 60.0
+"""Seconds a dead end waits before the customer is looked up a second time and, still not found, created under a
+derived key: Stripe's search is eventually consistent (a customer is typically searchable within a minute)."""
 DERIVED_STEPS: Final = ("r1", "r2", "r3")
 """Keys a create tries after a dead end, in order; each is looked up first, so at most one customer results."""
 
@@ -287,6 +291,7 @@ class ProviderJobRunner:
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         drain_timeout: float = 10.0,
         on_events: Callable[[], None] | None = None,
+        search_settle: float = DEFAULT_SEARCH_SETTLE,
     ) -> None:
         """`lease_seconds` must exceed one job's longest run (rate-limiter wait plus up to two SDK timeouts): a job
         is abandoned (retried later) when 3/4 of it has passed, so its lease never runs out while it is in hand.
@@ -304,6 +309,7 @@ class ProviderJobRunner:
         self._work_budget = lease_seconds * 0.75
         self._poll = poll_interval
         self._drain_timeout = drain_timeout
+        self._search_settle = search_settle
         self._sweep_interval = min(max(lease_seconds / 2, 0.5), 15.0)
         self._on_events = on_events
         self._wake = asyncio.Event()
@@ -506,6 +512,16 @@ class ProviderJobRunner:
             if found is not None:
                 log.info("provider_customer_found", provider=job.provider)
                 return JobResult(found)
+            if step == DERIVED_STEPS[0] and self._defer_after_dead_end(job):
+                # Not found yet: search may lag a fresh create. Look again later before creating anything.
+                raise ProviderError(
+                    connection.provider,
+                    DEAD_END_UNRESOLVED,
+                    "the idempotency key cannot be used any more and the customer was not found yet; "
+                    "looking it up again later",
+                    retryable=True,
+                    retry_after=self._search_settle,
+                )
             try:
                 return await self.caller.call(connection, _creator(sent, derived_key(key, step)))
             except ProviderError as again:
@@ -513,6 +529,12 @@ class ProviderJobRunner:
                     raise
                 error = again
         raise error
+
+    def _defer_after_dead_end(self, job: ClaimedJob) -> bool:
+        """Once per job, while an attempt is left for the second look-up."""
+        return (
+            self._search_settle > 0 and job.last_error_code != DEAD_END_UNRESOLVED and job.attempts < self._max_attempts
+        )
 
     async def _record(self, job: ClaimedJob, outcome: Outcome) -> None:
         """Write the outcome; PostgreSQL outages are retried while the lease lasts (after that, another runner
