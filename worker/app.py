@@ -23,7 +23,7 @@ from worker.observability import Health, HealthServer, Metrics, export_readiness
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
-from worker.providers.jobs import prune_finished
+from worker.providers.jobs import InlineResult, prune_finished
 from worker.providers.registry import Connection, ProviderRegistry, load_registry
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
@@ -148,7 +148,7 @@ class Worker:
             on_events=relay.notify,
         )
 
-        async def inline(connection: Connection, customer: CustomerState, message_id: str) -> str | None:
+        async def inline(connection: Connection, customer: CustomerState, message_id: str) -> InlineResult:
             return await runner.create_inline(connection, customer, message_id, settings.provider_sync_budget)
 
         service = BatchService(
@@ -180,6 +180,8 @@ class Worker:
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         # Jobs exist only for configured connections: without any, there is nothing to poll for.
         runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if registry.connections else None
+        if runner_task is not None:
+            runner_task.add_done_callback(self._runner_ended)
         maintenance = asyncio.create_task(self._maintain(pool, consumer), name="maintenance")
         log.info("worker_started", topic=settings.commands_topic, group=settings.kafka_group_id)
         await self._stop.wait()
@@ -225,6 +227,14 @@ class Worker:
                 raise ConfigurationError(f"configuration error: {refused}") from None
             raise
         self.health.database_ok = True
+
+    def _runner_ended(self, task: asyncio.Task[None]) -> None:
+        """The runner outlives every error; should it end anyway before shutdown, `/readyz` names it."""
+        if self._stop.is_set():
+            return
+        self.health.provider_runner_ok = False
+        error = None if task.cancelled() else task.exception()
+        log.error("provider_runner_stopped", error_type=type(error).__name__ if error else None)
 
     def _on_outage(self, dependency: Dependency, available: bool) -> None:
         if dependency == "postgres":

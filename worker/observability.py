@@ -601,6 +601,12 @@ class Metrics:
         )
         for status in PROVIDER_JOB_STATUSES:
             self.provider_jobs.labels(status=status)
+        self.provider_runner_up = Gauge(
+            "provider_runner_up",
+            "1 while the provider job runner is running, 0 when it has stopped.",
+            namespace=ns,
+            registry=reg,
+        )
         # Known label values start at 0, so rates and absent-series alerts work from the first scrape.
         for outcome in COMMAND_OUTCOMES:
             self.commands_total.labels(outcome=outcome)
@@ -675,14 +681,22 @@ class Health:
     database_ok: bool = False
     broker_ok: bool = False
     partitions_assigned: bool = False
+    provider_runner_ok: bool = True
+    """False once the provider job runner has stopped while the worker runs (it should never stop by itself)."""
 
     @property
     def ready(self) -> bool:
-        return self.database_ok and self.broker_ok and self.partitions_assigned
+        return not self.not_ready()
 
     def not_ready(self) -> list[str]:
-        """Names of the failing checks (``database``, ``broker``, ``partitions``), empty when ready."""
-        checks = (("database", self.database_ok), ("broker", self.broker_ok), ("partitions", self.partitions_assigned))
+        """Names of the failing checks (``database``, ``broker``, ``partitions``, ``provider_runner``), empty when
+        ready."""
+        checks = (
+            ("database", self.database_ok),
+            ("broker", self.broker_ok),
+            ("partitions", self.partitions_assigned),
+            ("provider_runner", self.provider_runner_ok),
+        )
         return [name for name, ok in checks if not ok]
 
 

@@ -7,12 +7,14 @@ Every request goes through one pipeline, in this order:
 
 1. logged (`requests`: method, path, query, headers, parsed body);
 2. queued faults that act *before* the provider: `fail_next` answers with a canned error, `drop_next` closes the
-   connection without an answer. Nothing is processed or stored;
+   connection without an answer. Nothing is processed or stored (`fail_next(..., after_processing=True)` instead
+   processes the request, then answers with the error: "executed, then failed");
 3. the token bucket (`rate_limit`): 429 with `Retry-After` when empty (counted in `rate_limited_count`);
 4. authentication (provider-specific, `api_keys`);
 5. idempotency (POST with an `Idempotency-Key` header, scoped by API key): a completed key is answered by the
    provider's repeat rule (replay, or an error); a key whose first request is still being processed is answered by
-   the provider's "in progress" rule. Only 2xx answers are stored, so a failed request can be retried with its key;
+   the provider's "in progress" rule. What is stored is the provider's rule (`stores_response`): by default 2xx
+   answers only, so a failed request can be retried with its key; Stripe also stores a 5xx once execution began;
 6. `delay_next(..., after_processing=False)` sleeps here: the request is already "in progress" for its key;
 7. the route handler (provider behaviour);
 8. `delay_next(..., after_processing=True)` / `drop_next(..., after_processing=True)`: the work is done and stored,
@@ -382,8 +384,11 @@ class FakeServer:
         *,
         method: str | None = None,
         path: str | None = None,
+        after_processing: bool = False,
     ) -> None:
-        """Answer the next `times` matching requests with `status` and `body`, without processing them.
+        """Answer the next `times` matching requests with `status` and `body`, without processing them (with
+        `after_processing`: after processing them; the provider's rule decides whether the failure is stored for the
+        idempotency key, see `stores_response`).
 
         `body`: a dict/list (sent as JSON), str/bytes (sent as is), or None for the provider's own error body for
         that status (`default_error_body`).
@@ -399,7 +404,18 @@ class FakeServer:
             payload, content_type = json.dumps(body).encode(), "application/json"
         hdrs = {"Content-Type": content_type}
         hdrs.update(headers or {})
-        self._add_fault(_Fault("fail", times, method, path, status=status, body=payload, headers=hdrs))
+        self._add_fault(
+            _Fault(
+                "fail",
+                times,
+                method,
+                path,
+                status=status,
+                body=payload,
+                headers=hdrs,
+                after_processing=after_processing,
+            )
+        )
 
     def delay_next(
         self,
@@ -518,6 +534,15 @@ class FakeServer:
     def idempotency_in_progress_response(self, request: web.Request, key: str) -> web.Response:
         return self.error_response(409, self.default_error_body(409))
 
+    def stores_response(self, status: int, resource_id: str | None) -> bool:
+        """Whether the answer to a request with an idempotency key is kept for that key (replayed or referred to on
+        a repeat). Default: only a 2xx; anything else may be retried with the same key."""
+        return 200 <= status < 300
+
+    def executed_failure_headers(self) -> dict[str, str]:
+        """Headers of an error answered after the request was processed (`fail_next(after_processing=True)`)."""
+        return {}
+
     def response_headers(self, request: web.Request) -> dict[str, str]:
         """Headers added to every answer that went past authentication (request ids and the like)."""
         return {}
@@ -585,7 +610,7 @@ class FakeServer:
         rec = self._record(request, raw, body)
         fault = self._take_fault(request.method, request.path)
 
-        if fault is not None and fault.kind == "fail":
+        if fault is not None and fault.kind == "fail" and not fault.after_processing:
             response = web.Response(status=fault.status, body=fault.body, headers=fault.headers)
             self._finish(rec, response, "fault")
             return response
@@ -639,6 +664,9 @@ class FakeServer:
                 if not isinstance(answered, web.Response):
                     raise TypeError("fake handlers must return web.Response")
                 response, outcome = answered, "handled"
+                if fault is not None and fault.kind == "fail" and fault.after_processing:
+                    headers = {**fault.headers, **self.executed_failure_headers()}
+                    response, outcome = web.Response(status=fault.status, body=fault.body, headers=headers), "fault"
                 for name, value in extra.items():
                     response.headers.setdefault(name, value)
                 if store_key is not None:
@@ -664,7 +692,7 @@ class FakeServer:
 
     def _store(self, store_key: tuple[str, str], request: web.Request, response: web.Response) -> None:
         with self._lock:
-            if not 200 <= response.status < 300:
+            if not self.stores_response(response.status, request.get(RESOURCE_ID_KEY)):
                 self.idempotency.pop(store_key, None)
                 return
             entry = self.idempotency[store_key]

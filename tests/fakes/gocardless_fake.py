@@ -239,6 +239,11 @@ class FakeGoCardless(FakeServer):
     def idempotency_in_progress_response(self, request: web.Request, key: str) -> web.Response:
         return self.error_response(409, self.default_error_body(409))
 
+    def stores_response(self, status: int, resource_id: str | None) -> bool:
+        """GoCardless guarantees one resource per key: once a create made its resource, the key is bound to it (a
+        repeat gets the 409 naming it) even if the answer was an error; a request that made nothing can be retried."""
+        return 200 <= status < 300 or resource_id is not None
+
     def response_headers(self, request: web.Request) -> dict[str, str]:
         return {"x-request-id": gc_id("", 16)}
 

@@ -1,14 +1,23 @@
 """A fake Stripe API (v1, form-encoded) for the real `stripe` SDK.
 
 Configure the SDK with `stripe.StripeClient(key, base_addresses={"api": fake.url}, max_network_retries=0,
-http_client=...)`. Covers customers (create / retrieve / update) and Checkout Sessions (create), with Stripe's
-error shapes, `Idempotency-Key` replay (`Idempotent-Replayed: true`), and Stripe's idempotency errors.
+http_client=...)`. Covers customers (create / retrieve / update / search) and Checkout Sessions (create), with
+Stripe's error shapes and its idempotency layer as documented:
+
+- a key's first result is stored once an endpoint began executing, a 5xx included, and replayed for every repeat
+  (`Idempotent-Replayed: true`; a stored 5xx with `Stripe-Should-Retry: false`, which an executed 5xx also carries);
+  a request that failed validation (a 4xx of the endpoint) or authentication stores nothing;
+- a key reused with other parameters or on another endpoint: 400 `idempotency_error`;
+- a key whose first request is still executing: 409 `idempotency_key_in_use`;
+- `GET /v1/customers/search` with Stripe's query language: `field:'value'` clauses (`email`, `name`, `phone`,
+  `metadata['key']`), `-` to negate, `~` for a substring (`name`, `email`, `phone`), joined by `AND` or by `OR`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,6 +69,50 @@ CUSTOMER_UPDATE_PARAMS = (CUSTOMER_CREATE_PARAMS - {"payment_method", "tax_id_da
 #: From this API version on, Checkout Sessions take `allowed_payment_method_types`; `payment_method_types` is gone.
 PAYMENT_METHOD_TYPES_REMOVED_IN = "2026-09-30"
 CHECKOUT_MODES = ("payment", "setup", "subscription")
+
+
+_CLAUSE = re.compile(r"^(-?)(metadata\['((?:[^'\\]|\\.)+)'\]|email|name|phone)([:~])'((?:[^'\\]|\\.)*)'$")
+SEARCH_FIELDS = ("email", "name", "phone")
+
+
+def parse_search_query(query: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for Stripe's search query language (the subset customers need); raises StripeApiError."""
+    text = query.strip()
+    joins = {word for word in (" AND ", " OR ") if word in text}
+    if len(joins) > 1:
+        raise StripeApiError(400, "You cannot combine AND and OR in a search query.", param="query")
+    parts = text.split(joins.pop()) if joins else [text]
+    clauses: list[Callable[[dict[str, Any]], bool]] = []
+    for part in parts:
+        match = _CLAUSE.match(part.strip())
+        if match is None:
+            raise StripeApiError(400, f"Invalid search query: {part.strip()!r}", param="query")
+        negate, field, meta_key, operator, raw = match.groups()
+        value = raw.replace("\\'", "'")
+        if meta_key is not None and operator == "~":
+            raise StripeApiError(400, "metadata fields support exact match only.", param="query")
+
+        def clause(
+            customer: dict[str, Any], field: str = field, key: str | None = meta_key, op: str = operator, v: str = value
+        ) -> bool:
+            actual = customer["metadata"].get(key.replace("\\'", "'")) if key is not None else customer.get(field)
+            if not isinstance(actual, str):
+                return False
+            return v.lower() in actual.lower() if op == "~" else actual == v
+
+        if negate:
+
+            def negated(customer: dict[str, Any], inner: Callable[[dict[str, Any]], bool] = clause) -> bool:
+                return not inner(customer)
+
+            clauses.append(negated)
+        else:
+            clauses.append(clause)
+    if joins == set() and len(parts) == 1:
+        return clauses[0]
+    if " OR " in text:
+        return lambda customer: any(clause(customer) for clause in clauses)
+    return lambda customer: all(clause(customer) for clause in clauses)
 
 
 class StripeApiError(Exception):
@@ -134,6 +187,7 @@ class FakeStripe(FakeServer):
 
     def setup_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/customers", self._wrap(self._create_customer))
+        app.router.add_get("/v1/customers/search", self._wrap(self._search_customers))
         app.router.add_get("/v1/customers/{id}", self._wrap(self._get_customer))
         app.router.add_post("/v1/customers/{id}", self._wrap(self._update_customer))
         app.router.add_post("/v1/checkout/sessions", self._wrap(self._create_checkout_session))
@@ -237,13 +291,21 @@ class FakeStripe(FakeServer):
             )
             return self.error_response(400, stripe_error_body(message, type_="idempotency_error")), "idempotency_error"
         original = entry.response.headers.get("Request-Id", "")
-        return (
-            entry.response.to_response({"Idempotent-Replayed": "true", "Original-Request": original}),
-            "replayed",
-        )
+        headers = {"Idempotent-Replayed": "true", "Original-Request": original}
+        if entry.response.status >= 500:
+            headers["Stripe-Should-Retry"] = "false"  # the same key will only ever get this answer
+        return entry.response.to_response(headers), "replayed"
 
     def idempotency_in_progress_response(self, request: web.Request, key: str) -> web.Response:
         return self.error_response(409, self.default_error_body(409))
+
+    def stores_response(self, status: int, resource_id: str | None) -> bool:
+        """Stripe keeps the result of every request whose endpoint began executing, a 500 included; an endpoint's
+        4xx here is a validation failure, which stores nothing."""
+        return 200 <= status < 300 or status >= 500
+
+    def executed_failure_headers(self) -> dict[str, str]:
+        return {"Stripe-Should-Retry": "false"}
 
     # ------------------------------------------------------------------ validation helpers
 
@@ -352,6 +414,24 @@ class FakeStripe(FakeServer):
             self.customers[customer_id] = customer
         request[RESOURCE_ID_KEY] = customer_id
         return self.json_response(customer)
+
+    def _search_customers(self, request: web.Request) -> web.Response:
+        query = request.query.get("query")
+        if not query:
+            raise StripeApiError(400, "Missing required param: query.", code="parameter_missing", param="query")
+        matches = parse_search_query(query)
+        limit = int(request.query.get("limit") or 10)
+        with self._lock:
+            found = sorted((c for c in self.customers.values() if matches(c)), key=lambda c: (-c["created"], c["id"]))
+        return self.json_response(
+            {
+                "object": "search_result",
+                "data": found[:limit],
+                "has_more": len(found) > limit,
+                "next_page": None,
+                "url": "/v1/customers/search",
+            }
+        )
 
     def _get_customer(self, request: web.Request) -> web.Response:
         return self.json_response(self._customer_or_404(request.match_info["id"]))

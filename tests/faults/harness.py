@@ -36,6 +36,7 @@ RESULT_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated", "
 # Settings of the parent's environment must not leak into a worker: each test sets what it means.
 _WORKER_SETTINGS: Final = frozenset({name.upper() for name in Settings.model_fields} | {"CUSTOMER_WORKER_CRASH_AT"})
 _BASE_TIME: Final = datetime(2026, 1, 1, tzinfo=UTC)
+_BILLING_CHECKED: Final = ("invoice_grace_period", "document_locale")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,6 +53,8 @@ class Command:
     organization_id: str
     external_id: str
     seq: int
+    billing: Mapping[str, Any] | None = None
+    """`billing_configuration` of the command, when it has one."""
 
     @property
     def occurred_at(self) -> datetime:
@@ -70,25 +73,42 @@ class Command:
         return f"{self.organization_id}:{self.external_id}".encode()
 
     def value(self) -> bytes:
+        customer: dict[str, Any] = {
+            "external_id": self.external_id,
+            "name": self.name,
+            "net_payment_term": self.net_payment_term,
+            "currency": "EUR",
+            "email": f"{self.external_id}@example.com",
+        }
+        if self.billing is not None:
+            customer["billing_configuration"] = dict(self.billing)
         return orjson.dumps(
             {
                 "message_id": self.message_id,
                 "organization_id": self.organization_id,
                 "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
-                "customer": {
-                    "external_id": self.external_id,
-                    "name": self.name,
-                    "net_payment_term": self.net_payment_term,
-                    "currency": "EUR",
-                    "email": f"{self.external_id}@example.com",
-                },
+                "customer": customer,
             }
         )
 
 
-def make_commands(count: int, customers: int, *, seed: int, organization_id: str | None = None) -> list[Command]:
+def billing_of(seq: int) -> dict[str, Any]:
+    """A `billing_configuration` that needs no provider connection (no link, SPEC §11): grace period and locale
+    change with `seq`, and the provider is stored without a lookup."""
+    return {
+        "invoice_grace_period": seq % 30,
+        "document_locale": ("fr", "de", "en")[seq % 3],
+        "payment_provider": "stripe",
+        "provider_payment_methods": ["card", "sepa_debit"],
+    }
+
+
+def make_commands(
+    count: int, customers: int, *, seed: int, organization_id: str | None = None, billing_every: int = 0
+) -> list[Command]:
     """`count` distinct commands over `customers` customers: every customer at least once, a hot tenth of them
-    many times (weight 20), in a shuffled order; `seq` (hence `occurred_at`) increases along the list."""
+    many times (weight 20), in a shuffled order; `seq` (hence `occurred_at`) increases along the list. With
+    `billing_every` = n, every n-th command also carries a `billing_configuration` (`billing_of`)."""
     assert count >= customers > 0
     rng = random.Random(seed)
     org = organization_id or f"org_{uuid.uuid4().hex[:8]}"
@@ -97,7 +117,13 @@ def make_commands(count: int, customers: int, *, seed: int, organization_id: str
     picks = list(range(customers)) + rng.choices(range(customers), weights=weights, k=count - customers)
     rng.shuffle(picks)
     return [
-        Command(message_id=str(uuid.uuid4()), organization_id=org, external_id=f"cus_{pick:05d}", seq=seq)
+        Command(
+            message_id=str(uuid.uuid4()),
+            organization_id=org,
+            external_id=f"cus_{pick:05d}",
+            seq=seq,
+            billing=billing_of(seq) if billing_every and seq % billing_every == 0 else None,
+        )
         for seq, pick in enumerate(picks)
     ]
 
@@ -509,8 +535,11 @@ async def check_exactly_once(dsn: str, commands: Sequence[Command], events: Iter
     by_message = {command.message_id: command for command in commands}
     org = commands[0].organization_id
     last_command: dict[str, Command] = {}
+    last_billing: dict[str, Mapping[str, Any]] = {}
     for command in commands:
         last_command[command.external_id] = command  # commands are in seq order
+        if command.billing is not None and any(name in command.billing for name in _BILLING_CHECKED):
+            last_billing[command.external_id] = command.billing
 
     all_events = [event for event in events if event.body.get("organization_id") == org]
     results = [event for event in all_events if event.event_type in RESULT_EVENT_TYPES]
@@ -547,6 +576,12 @@ async def check_exactly_once(dsn: str, commands: Sequence[Command], events: Iter
         assert (customer["name"], customer["net_payment_term"]) == (command.name, command.net_payment_term), (
             f"event {event.event_id} carries {customer['name']!r} for command seq {command.seq}"
         )
+        if command.billing is not None:
+            billing = customer["billing_configuration"]
+            sent = {name: command.billing[name] for name in _BILLING_CHECKED if name in command.billing}
+            assert {name: billing[name] for name in sent} == sent, (
+                f"event {event.event_id} carries another billing configuration than command seq {command.seq}"
+            )
         if event.event_id not in first_seen:
             first_seen.add(event.event_id)
             order[command.external_id].append(command.seq)
@@ -556,7 +591,8 @@ async def check_exactly_once(dsn: str, commands: Sequence[Command], events: Iter
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "SELECT external_id, name, net_payment_term, high_water_mark FROM customers WHERE organization_id = $1",
+            "SELECT external_id, name, net_payment_term, high_water_mark, invoice_grace_period, document_locale "
+            "FROM customers WHERE organization_id = $1",
             org,
         )
         inbox = {
@@ -578,6 +614,12 @@ async def check_exactly_once(dsn: str, commands: Sequence[Command], events: Iter
         ):
             wrong.append((external_id, row["name"], command.name))
     assert not wrong, f"{len(wrong)} rows differ from their last command, e.g. {wrong[:3]}"
+    billing_wrong = [
+        external_id
+        for external_id, billing in last_billing.items()
+        if any(stored[external_id][name] != billing[name] for name in _BILLING_CHECKED if name in billing)
+    ]
+    assert not billing_wrong, f"{len(billing_wrong)} rows lost their last billing_configuration: {billing_wrong[:3]}"
     missing = set(by_message) - inbox
     assert not missing, f"{len(missing)} message ids missing from processed_messages"
     assert outbox == 0, f"{outbox} outbox rows left"

@@ -75,7 +75,9 @@ async def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     kafka_bootstrap: str, unique_topics: dict[str, str], migrated_database: str, launcher: Launcher
 ) -> None:
     rng = random.Random(_seed())
-    commands = make_commands(COMMANDS, CUSTOMERS, seed=rng.randrange(2**32))
+    # Every third command carries a billing_configuration (grace period, locale, provider stored without a link).
+    commands = make_commands(COMMANDS, CUSTOMERS, seed=rng.randrange(2**32), billing_every=3)
+    assert sum(command.billing is not None for command in commands) == COMMANDS // 3
     org = commands[0].organization_id
     group_id = f"faults-{uuid.uuid4().hex[:8]}"
     placements = await publish_commands(kafka_bootstrap, unique_topics["commands"], commands)

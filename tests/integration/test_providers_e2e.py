@@ -4,11 +4,14 @@ pointing at the local Stripe fake, driven through the real SDK (SPEC §9 and §1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -158,5 +161,46 @@ async def test_sync_true_puts_the_provider_id_on_the_created_event(
     assert PaymentProviderCreated.model_validate(events[1]).customer.billing_configuration.provider_customer_id == (
         provider_id
     )
-    await asyncio.sleep(1.5)  # a background job, had one been left, would have run by now
+    # No background create was left: the batch wrote no create job for the customer, so none can ever run.
+    jobs = await _jobs(running, created.customer.lago_id)
+    assert "create" not in [kind for kind, _ in jobs]
     assert len(_stripe_creates(stripe_fake, "cus_inline")) == 1
+
+
+async def _jobs(env: dict[str, str], lago_id: Any) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        rows = await conn.fetch("SELECT kind, status FROM provider_jobs WHERE customer_id = $1", lago_id)
+    finally:
+        await conn.close()
+    return [(row["kind"], row["status"]) for row in rows]
+
+
+async def test_readyz_names_a_stopped_provider_runner(
+    worker_env: dict[str, str], pg_dsn: str, kafka_bootstrap: str, providers_file: Path
+) -> None:
+    env = await _environment(worker_env["DATABASE_URL"], kafka_bootstrap, providers_file)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        worker = Worker(load_configuration(Settings()))
+    others = {t for t in asyncio.all_tasks() if t.get_name() == "provider-jobs"}  # other workers' runners
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    base = f"http://127.0.0.1:{env['HTTP_PORT']}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            while not worker.health.ready:  # noqa: ASYNC110 - waits for the worker's own readiness
+                await asyncio.sleep(0.05)
+            assert "customer_worker_provider_runner_up 1.0" in worker.metrics.render().decode()
+            # Whatever ends it (the runner itself outlives every error), a stopped runner is not ready.
+            (runner,) = [t for t in asyncio.all_tasks() if t.get_name() == "provider-jobs" and t not in others]
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["not_ready"] == ["provider_runner"]
+            assert "customer_worker_provider_runner_up 0.0" in worker.metrics.render().decode()
+    finally:
+        worker.request_stop()
+        assert await asyncio.wait_for(task, timeout=30) == EXIT_OK

@@ -133,6 +133,7 @@ class ProviderHarness:
             "poll_interval": 0.05,
             "backoff_base": 0.05,
             "backoff_max": 0.2,
+            "search_settle": 0.1,
         }
         settings.update(options)
         return ProviderJobRunner(self.pool, self.registry, factory, self.metrics, **settings)
@@ -632,14 +633,14 @@ async def test_inline_create_then_background_job_reuses_the_key(harness: Provide
     runner = harness.runner()
     (conn,) = [c for c in harness.connections if c.provider == "stripe"]
     quick = await harness.add_customer("stripe")
-    assert await runner.create_inline(conn, quick, str(uuid.uuid4()), 2.0) in created_ids(fake)
+    assert (await runner.create_inline(conn, quick, str(uuid.uuid4()), 2.0)).provider_customer_id in created_ids(fake)
 
     # The answer comes too late for the budget: None, and the background job finds the same customer.
     fake.delay_next(1.0, after_processing=True, method="POST", path="/v1/customers")
     slow = await harness.add_customer("stripe", provider_payment_methods=("customer_balance",))
     message_id = str(uuid.uuid4())
     started = asyncio.get_running_loop().time()
-    assert await runner.create_inline(conn, slow, message_id, 0.3) is None
+    assert (await runner.create_inline(conn, slow, message_id, 0.3)).provider_customer_id is None
     assert asyncio.get_running_loop().time() - started < 0.6
     await harness.add_job(slow, message_id=message_id)
     await harness.drive(runner)

@@ -169,7 +169,7 @@ async def run_suite(harness: ProviderHarness, round_: str) -> None:
     await harness.drive(runner)
     _stripe(harness).delay_next(1.0, after_processing=True, method="POST", path="/v1/customers")
     inline = await harness.add_customer("stripe", external_id=f"{round_}-stripe-inline", **PERSONAL)
-    assert await runner.create_inline(stripe_conn, inline, str(uuid.uuid4()), 0.2) is None
+    assert (await runner.create_inline(stripe_conn, inline, str(uuid.uuid4()), 0.2)).provider_customer_id is None
 
     # a signed command through the batch: its job is run like the others
     await run_signed_command(harness, round_)

@@ -538,3 +538,54 @@ def test_fake_stops_promptly_with_held_requests() -> None:
     fake.stop()
     assert time.monotonic() - started < 2.0
     worker.join(5)
+
+
+# ---------------------------------------------------------------------------------------- documented idempotency
+
+
+def test_stripe_stores_an_executed_500_and_replays_it(fake_stripe: FakeStripe) -> None:
+    client = stripe_client(fake_stripe)
+    fake_stripe.fail_next(500, after_processing=True, method="POST", path="/v1/customers")
+    for _ in range(2):
+        with pytest.raises(stripe.APIError) as info:
+            client.v1.customers.create(STRIPE_CUSTOMER, options={"idempotency_key": "k-500"})
+        assert info.value.http_status == 500
+        assert stripe_header(info.value, "Stripe-Should-Retry") == "false"
+    assert len(fake_stripe.customers) == 1  # executed once, and only once
+    assert [r.outcome for r in fake_stripe.requests] == ["fault", "replayed"]
+
+
+def test_stripe_stores_nothing_for_a_500_before_execution_or_a_validation_error(fake_stripe: FakeStripe) -> None:
+    client = stripe_client(fake_stripe)
+    fake_stripe.fail_next(500, method="POST", path="/v1/customers")
+    with pytest.raises(stripe.APIError):
+        client.v1.customers.create(STRIPE_CUSTOMER, options={"idempotency_key": "k-early"})
+    assert client.v1.customers.create(STRIPE_CUSTOMER, options={"idempotency_key": "k-early"}).id
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.customers.create({"email": "not-an-address"}, options={"idempotency_key": "k-invalid"})
+    assert client.v1.customers.create({"email": "a@b.example"}, options={"idempotency_key": "k-invalid"}).id
+
+
+def test_stripe_search_uses_the_query_language(fake_stripe: FakeStripe) -> None:
+    client = stripe_client(fake_stripe)
+    ada = client.v1.customers.create({"name": "Ada", "metadata": {"lago_customer_id": "L1", "customer_id": "e1"}})
+    client.v1.customers.create({"name": "Bob", "metadata": {"lago_customer_id": "L2", "customer_id": "e2"}})
+
+    def ids(query: str) -> list[str]:
+        return sorted(c.id for c in client.v1.customers.search({"query": query}).data)
+
+    assert ids("metadata['lago_customer_id']:'L1'") == [ada.id]
+    assert ids("metadata['lago_customer_id']:'L3'") == []
+    assert len(ids("name:'Ada' OR name:'Bob'")) == 2
+    assert ids("name~'ad' AND -metadata['customer_id']:'e2'") == [ada.id]
+    with pytest.raises(stripe.InvalidRequestError):
+        ids("name:'Ada' AND name:'Bob' OR name:'Cy'")
+
+
+def test_gocardless_binds_a_key_to_what_a_failed_create_made(fake_gc: FakeGoCardless) -> None:
+    client = gc_client(fake_gc)
+    fake_gc.fail_next(500, after_processing=True, method="POST", path="/customers")
+    with pytest.raises(gc_errors.GoCardlessInternalError):
+        gc_customers_without_retries(client).create(params=GC_CUSTOMER, headers={"Idempotency-Key": "gc-500"})
+    again = client.customers.create(params=GC_CUSTOMER, headers={"Idempotency-Key": "gc-500"})
+    assert list(fake_gc.customers) == [again.id]  # the retry resolves to the conflicting resource

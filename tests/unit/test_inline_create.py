@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from worker.contract.decode import Command, DecodeContext, decode
 from worker.domain.fold import Applied, Outcome, ProviderJob, fold_customer
+from worker.providers.jobs import InlineResult
 from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
 from worker.security import SigningKeys
 from worker.store.inline import create_inline
@@ -49,14 +50,14 @@ def _command(code: str, *, sync: bool) -> Command:
 
 
 async def _fold_and_create(commands: list[Command]) -> list[Applied]:
-    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=uuid.uuid4)
+    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
     pairs = zip(commands, result.outcomes, strict=True)
     outcomes: dict[int, Outcome] = {id(command): outcome for command, outcome in pairs}
     created: list[str] = []
 
-    async def inline(connection: Connection, customer: Any, message_id: str) -> str | None:
+    async def inline(connection: Connection, customer: Any, message_id: str) -> InlineResult:
         created.append(connection.code)
-        return f"cus_at_{connection.code}"
+        return InlineResult(f"cus_at_{connection.code}")
 
     events = await create_inline(outcomes, REGISTRY, inline, NOW)
     assert created == ["stripe_a"]
@@ -79,4 +80,41 @@ async def test_a_later_command_moving_to_another_connection_keeps_its_create() -
     first, second = await _fold_and_create([_command("stripe_a", sync=True), _command("stripe_b", sync=False)])
     assert first.state.provider_customer_id == "cus_at_stripe_a"
     assert second.state.provider_customer_id is None
-    assert second.jobs == (ProviderJob("create", "stripe", "stripe_b", second.command.message_id),)
+    assert second.jobs == (ProviderJob("create", "stripe", "stripe_b", second.command.message_id, second.state),)
+
+
+def test_a_fold_asks_for_one_create_per_connection_and_none_while_one_is_in_hand() -> None:
+    commands = [_command("stripe_a", sync=False), _command("stripe_a", sync=True), _command("stripe_b", sync=False)]
+    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
+    jobs = [job for outcome in result.outcomes if isinstance(outcome, Applied) for job in outcome.jobs]
+    assert [(job.kind, job.connection_code, job.message_id) for job in jobs] == [
+        ("create", "stripe_a", commands[0].message_id),
+        ("create", "stripe_b", commands[2].message_id),
+    ]
+    assert jobs[0].request == result.outcomes[0].state  # type: ignore[union-attr]  # the snapshot of the command
+
+    stored = result.state
+    assert stored is not None
+    again = fold_customer(
+        stored,
+        [_command("stripe_b", sync=True)],
+        registry=REGISTRY,
+        now=NOW,
+        new_id=lambda _command: uuid.uuid4(),
+        active_creates=frozenset({"stripe_b"}),
+    )
+    (outcome,) = again.outcomes
+    assert isinstance(outcome, Applied) and outcome.jobs == ()
+
+
+def test_the_id_of_a_new_customer_comes_from_its_creating_command() -> None:
+    first = _command("stripe_a", sync=False)
+    ids = {first.message_id: uuid.uuid4()}
+    result = fold_customer(
+        None,
+        [first, _command("stripe_a", sync=False)],
+        registry=REGISTRY,
+        now=NOW,
+        new_id=lambda command: ids[command.message_id],
+    )
+    assert result.state is not None and result.state.id == ids[first.message_id]

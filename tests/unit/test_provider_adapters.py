@@ -373,15 +373,17 @@ async def test_inline_create(fake_gc: FakeGoCardless, factory: AdapterFactory) -
     conn = connection("gocardless", fake_gc)
     state = customer()
     fake_gc.fail_next(500)
-    created = await caller.create_inline(conn, state, "msg-1", 2.0)
+    created = (await caller.create_inline(conn, state, "msg-1", 2.0)).provider_customer_id
     assert created is not None
     assert list(fake_gc.customers) == [created]
-    assert await caller.create_inline(conn, state, "msg-1", 2.0) == created  # same key, same customer
+    # same key, same customer
+    assert (await caller.create_inline(conn, state, "msg-1", 2.0)).provider_customer_id == created
 
-    assert await caller.create_inline(conn, customer(email="invalid@example.invalid"), "msg-2", 2.0) is None
+    invalid = customer(email="invalid@example.invalid")
+    assert (await caller.create_inline(conn, invalid, "msg-2", 2.0)).provider_customer_id is None
 
     fake_gc.fail_next(503, times=50)
     started = asyncio.get_running_loop().time()
-    assert await caller.create_inline(conn, state, "msg-3", 0.4) is None
+    assert (await caller.create_inline(conn, state, "msg-3", 0.4)).provider_customer_id is None
     assert asyncio.get_running_loop().time() - started < 0.6
     fake_gc.clear_faults()

@@ -3,6 +3,10 @@
 `fold_customer` takes a customer as stored (or None) and that customer's new commands in partition order, and
 returns the final state with one outcome per command. The store loads and locks, calls this, and writes the result;
 ids and the clock are passed in so the function stays deterministic under test.
+
+At most one create per customer and connection (SPEC §12): a command that asks for a create while one is already in
+hand for that connection (`active_creates`, or an earlier command of the same fold) adds no second create. It merges
+into the pending one, whose success pushes whatever changed since its snapshot (`worker.providers.jobs`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class ProviderJob:
     provider: str
     connection_code: str
     message_id: str
+    request: CustomerState | None = None
+    """For a create: the customer as the call will send it, fixed now so that every retry sends the same request."""
+    delay: float = 0.0
+    """Seconds before the first background call (a `Retry-After` the inline attempt received)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +87,25 @@ def fold_customer(
     *,
     registry: ProviderRegistry,
     now: datetime,
-    new_id: Callable[[], UUID],
+    new_id: Callable[[Command], UUID],
+    active_creates: frozenset[str] = frozenset(),
 ) -> FoldResult:
+    """`new_id(command)`: the id of a customer that `command` creates (the same on every retry, see worker.ids).
+    `active_creates`: connection codes with a create job pending or running for the stored customer."""
     state = stored
     changed = False
     outcomes: list[Outcome] = []
+    creates = set(active_creates)
     for command in commands:
         outcome = apply_command(state, command, registry=registry, now=now, new_id=new_id)
         if isinstance(outcome, Applied):
             state = outcome.state
             changed = True
+            if any(job.kind == "create" for job in outcome.jobs):
+                jobs = tuple(job for job in outcome.jobs if job.kind != "create" or job.connection_code not in creates)
+                creates.update(job.connection_code for job in outcome.jobs if job.kind == "create")
+                if jobs != outcome.jobs:
+                    outcome = Applied(outcome.command, outcome.created, outcome.state, jobs)
         outcomes.append(outcome)
     return FoldResult(state=state, changed=changed, outcomes=tuple(outcomes))
 
@@ -99,7 +116,7 @@ def apply_command(
     *,
     registry: ProviderRegistry,
     now: datetime,
-    new_id: Callable[[], UUID],
+    new_id: Callable[[Command], UUID],
 ) -> Outcome:
     if is_stale(state, command.occurred_at):
         return Skipped(command)
@@ -133,7 +150,7 @@ def apply_command(
     ):
         patch["provider_payment_methods"] = STRIPE_DEFAULT_PAYMENT_METHODS
     if state is None:
-        after = new_customer(new_id(), command.organization_id, command.external_id, now, patch)
+        after = new_customer(new_id(command), command.organization_id, command.external_id, now, patch)
         created = True
     else:
         after = apply_patch(state, now, patch)
@@ -156,13 +173,13 @@ def _jobs(
     code = after.payment_provider_code
     if linked_code is not None and link is not None:
         if link.sync_with_provider and not after.provider_customer_id:
-            return (ProviderJob("create", provider, code, message_id),)
+            return (ProviderJob("create", provider, code, message_id, after),)
         newly_linked = link.provider_customer_id and (
             before is None or before.provider_customer_id != after.provider_customer_id
         )
         if newly_linked and before is not None and provider == "stripe" and stripe_setup_methods(after):
             return (ProviderJob("checkout", provider, code, message_id),)
-        return ()
+    # A command that repeats the link (producers often send the whole body) still pushes what it changed.
     if (
         provider == "stripe"
         and before is not None

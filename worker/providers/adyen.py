@@ -127,6 +127,10 @@ class AdyenAdapter:
             self._recent.popitem(last=False)
         return customer.external_id
 
+    async def find_customer(self, customer: CustomerState) -> str | None:
+        """Adyen has no customer object: there is nothing to look up."""
+        return None
+
     async def update_customer(self, customer: CustomerState, provider_customer_id: str, key: str) -> None:
         """Nothing to push: Adyen keeps no customer record of ours."""
 

@@ -8,6 +8,10 @@ HTTP status, and whether a retry may succeed.
 
 Retryable: network errors and timeouts, 429, 5xx, Stripe 409 `idempotency_key_in_use` and Adyen 422 `704` (the same
 idempotency key is still being processed), GoCardless 409 `idempotent_request_in_progress`. Any other 4xx is final.
+
+Dead ends (`dead_end`): the key can never bring an answer any more. Stripe refuses a key reused with other parameters
+(400 `idempotency_error`) and replays a stored 5xx for ever (`Stripe-Should-Retry: false`). A create job that meets
+one looks the customer up (`find_customer`) before it creates under a new, derived key.
 """
 
 from __future__ import annotations
@@ -72,8 +76,10 @@ class ProviderError(Exception):
         http_status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        dead_end: bool = False,
     ) -> None:
         super().__init__(f"{provider} {error_code}")
+        self.dead_end = dead_end
         self.provider: ProviderName = provider
         self.error_code = error_code
         self.message = message
@@ -120,6 +126,11 @@ class ProviderAdapter(Protocol):
 
     async def update_customer(self, customer: CustomerState, provider_customer_id: str, key: str) -> None:
         """Push the customer's current name, e-mail, address and phone."""
+        ...
+
+    async def find_customer(self, customer: CustomerState) -> str | None:
+        """The provider customer made for `customer` by an earlier call, if the provider can tell (Stripe: search on
+        `metadata['lago_customer_id']`); None when there is none or no way to look."""
         ...
 
     async def checkout_url(self, customer: CustomerState, provider_customer_id: str, key: str) -> str:

@@ -136,6 +136,11 @@ class GoCardlessAdapter:
             raise response_error(_PROVIDER)
         return customer_id
 
+    async def find_customer(self, customer: CustomerState) -> str | None:
+        """GoCardless has no dead end to resolve: a known key answers 409 with the conflicting resource, which the
+        SDK fetches and returns (the create's own answer)."""
+        return None
+
     async def update_customer(self, customer: CustomerState, provider_customer_id: str, key: str) -> None:
         # A PUT is idempotent by nature (it sets values): no key needed.
         params = update_params(customer)

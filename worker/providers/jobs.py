@@ -27,14 +27,14 @@ import asyncpg
 import orjson
 import structlog
 
-from worker.domain.customer import COLUMNS, CustomerState, stripe_setup_methods
+from worker.domain.customer import COLUMNS, PROVIDER_PUSHED_FIELDS, CustomerState, stripe_setup_methods
 from worker.domain.events import OutboxEvent, build_event
 from worker.ids import new_id
 from worker.providers.base import ProviderError
 from worker.providers.ids import idempotency_key
 from worker.store.db import Conn
 from worker.store.outbox import write_events
-from worker.store.rows import state_from_row
+from worker.store.rows import state_from_json, state_from_row
 
 log = structlog.get_logger("worker.providers")
 
@@ -42,11 +42,16 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is ge
 
 _RETURNING: Final = (
     "RETURNING j.id, j.organization_id, j.customer_id, j.message_id, j.kind, j.provider, j.connection_code, "
-    "j.traceparent, j.attempts"
+    "j.traceparent, j.attempts, j.request, j.last_error->>'error_code' AS last_error_code"
 )
-# Uses the partial index provider_jobs_ready_idx (next_attempt_at WHERE status = 'pending').
+# One job at a time per customer, oldest first: a job is due only when no older job of its customer is pending or
+# running, and no job of its customer is running. So a push never overtakes a create or an older push, and two
+# replicas never call for one customer at once (a concurrent claim sees the older job still pending and skips
+# this one). Uses provider_jobs_ready_idx and provider_jobs_customer_active_idx.
 _CLAIM_DUE: Final = (
-    "WITH due AS (SELECT id FROM provider_jobs WHERE status = 'pending' AND next_attempt_at <= now() "
+    "WITH due AS (SELECT id FROM provider_jobs AS d WHERE status = 'pending' AND next_attempt_at <= now() "
+    "AND NOT EXISTS (SELECT 1 FROM provider_jobs AS o WHERE o.customer_id = d.customer_id "
+    "AND o.status IN ('pending', 'running') AND (o.id < d.id OR o.status = 'running')) "
     "ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
     "UPDATE provider_jobs AS j SET status = 'running', lease_until = now() + make_interval(secs => $2), "
     "attempts = j.attempts + 1, updated_at = now() FROM due WHERE j.id = due.id " + _RETURNING
@@ -78,7 +83,7 @@ _CUSTOMER_FOR_UPDATE: Final = _CUSTOMER + " FOR UPDATE"
 _SET_PROVIDER_CUSTOMER_ID: Final = "UPDATE customers SET provider_customer_id = $2, updated_at = $3 WHERE id = $1"
 _INSERT_JOB: Final = (
     "INSERT INTO provider_jobs (organization_id, customer_id, message_id, kind, provider, connection_code, "
-    "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT ON CONSTRAINT provider_jobs_once DO NOTHING"
+    "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
 )
 _PRUNE: Final = (
     "DELETE FROM provider_jobs WHERE id = ANY(ARRAY(SELECT id FROM provider_jobs "
@@ -98,6 +103,10 @@ class ClaimedJob:
     traceparent: str | None
     attempts: int
     """Claims so far, this one included; also the fencing token of this claim."""
+    request: CustomerState | None = None
+    """A create's request snapshot (the customer as the command left it); None for other kinds and older jobs."""
+    last_error_code: str | None = None
+    """The error code the previous attempt ended with, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,15 @@ class JobResult:
 
     provider_customer_id: str | None = None
     checkout_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InlineResult:
+    """What an inline create (`sync: true`) brings back: the provider customer id, or the `Retry-After` the
+    background job must honour before its first call."""
+
+    provider_customer_id: str | None = None
+    retry_after: float | None = None
 
 
 class LeaseLostError(Exception):
@@ -132,6 +150,14 @@ def needs_checkout_after_create(provider: str, state: CustomerState) -> bool:
     if provider == "stripe":
         return bool(stripe_setup_methods(state))
     return provider in ("gocardless", "adyen")
+
+
+def needs_push(provider: str, sent: CustomerState, current: CustomerState) -> bool:
+    """True when the fields pushed to a linked customer (Stripe: name, e-mail, address, phone) differ from what
+    the create sent: an update job then brings the provider up to date (SPEC §12)."""
+    if provider != "stripe":
+        return False
+    return any(getattr(sent, field) != getattr(current, field) for field in PROVIDER_PUSHED_FIELDS)
 
 
 def skip_reason(job: ClaimedJob, state: CustomerState | None) -> str | None:
@@ -192,6 +218,8 @@ def _job(row: asyncpg.Record) -> ClaimedJob:
         connection_code=row["connection_code"],
         traceparent=row["traceparent"],
         attempts=row["attempts"],
+        request=None if row["request"] is None else state_from_json(row["request"]),
+        last_error_code=row["last_error_code"],
     )
 
 
@@ -246,20 +274,27 @@ async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: da
             if result.checkout_url is not None:
                 events.append(_checkout_event(job, state, result.checkout_url, now))
             elif needs_checkout_after_create(job.provider, state):
-                await conn.execute(
-                    _INSERT_JOB,
-                    job.organization_id,
-                    job.customer_id,
-                    job.message_id,
-                    "checkout",
-                    job.provider,
-                    job.connection_code,
-                    job.traceparent,
-                )
+                await _follow_up(conn, job, "checkout")
+            if job.request is not None and needs_push(job.provider, job.request, state):
+                # Changed while the create was pending or in flight (merged commands included): pushed after it.
+                await _follow_up(conn, job, "update")
         elif job.kind == "checkout" and result.checkout_url is not None:
             events.append(_checkout_event(job, state, result.checkout_url, now))
         await write_events(conn, events)
     return events
+
+
+async def _follow_up(conn: Conn, job: ClaimedJob, kind: str) -> None:
+    await conn.execute(
+        _INSERT_JOB,
+        job.organization_id,
+        job.customer_id,
+        job.message_id,
+        kind,
+        job.provider,
+        job.connection_code,
+        job.traceparent,
+    )
 
 
 def _checkout_event(job: ClaimedJob, state: CustomerState, url: str, now: datetime) -> OutboxEvent:

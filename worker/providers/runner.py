@@ -35,9 +35,10 @@ from worker.providers.base import (
     utc_now,
 )
 from worker.providers.factory import AdapterFactory
-from worker.providers.ids import idempotency_key
+from worker.providers.ids import derived_key, idempotency_key
 from worker.providers.jobs import (
     ClaimedJob,
+    InlineResult,
     JobResult,
     LeaseLostError,
     Pool,
@@ -67,6 +68,12 @@ LATENCY_ALLOWANCE: Final = 0.1
 ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
 INTERNAL_ERROR: Final = "internal_error"
 _PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
+DEAD_END_UNRESOLVED: Final = "dead_end_unresolved"
+DEFAULT_SEARCH_SETTLE: Final = 60.0
+"""Seconds a dead end waits before the customer is looked up a second time and, still not found, created under a
+derived key: Stripe's search is eventually consistent (a customer is typically searchable within a minute)."""
+DERIVED_STEPS: Final = ("r1", "r2", "r3")
+"""Keys a create tries after a dead end, in order; each is looked up first, so at most one customer results."""
 
 
 def backoff_delay(
@@ -138,6 +145,7 @@ class ProviderCaller:
     ) -> None:
         self._factory = factory
         self._metrics = metrics
+        self.metrics = metrics
         self.gate = ConnectionGate(probe_interval)
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self.backoff_base = backoff_base
@@ -203,10 +211,12 @@ class ProviderCaller:
         customer: CustomerState,
         message_id: str,
         budget_seconds: float = DEFAULT_INLINE_BUDGET,
-    ) -> str | None:
-        """The create call of `sync: true`, retried within `budget_seconds`; the provider customer id, or None when
-        the budget ran out or the call failed (the background job then does the work: same idempotency key, so no
-        second provider customer, and it reports the outcome). Never raises ProviderError."""
+    ) -> InlineResult:
+        """The create call of `sync: true`, retried within `budget_seconds`. `customer` is the create job's request
+        snapshot, so the background job, if it has to take over, sends the very same request under the same key
+        (no second provider customer) and reports the outcome. Returns the provider customer id, or the
+        `Retry-After` the background job must wait first. Never raises ProviderError; a dead end (SPEC §12) is
+        left to the job, which resolves it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_seconds
         key = idempotency_key(customer.organization_id, message_id, "create")
@@ -216,22 +226,33 @@ class ProviderCaller:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self.call(connection, lambda adapter: adapter.create_customer(customer, key))
+                    created = await self.call(connection, lambda adapter: adapter.create_customer(customer, key))
+                    return InlineResult(created)
             except TimeoutError:
                 self._metrics.provider_call(connection.provider, "timeout", time.perf_counter() - started)
                 log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
-                return None
+                return InlineResult()
             except ProviderError as error:
                 if not error.retryable:
                     log.info("provider_inline_failed", provider=connection.provider, error_code=error.error_code)
-                    return None
+                    return InlineResult()
                 delay = self.backoff(attempt, error.retry_after)
                 if loop.time() + delay >= deadline:
                     # Counted, not timed: the call itself was already measured (as a retryable error).
                     self._metrics.provider_calls_total.labels(provider=connection.provider, outcome="timeout").inc()
                     log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
-                    return None
+                    return InlineResult(retry_after=error.retry_after)
                 await asyncio.sleep(delay)
+
+
+def _creator(sent: CustomerState, key: str) -> Callable[[ProviderAdapter], Awaitable[JobResult]]:
+    async def create(adapter: ProviderAdapter) -> JobResult:
+        created = await adapter.create_customer(sent, key)
+        # Adyen: the create made the link; this returns it from the adapter, without a second call.
+        url = await adapter.checkout_url(sent, created, key) if adapter.checkout_with_create else None
+        return JobResult(created, url)
+
+    return create
 
 
 def _refused(provider: ProviderName) -> ProviderError:
@@ -272,6 +293,7 @@ class ProviderJobRunner:
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         drain_timeout: float = 10.0,
         on_events: Callable[[], None] | None = None,
+        search_settle: float = DEFAULT_SEARCH_SETTLE,
     ) -> None:
         """`lease_seconds` must exceed one job's longest run (rate-limiter wait plus up to two SDK timeouts): a job
         is abandoned (retried later) when 3/4 of it has passed, so its lease never runs out while it is in hand.
@@ -289,6 +311,7 @@ class ProviderJobRunner:
         self._work_budget = lease_seconds * 0.75
         self._poll = poll_interval
         self._drain_timeout = drain_timeout
+        self._search_settle = search_settle
         self._sweep_interval = min(max(lease_seconds / 2, 0.5), 15.0)
         self._on_events = on_events
         self._wake = asyncio.Event()
@@ -313,7 +336,7 @@ class ProviderJobRunner:
         customer: CustomerState,
         message_id: str,
         budget_seconds: float = DEFAULT_INLINE_BUDGET,
-    ) -> str | None:
+    ) -> InlineResult:
         return await self.caller.create_inline(connection, customer, message_id, budget_seconds)
 
     async def run(self) -> None:
@@ -323,6 +346,7 @@ class ProviderJobRunner:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
         outage_delay = 0.0
+        self.caller.metrics.provider_runner_up.set(1)
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -335,9 +359,12 @@ class ProviderJobRunner:
                             claimed += await claim_expired(self._pool, free - len(claimed), self._lease)
                             next_sweep = loop.time() + self._sweep_interval
                         outage_delay = 0.0
-                    except OUTAGES as exc:
+                    except Exception as exc:  # noqa: BLE001 - any error: logged, backed off, tried again
+                        # Outages and anything else alike: the runner must outlive every error (a dead runner
+                        # would leave every job pending until a restart).
                         outage_delay = min(max(outage_delay * 2, 0.1), 5.0)
-                        log.warning("provider_jobs_claim_failed", error_type=type(exc).__name__, retry_in=outage_delay)
+                        level = log.warning if isinstance(exc, OUTAGES) else log.error
+                        level("provider_jobs_claim_failed", error_type=type(exc).__name__, retry_in=outage_delay)
                         await self._sleep(outage_delay)
                         continue
                 for job in claimed:
@@ -354,6 +381,8 @@ class ProviderJobRunner:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        finally:
+            self.caller.metrics.provider_runner_up.set(0)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -388,7 +417,7 @@ class ProviderJobRunner:
         await asyncio.gather(*pending, return_exceptions=True)
         try:
             await release(self._pool, abandoned)
-        except OUTAGES as exc:
+        except Exception as exc:  # noqa: BLE001 - their leases run out and another runner takes them
             log.warning("provider_jobs_release_failed", error_type=type(exc).__name__, jobs=len(abandoned))
 
     # ------------------------------------------------------------------------------------------------ one job
@@ -445,14 +474,7 @@ class ProviderJobRunner:
     async def _call(self, connection: Connection, job: ClaimedJob, state: CustomerState, key: str) -> JobResult:
         pid = state.provider_customer_id
         if job.kind == "create":
-
-            async def create(adapter: ProviderAdapter) -> JobResult:
-                created = await adapter.create_customer(state, key)
-                # Adyen: the create made the link; this returns it from the adapter, without a second call.
-                url = await adapter.checkout_url(state, created, key) if adapter.checkout_with_create else None
-                return JobResult(created, url)
-
-            return await self.caller.call(connection, create)
+            return await self._create(connection, job, job.request or state, key)
         assert pid is not None  # skip_reason holds the other kinds back without a provider customer
         if job.kind == "update":
 
@@ -470,6 +492,52 @@ class ProviderJobRunner:
             cost = 2 if connection.provider == "gocardless" else 1
             return await self.caller.call(connection, checkout, cost=cost)
         raise ProviderError(connection.provider, CONFIGURATION_ERROR, "unknown job kind")
+
+    async def _create(self, connection: Connection, job: ClaimedJob, sent: CustomerState, key: str) -> JobResult:
+        """The create, with the job's snapshot. A dead end (the key refused for other parameters, or a stored 5xx
+        replayed for ever) is resolved without a second provider customer (SPEC §12): look the customer up; link it
+        if found; otherwise create it under a key derived from the first (`-r1`, `-r2`: the same on every retry, so
+        a lost answer is replayed rather than done twice)."""
+
+        try:
+            return await self.caller.call(connection, _creator(sent, key))
+        except ProviderError as error:
+            if not error.dead_end:
+                raise
+            return await self._resolve(connection, job, sent, key, error)
+
+    async def _resolve(
+        self, connection: Connection, job: ClaimedJob, sent: CustomerState, key: str, error: ProviderError
+    ) -> JobResult:
+        log.info("provider_create_dead_end", kind=job.kind, provider=job.provider, error_code=error.error_code)
+        for step in DERIVED_STEPS:
+            found = await self.caller.call(connection, lambda adapter: adapter.find_customer(sent))
+            if found is not None:
+                log.info("provider_customer_found", provider=job.provider)
+                return JobResult(found)
+            if step == DERIVED_STEPS[0] and self._defer_after_dead_end(job):
+                # Not found yet: search may lag a fresh create. Look again later before creating anything.
+                raise ProviderError(
+                    connection.provider,
+                    DEAD_END_UNRESOLVED,
+                    "the idempotency key cannot be used any more and the customer was not found yet; "
+                    "looking it up again later",
+                    retryable=True,
+                    retry_after=self._search_settle,
+                )
+            try:
+                return await self.caller.call(connection, _creator(sent, derived_key(key, step)))
+            except ProviderError as again:
+                if not again.dead_end:
+                    raise
+                error = again
+        raise error
+
+    def _defer_after_dead_end(self, job: ClaimedJob) -> bool:
+        """Once per job, while an attempt is left for the second look-up."""
+        return (
+            self._search_settle > 0 and job.last_error_code != DEAD_END_UNRESOLVED and job.attempts < self._max_attempts
+        )
 
     async def _record(self, job: ClaimedJob, outcome: Outcome) -> None:
         """Write the outcome; PostgreSQL outages are retried while the lease lasts (after that, another runner

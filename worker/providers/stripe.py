@@ -87,7 +87,7 @@ def _error(exc: stripe.StripeError) -> ProviderError:
     code = exc.code or (error.code if error is not None else None)
     param = error.param if error is not None else None
     kind = error.type if error is not None else None
-    return status_error(
+    result = status_error(
         _PROVIDER,
         status,
         provider_code=code or kind,
@@ -95,6 +95,17 @@ def _error(exc: stripe.StripeError) -> ProviderError:
         retry_after=parse_retry_after(header(exc.headers, "Retry-After")),
         in_progress=status == 409 and code == "idempotency_key_in_use",
     )
+    # A key used with other parameters, or a stored 5xx that Stripe will replay for that key whatever we do.
+    stored_failure = status is not None and status >= 500 and header(exc.headers, "Stripe-Should-Retry") == "false"
+    if (status == 400 and kind == "idempotency_error") or stored_failure:
+        result.dead_end = True
+        result.retryable = False
+    return result
+
+
+def search_query(customer: CustomerState) -> str:
+    """Stripe's search syntax; the id is a UUID, so it needs no escaping."""
+    return f"metadata['lago_customer_id']:'{customer.id}'"
 
 
 class StripeAdapter:
@@ -123,6 +134,15 @@ class StripeAdapter:
         if not created.id:
             raise response_error(_PROVIDER)
         return created.id
+
+    async def find_customer(self, customer: CustomerState) -> str | None:
+        try:
+            found = await self._client.v1.customers.search_async({"query": search_query(customer), "limit": 2})
+        except stripe.StripeError as exc:
+            raise _error(exc) from None
+        # The oldest, should an earlier mistake have left two.
+        ids = sorted((item.created, item.id) for item in found.data if item.id)
+        return ids[0][1] if ids else None
 
     async def update_customer(self, customer: CustomerState, provider_customer_id: str, key: str) -> None:
         params = update_params(customer)

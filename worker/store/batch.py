@@ -5,7 +5,9 @@
 3. fold each customer's commands in partition order (pure domain code);
 4. upsert the changed customers, write the outbox events and the provider jobs.
 
-Five statements at most, whatever the batch size; the caller commits the Kafka offsets only after this returns.
+Seven statements at most, whatever the batch size (the look-up of creates in hand only when a command asks for a
+create for a stored, unlinked customer; the id key once per process); the caller commits the Kafka offsets only
+after this returns.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
 from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
-from worker.ids import new_id
+from worker.ids import customer_id, new_id
 from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
 from worker.store.outbox import write_events
-from worker.store.rows import SELECT_FOR_UPDATE, rows_json, state_from_row, upsert_sql
+from worker.store.rows import (
+    SELECT_FOR_UPDATE,
+    IdentityConflictError,
+    rows_json,
+    state_from_row,
+    state_json,
+    upsert_sql,
+)
 
 Answer = Command | Rejection
 
@@ -36,12 +45,23 @@ _INBOX: Final = (
     "RETURNING organization_id, message_id"
 )
 _UPSERT: Final = upsert_sql()
+# No conflict target: a job already recorded for the command (`provider_jobs_once`) and a second create for a
+# customer and connection whose create is in hand (`provider_jobs_one_create_idx`) are both left out.
 _JOBS: Final = (
     "INSERT INTO provider_jobs "
-    "(organization_id, customer_id, message_id, kind, provider, connection_code, traceparent) "
-    "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "
-    "ON CONFLICT ON CONSTRAINT provider_jobs_once DO NOTHING"
+    "(organization_id, customer_id, message_id, kind, provider, connection_code, traceparent, request, "
+    "next_attempt_at) "
+    "SELECT o, c, m, k, p, cc, t, r, now() + make_interval(secs => d) FROM unnest($1::text[], $2::uuid[], "
+    "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::float8[]) "
+    "WITH ORDINALITY AS x(o, c, m, k, p, cc, t, r, d, n) ORDER BY n ON CONFLICT DO NOTHING"
 )
+_ACTIVE_CREATES: Final = (
+    "SELECT customer_id, connection_code FROM provider_jobs "
+    "WHERE customer_id = ANY($1::uuid[]) AND kind = 'create' AND status IN ('pending', 'running')"
+)
+_ID_KEY: Final = "SELECT value FROM id_keys WHERE name = 'customer_ids'"
+# The database's key of customer ids, read once per process when the first customer is created.
+_id_key: list[bytes] = []
 
 
 @dataclass(slots=True)
@@ -139,12 +159,46 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
         (state.organization_id, state.external_id): state
         for state in map(state_from_row, await conn.fetch(SELECT_FOR_UPDATE, organizations, external_ids))
     }
+    # Only customers that a command of this batch may ask a create for (none at all on most batches).
+    asking = [
+        state
+        for key, state in stored.items()
+        if any(command.link is not None and command.link.sync_with_provider for command in by_customer[key])
+    ]
+    active = await _active_creates(conn, asking)
+    if len(stored) < len(by_customer) and not _id_key:
+        _id_key.append(await conn.fetchval(_ID_KEY))
+    id_key = _id_key[0] if _id_key else b""
+
+    def lago_id(command: Command) -> uuid.UUID:
+        return customer_id(id_key, command.organization_id, command.message_id)
+
     outcomes: dict[int, Outcome] = {}
     for key, customer_commands in by_customer.items():
-        result = fold_customer(stored.get(key), customer_commands, registry=registry, now=now, new_id=new_id)
+        state = stored.get(key)
+        result = fold_customer(
+            state,
+            customer_commands,
+            registry=registry,
+            now=now,
+            new_id=lago_id,
+            active_creates=active.get(state.id, frozenset()) if state is not None else frozenset(),
+        )
         for command, outcome in zip(customer_commands, result.outcomes, strict=True):
             outcomes[id(command)] = outcome
     return outcomes
+
+
+async def _active_creates(conn: Conn, stored: Iterable[CustomerState]) -> dict[uuid.UUID, frozenset[str]]:
+    """Connections with a create in hand, per stored customer not linked yet (read under the customers' locks)."""
+    # Every unlinked customer: a create may still be in hand for a connection the customer has since left.
+    unlinked = [state.id for state in stored if not state.provider_customer_id]
+    if not unlinked:
+        return {}
+    active: dict[uuid.UUID, set[str]] = {}
+    for row in await conn.fetch(_ACTIVE_CREATES, unlinked):
+        active.setdefault(uuid.UUID(bytes=row[0].bytes), set()).add(row[1])
+    return {customer: frozenset(codes) for customer, codes in active.items()}
 
 
 def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
@@ -206,7 +260,9 @@ async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEve
         if isinstance(outcome, Applied):
             final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
     if final:
-        await conn.execute(_UPSERT, rows_json(list(final.values())))
+        written = await conn.fetch(_UPSERT, rows_json(list(final.values())))
+        if len(written) != len(final):
+            raise IdentityConflictError("a customer id is taken by another organization or external id")
     await write_events(conn, events)
     if summary.jobs:
         await conn.execute(
@@ -218,4 +274,6 @@ async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEve
             [job.provider for _, job, _ in summary.jobs],
             [job.connection_code for _, job, _ in summary.jobs],
             [traceparent for _, _, traceparent in summary.jobs],
+            [None if job.request is None else state_json(job.request) for _, job, _ in summary.jobs],
+            [job.delay for _, job, _ in summary.jobs],
         )

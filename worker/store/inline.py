@@ -1,10 +1,12 @@
 """`sync: true` (SPEC §9 and §11): the provider create call made while the batch's transaction is open, so that
 `customer.created` already carries `provider_customer_id`. Past the budget, or on failure, the command's create job
-stays in the batch and runs in the background with the same idempotency key (never a second provider customer)."""
+stays in the batch and runs in the background with the same idempotency key and the same request (the job's
+snapshot), not before the `Retry-After` the inline attempt was given."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from uuid import UUID
@@ -12,11 +14,11 @@ from uuid import UUID
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent
 from worker.domain.fold import Applied, Outcome, ProviderJob
-from worker.providers.jobs import needs_checkout_after_create, provider_event
+from worker.providers.jobs import InlineResult, needs_checkout_after_create, needs_push, provider_event
 from worker.providers.registry import Connection, ProviderRegistry
 
-InlineCreate = Callable[[Connection, CustomerState, str], Awaitable[str | None]]
-"""(connection, customer as it will be committed, message id) -> provider customer id, or None."""
+InlineCreate = Callable[[Connection, CustomerState, str], Awaitable[InlineResult]]
+"""(connection, the create's request snapshot, message id) -> the provider customer id, or why not."""
 
 
 def _inline_create(outcome: Outcome) -> ProviderJob | None:
@@ -43,11 +45,24 @@ async def create_inline(
     if not targets:
         return {}
     results = await asyncio.gather(
-        *(inline(connection, outcome.state, outcome.command.message_id) for _, outcome, _, connection in targets)
+        *(
+            inline(connection, job.request or outcome.state, outcome.command.message_id)
+            for _, outcome, job, connection in targets
+        )
     )
-    linked = {key: provider_id for (key, *_), provider_id in zip(targets, results, strict=True) if provider_id}
+    linked: dict[int, tuple[str, CustomerState]] = {}
+    for (key, outcome, job, _), result in zip(targets, results, strict=True):
+        if result.provider_customer_id:
+            linked[key] = (result.provider_customer_id, job.request or outcome.state)
+        elif result.retry_after:
+            # The background job makes its first call no earlier than the provider asked.
+            delayed = tuple(
+                dataclasses.replace(item, delay=result.retry_after) if item is job else item for item in outcome.jobs
+            )
+            outcomes[key] = Applied(outcome.command, outcome.created, outcome.state, delayed)
     events: dict[int, OutboxEvent] = {}
-    by_customer: dict[UUID, tuple[str, str | None]] = {}
+    by_customer: dict[UUID, tuple[str, str | None, CustomerState]] = {}
+    last: dict[UUID, int] = {}
     # One pass in fold order (a customer's commands are consecutive): later commands of a customer linked inline
     # in this batch see the provider id too, and do not ask for a second create.
     for key, outcome in outcomes.items():
@@ -55,26 +70,46 @@ async def create_inline(
             continue
         state = outcome.state
         if key in linked:
-            state = state._replace(provider_customer_id=linked[key])
+            provider_id, sent = linked[key]
+            state = state._replace(provider_customer_id=provider_id)
             jobs = tuple(job for job in outcome.jobs if job.kind != "create")
             if needs_checkout_after_create(state.payment_provider or "", state):
-                jobs += (
-                    ProviderJob(
-                        "checkout",
-                        state.payment_provider or "",
-                        state.payment_provider_code or "",
-                        outcome.command.message_id,
-                    ),
-                )
+                jobs += (_job("checkout", state, outcome.command.message_id),)
             outcomes[key] = Applied(outcome.command, outcome.created, state, jobs)
-            by_customer[state.id] = (linked[key], state.payment_provider_code)
+            by_customer[state.id] = (provider_id, state.payment_provider_code, sent)
+            last[state.id] = key
             events[key] = provider_event(outcome.command, state, "customer.payment_provider_created", now)
         elif state.id in by_customer:
-            provider_id, code = by_customer[state.id]
+            provider_id, code, _ = by_customer[state.id]
             # Only while the customer stays on that connection: a move to another one keeps its own create.
             if state.payment_provider_code == code:
                 if state.provider_customer_id is None:
                     state = state._replace(provider_customer_id=provider_id)
                 jobs = tuple(job for job in outcome.jobs if job.kind != "create")
                 outcomes[key] = Applied(outcome.command, outcome.created, state, jobs)
+                last[state.id] = key
+    # Later commands of the batch changed what the create sent: push the customer's final fields after it.
+    for customer, key in last.items():
+        final = outcomes[key]
+        assert isinstance(final, Applied)
+        provider_id, code, sent = by_customer[customer]
+        state = final.state
+        if (
+            state.payment_provider_code == code
+            and state.provider_customer_id == provider_id
+            and needs_push(state.payment_provider or "", sent, state)
+            and not any(job.kind == "update" for job in final.jobs)
+        ):
+            update = _job("update", state, final.command.message_id)
+            outcomes[key] = Applied(final.command, final.created, state, (*final.jobs, update))
     return events
+
+
+def _job(kind: str, state: CustomerState, message_id: str) -> ProviderJob:
+    assert kind in ("checkout", "update")
+    return ProviderJob(
+        "checkout" if kind == "checkout" else "update",
+        state.payment_provider or "",
+        state.payment_provider_code or "",
+        message_id,
+    )

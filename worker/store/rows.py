@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 import asyncpg
@@ -38,16 +39,44 @@ def upsert_sql() -> str:
     orjson and unpacked by PostgreSQL: this keeps the encoding work off the worker's Python thread."""
     columns = ", ".join(COLUMNS)
     values = ", ".join(_element(index, column) for index, column in enumerate(COLUMNS))
-    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in COLUMNS if column not in ("id", "created_at"))
+    fixed = ("id", "organization_id", "external_id", "created_at")
+    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in COLUMNS if column not in fixed)
+    # A row's identity never changes: the update leaves `organization_id` and `external_id` alone and applies only
+    # where they match. The caller compares the rows returned with the rows sent (`IdentityConflictError`).
     return (
         f"INSERT INTO customers ({columns}) SELECT {values} FROM jsonb_array_elements($1::jsonb) AS r "
-        f"ON CONFLICT (id) DO UPDATE SET {updates}"
+        f"ON CONFLICT (id) DO UPDATE SET {updates} "
+        "WHERE customers.organization_id = EXCLUDED.organization_id AND customers.external_id = EXCLUDED.external_id "
+        "RETURNING id"
     )
+
+
+class IdentityConflictError(RuntimeError):
+    """An upsert met a row with the same id but another organization or external id: nothing may be overwritten."""
 
 
 def rows_json(states: Sequence[CustomerState]) -> str:
     # orjson writes UUIDs, RFC 3339 datetimes and nested tuples in C; a named tuple is passed as its plain tuple.
     return orjson.dumps([tuple(state) for state in states]).decode()
+
+
+def state_json(state: CustomerState) -> str:
+    """One state as a JSON array in column order (a provider job's request snapshot)."""
+    return orjson.dumps(tuple(state)).decode()
+
+
+def state_from_json(text: str) -> CustomerState:
+    """The inverse of `state_json`."""
+    values = orjson.loads(text)
+    values[_ID] = uuid.UUID(values[_ID])
+    for index in _TIMES:
+        if values[index] is not None:
+            values[index] = datetime.fromisoformat(values[index])
+    methods = values[_METHODS]
+    values[_METHODS] = tuple(methods) if methods is not None else None
+    values[_TAX_CODES] = tuple(values[_TAX_CODES])
+    values[_METADATA] = tuple(values[_METADATA])
+    return CustomerState._make(values)
 
 
 SELECT_FOR_UPDATE: Final = (
@@ -62,6 +91,7 @@ _ID: Final = COLUMNS.index("id")
 _METHODS: Final = COLUMNS.index("provider_payment_methods")
 _TAX_CODES: Final = COLUMNS.index("tax_codes")
 _METADATA: Final = COLUMNS.index("metadata")
+_TIMES: Final = tuple(COLUMNS.index(column) for column in ("created_at", "updated_at", "high_water_mark"))
 
 
 def state_from_row(row: asyncpg.Record) -> CustomerState:
