@@ -78,10 +78,11 @@ async def test_provider_jobs_gauge_follows_the_database(stack: Stack) -> None:
     [event] = [payload(r) for r in records if payload(r).get("message_id") == document["message_id"]]
     conn = await asyncpg.connect(stack.dsn)
     try:
-        # No connection is configured, so no runner takes the jobs: they stay as written.
+        # No connection is configured, so no runner takes the jobs: they stay as written. Pushes (`update`), since a
+        # customer holds one create in hand at most.
         await conn.execute(
             "INSERT INTO provider_jobs (organization_id, customer_id, message_id, kind, provider, connection_code, "
-            "status) SELECT $1, $2::uuid, 'm-' || n, 'create', 'stripe', 'stripe_main', "
+            "status) SELECT $1, $2::uuid, 'm-' || n, 'update', 'stripe', 'stripe_main', "
             "CASE WHEN n < 3 THEN 'pending' ELSE 'running' END FROM generate_series(1, 4) AS n",
             org,
             event["customer"]["lago_id"],
