@@ -453,7 +453,7 @@ DlqReason = Literal["invalid_json", "invalid_envelope", "too_large", "processing
 ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "timeout"]
 
 ParkReason = Literal["too_large", "invalid_record"]
-SkipReason = Literal["unreadable_record", "dead_letter_refused"]
+SkipReason = Literal["dead_letter_refused"]
 COMMAND_OUTCOMES: Final[tuple[CommandOutcome, ...]] = get_args(CommandOutcome)
 PARK_REASONS: Final[tuple[ParkReason, ...]] = get_args(ParkReason)
 SKIP_REASONS: Final[tuple[SkipReason, ...]] = get_args(SkipReason)
@@ -534,7 +534,7 @@ class Metrics:
         )
         self.records_skipped_total = Counter(
             "records_skipped",
-            "Records neither answered nor dead-lettered: unreadable with nothing to save, or a DLQ stub refused.",
+            "Records neither answered nor dead-lettered: even their headers-only DLQ stub was refused.",
             ["reason"],
             namespace=ns,
             registry=reg,

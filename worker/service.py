@@ -40,6 +40,8 @@ class RawRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    # Set for an offset the Kafka client could not read (SPEC §12): why, without content; key, value, headers empty.
+    unreadable: str | None = None
 
 
 class DeadLetterSink(Protocol):
@@ -133,7 +135,12 @@ class BatchService:
         return report
 
     def _decode_all(self, records: Sequence[RawRecord]) -> list[Command | Rejection | DeadLetter]:
-        return [decode(record.value, record.headers, self._decode_context) for record in records]
+        return [
+            DeadLetter(DlqReason.UNREADABLE_RECORD, record.unreadable)
+            if record.unreadable is not None
+            else decode(record.value, record.headers, self._decode_context)
+            for record in records
+        ]
 
     async def _apply(self, answers: Sequence[Command | Rejection], attempts: int | None = None) -> BatchSummary:
         limit = attempts or self._poison_max_attempts
