@@ -13,10 +13,10 @@ from typing import Final
 
 from aiokafka.errors import (
     CorruptRecordException,
-    KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
+    UnknownError,
     UnsupportedForMessageFormatError,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -27,7 +27,6 @@ Message = tuple[bytes | None, bytes | None, Headers]
 DLQ_PREFIX: Final = "dlq-"
 ORIGINAL_SIZE_HEADER: Final = "dlq-original-size"
 TRUNCATED_HEADER: Final = "dlq-truncated"
-INVALID_RECORD_ERRNO: Final = 87  # INVALID_RECORD: aiokafka 0.14 has no class for it (UnknownError)
 
 
 class RecordRefusedError(Exception):
@@ -49,8 +48,10 @@ def refusal(exc: BaseException) -> RecordRefusedError | None:
         return RecordRefusedError("too_large", type(exc).__name__)
     if isinstance(exc, CorruptRecordException | UnsupportedForMessageFormatError):
         return RecordRefusedError("invalid_record", type(exc).__name__)
-    if isinstance(exc, KafkaError) and getattr(exc, "errno", None) == INVALID_RECORD_ERRNO:
-        return RecordRefusedError("invalid_record", "INVALID_RECORD")
+    if isinstance(exc, UnknownError):
+        # aiokafka 0.14 maps the codes it has no class for, INVALID_RECORD (87) among them, to UnknownError. Parked
+        # rows can be republished; a send retried forever would hold every tenant's events back.
+        return RecordRefusedError("invalid_record", "UnknownError (INVALID_RECORD or another unnamed code)")
     return None
 
 
