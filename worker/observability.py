@@ -570,6 +570,8 @@ class Metrics:
             self.dependency_retries_total.labels(dependency=dependency)
         for refusal in PARK_REASONS:
             self.events_parked_total.labels(reason=refusal)
+        for skip in SKIP_REASONS:
+            self.records_skipped_total.labels(reason=skip)
         for provider in PROVIDERS:
             self.provider_call_seconds.labels(provider=provider)
             for call_outcome in PROVIDER_CALL_OUTCOMES:

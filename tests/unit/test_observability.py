@@ -21,8 +21,10 @@ from worker.observability import (
     DEPENDENCIES,
     DLQ_REASONS,
     NOISY_LIBRARIES,
+    PARK_REASONS,
     PROVIDER_CALL_OUTCOMES,
     PROVIDERS,
+    SKIP_REASONS,
     Health,
     HealthServer,
     Metrics,
@@ -391,6 +393,8 @@ METRIC_NAMES = (
     "customer_worker_outbox_oldest_age_seconds",
     "customer_worker_dlq_total",
     "customer_worker_events_published_total",
+    "customer_worker_events_parked_total",
+    "customer_worker_records_skipped_total",
     "customer_worker_dependency_retries_total",
     "customer_worker_provider_calls_total",
     "customer_worker_provider_call_seconds",
@@ -398,7 +402,7 @@ METRIC_NAMES = (
 
 ALLOWED_LABEL_VALUES: dict[str, set[str]] = {
     "outcome": {*COMMAND_OUTCOMES, *PROVIDER_CALL_OUTCOMES},
-    "reason": set(DLQ_REASONS),
+    "reason": {*DLQ_REASONS, *PARK_REASONS, *SKIP_REASONS},
     "dependency": set(DEPENDENCIES),
     "provider": set(PROVIDERS),
 }
