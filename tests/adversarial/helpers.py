@@ -34,6 +34,7 @@ class Tail:
         self._bootstrap = bootstrap
         self._topic = topic
         self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self.message_ids: set[str] = set()  # of event records, parsed once as they arrive
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -59,6 +60,10 @@ class Tail:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 self.records.extend(records)
+                for record in records:
+                    if record.value is not None and record.value.startswith(b"{"):
+                        with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+                            self.message_ids.add(str(orjson.loads(record.value).get("message_id")))
 
     async def stop(self) -> None:
         if self._task is not None:
