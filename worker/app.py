@@ -234,6 +234,8 @@ class Worker:
         self.metrics.events_published_total.inc(count)
 
     def _on_assignment(self, partitions: set[int]) -> None:
+        # Each rebalance logs this twice (revoked, then assigned): the adversarial suite counts them.
+        log.info("partitions_assigned", partitions=sorted(partitions))
         for gone in self._partitions - partitions:
             self.metrics.forget_partition(gone)
         self._partitions = partitions

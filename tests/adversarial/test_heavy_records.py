@@ -103,7 +103,8 @@ async def _parked_message_ids(dsn: str) -> set[str]:
 
 
 def _joins(stack: Stack) -> int:
-    return sum(1 for line in stack.worker.stderr_text().splitlines() if "joining group" in line)
+    """Assignment changes the worker logged (one at the first join; two more per rebalance)."""
+    return sum(1 for record in stack.worker.log_records() if record.get("event") == "partitions_assigned")
 
 
 async def fifty_worst_case_records(stack: Stack, kinds: list[Callable[[str, int], tuple[str, bytes]]]) -> None:
@@ -111,6 +112,7 @@ async def fifty_worst_case_records(stack: Stack, kinds: list[Callable[[str, int]
     with no re-join of the group, no redelivery, a peak RSS under 300 MB, and every partition answering after."""
     await assert_every_partition_answers(stack)  # joined and warm before the measure
     joins_before = _joins(stack)
+    assert joins_before >= 1, "the worker logs no assignment: a rebalance could not be seen"
     rss_before = peak_rss_mib(stack.worker.pid)
     records = [kinds[n % len(kinds)](stack.organization_id, n) for n in range(50)]
     assert all(MiB - 4096 < len(value) <= LIMIT for _, value in records)
