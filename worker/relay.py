@@ -144,6 +144,8 @@ class OutboxRelay:
     async def _send(self, messages: Sequence[tuple[int, Message]]) -> list[Refusal]:
         """Publish in order; the refused ones are returned. A refused batch does not say which record was at fault:
         then one at a time (rows already acknowledged in the batch go out twice, with their stable event_id)."""
+        if not messages:
+            return []
         try:
             await self._sender.send_all(self._topic, [message for _, message in messages])
             return []
