@@ -158,6 +158,48 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from worker.tools.outbox import list_events, selection_of
+
+    settings = _settings(DatabaseSettings)
+    selection = selection_of(args.id, args.reason, args.event_type)
+    for line in asyncio.run(list_events(settings.database_url, selection, args.limit)):
+        print(line)
+    return 0
+
+
+def cmd_outbox_republish(args: argparse.Namespace) -> int:
+    from worker.tools.outbox import republish, selection_of
+
+    if not (args.all or args.id or args.reason or args.event_type):
+        raise ConfigurationError("outbox republish: choose --all, or --id / --reason / --event-type")
+    settings = _settings(DatabaseSettings)
+    count = asyncio.run(republish(settings.database_url, selection_of(args.id, args.reason, args.event_type)))
+    print(f"moved {count} parked event(s) back to the outbox; a running worker publishes them")
+    return 0
+
+
+def _add_outbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    outbox = commands.add_parser("outbox", help="events the broker refused for good (parked events)")
+    actions = outbox.add_subparsers(dest="outbox_command", required=True)
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--id", type=int, action="append", help="a parked event's id (repeatable)")
+    filters.add_argument("--reason", choices=["too_large", "invalid_record"], help="only this refusal reason")
+    filters.add_argument("--event-type", help="only this event type, e.g. customer.rejected")
+    listing = actions.add_parser(
+        "list", parents=[filters], help="print parked events, one JSON object per line (payload left out)"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.set_defaults(func=cmd_outbox_list)
+    again = actions.add_parser(
+        "republish",
+        parents=[filters],
+        help="move parked events back to the outbox, to be published again by a running worker",
+    )
+    again.add_argument("--all", action="store_true", help="every parked event (no filter)")
+    again.set_defaults(func=cmd_outbox_republish)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from worker.tools.dev import default_data_dir, print_env, run_dev
 
@@ -328,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail_parser.add_argument("--limit", type=int, help="stop after N matching events")
     tail_parser.set_defaults(func=cmd_events_tail)
+
+    _add_outbox(commands)
 
     bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
     from worker.tools.bench_args import add_bench_arguments

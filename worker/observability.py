@@ -478,12 +478,16 @@ def record_context(
 # --------------------------------------------------------------------------------------------------------------------
 
 CommandOutcome = Literal["created", "updated", "rejected", "skipped", "duplicate", "dead_lettered", "invalid_signature"]
-DlqReason = Literal["invalid_json", "invalid_envelope", "too_large", "processing_error"]
+DlqReason = Literal["invalid_json", "invalid_envelope", "too_large", "processing_error", "unreadable_record"]
 #: ``success``; ``retryable_error`` (network, 429, 5xx: will be retried); ``permanent_error`` (other 4xx, or attempts
 #: exhausted); ``timeout`` (the inline budget ran out, the call goes on as a background job).
 ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "timeout"]
 
+ParkReason = Literal["too_large", "invalid_record"]
+SkipReason = Literal["dead_letter_refused"]
 COMMAND_OUTCOMES: Final[tuple[CommandOutcome, ...]] = get_args(CommandOutcome)
+PARK_REASONS: Final[tuple[ParkReason, ...]] = get_args(ParkReason)
+SKIP_REASONS: Final[tuple[SkipReason, ...]] = get_args(SkipReason)
 DLQ_REASONS: Final[tuple[DlqReason, ...]] = get_args(DlqReason)
 DEPENDENCIES: Final[tuple[Dependency, ...]] = get_args(Dependency)
 PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
@@ -568,6 +572,20 @@ class Metrics:
         self.events_published_total = Counter(
             "events_published", "Result events published to the events topic.", namespace=ns, registry=reg
         )
+        self.events_parked_total = Counter(
+            "events_parked",
+            "Outbox events the broker refused for good, moved to parked_events (reason too_large, invalid_record).",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.records_skipped_total = Counter(
+            "records_skipped",
+            "Records neither answered nor dead-lettered: even their headers-only DLQ stub was refused.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
         self.dependency_retries_total = Counter(
             "dependency_retries",
             "Retries caused by an unavailable dependency.",
@@ -614,6 +632,10 @@ class Metrics:
             self.dlq_total.labels(reason=reason)
         for dependency in DEPENDENCIES:
             self.dependency_retries_total.labels(dependency=dependency)
+        for refusal in PARK_REASONS:
+            self.events_parked_total.labels(reason=refusal)
+        for skip in SKIP_REASONS:
+            self.records_skipped_total.labels(reason=skip)
         for provider in PROVIDERS:
             self.provider_call_seconds.labels(provider=provider)
             for call_outcome in PROVIDER_CALL_OUTCOMES:
@@ -626,6 +648,12 @@ class Metrics:
 
     def dead_lettered(self, reason: DlqReason, count: int = 1) -> None:
         self.dlq_total.labels(reason=_check(reason, DLQ_REASONS, "reason")).inc(count)
+
+    def parked(self, reason: str, count: int = 1) -> None:
+        self.events_parked_total.labels(reason=_check(reason, PARK_REASONS, "reason")).inc(count)
+
+    def skipped(self, reason: SkipReason, count: int = 1) -> None:
+        self.records_skipped_total.labels(reason=_check(reason, SKIP_REASONS, "reason")).inc(count)
 
     def dependency_retry(self, dependency: Dependency) -> None:
         self.dependency_retries_total.labels(dependency=_check(dependency, DEPENDENCIES, "dependency")).inc()

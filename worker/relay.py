@@ -4,6 +4,10 @@ One relay publishes at a time across all replicas (a transaction-scoped advisory
 they were written, which is partition order for each customer. Rows are deleted in the transaction that read them,
 after the broker acknowledged them: a crash in between rolls the delete back and the rows are published again with
 the same `event_id` (at least once, SPEC §5).
+
+A row the broker refuses for good (over `KAFKA_MAX_REQUEST_SIZE`, or refused as too large or invalid) is moved to
+`parked_events` in that same transaction, with its reason, and the relay goes on (SPEC §12). Every other failure is
+an outage: the rows stay and the relay retries with backoff, without limit.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import structlog
 
 from worker.faults import crash_point
 from worker.outages import OUTAGES, is_outage
+from worker.store.outbox import Refusal, park
 from worker.tracing import publish_span
+from worker.transport.records import Message, RecordRefusedError, record_size
 
 log = structlog.get_logger("worker.relay")
 
@@ -29,14 +35,16 @@ _DELETE: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
 class EventSender(Protocol):
-    async def send_all(
-        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
-    ) -> None: ...
+    max_record_size: int
+
+    async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
+        """Raises RecordRefusedError for a refusal for good, anything else for an outage."""
 
 
 @dataclass(slots=True)
 class RelayStats:
     published: int = 0
+    parked: int = 0
     rounds: int = 0
 
 
@@ -50,6 +58,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         idle_interval: float = 0.05,
         on_published: Callable[[int], None] | None = None,
+        on_parked: Callable[[str, int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._sender = sender
@@ -59,6 +68,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._on_published = on_published
+        self._on_parked = on_parked
         self.stats = RelayStats()
 
     def notify(self) -> None:
@@ -104,18 +114,50 @@ class OutboxRelay:
             rows = await conn.fetch(_CLAIM, self._batch_size)
             if not rows:
                 return 0
-            messages = []
+            messages: list[tuple[int, Message]] = []
+            refused: list[Refusal] = []
             for row in rows:
                 headers = [("event-type", row["event_type"].encode()), ("content-type", b"application/json")]
                 if row["traceparent"]:
                     headers.append(("traceparent", row["traceparent"].encode()))
-                messages.append((row["event_key"].encode(), bytes(row["payload"]), headers))
-            with publish_span(self._topic, messages):
-                await self._sender.send_all(self._topic, messages)
+                message = (row["event_key"].encode(), bytes(row["payload"]), headers)
+                size = record_size(*message)
+                if size > self._sender.max_record_size:
+                    refused.append(Refusal(row["id"], "too_large", f"{size} bytes over KAFKA_MAX_REQUEST_SIZE"))
+                else:
+                    messages.append((row["id"], message))
+            refused.extend(await self._send(messages))
             crash_point("after_relay_publish")
+            await park(conn, refused)
             await conn.execute(_DELETE, [row["id"] for row in rows])
-        self.stats.published += len(rows)
+        published = len(rows) - len(refused)
+        self.stats.published += published
+        self.stats.parked += len(refused)
         self.stats.rounds += 1
-        if self._on_published is not None:
-            self._on_published(len(rows))
+        for refusal in refused:
+            log.error("event_parked", outbox_id=refusal.outbox_id, reason=refusal.reason, error=refusal.error)
+            if self._on_parked is not None:
+                self._on_parked(refusal.reason, 1)
+        if self._on_published is not None and published:
+            self._on_published(published)
         return len(rows)
+
+    async def _send(self, messages: Sequence[tuple[int, Message]]) -> list[Refusal]:
+        """Publish in order; the refused ones are returned. A refused batch does not say which record was at fault:
+        then one at a time (rows already acknowledged in the batch go out twice, with their stable event_id)."""
+        if not messages:
+            return []
+        try:
+            batch = [message for _, message in messages]
+            with publish_span(self._topic, batch):
+                await self._sender.send_all(self._topic, batch)
+            return []
+        except RecordRefusedError:
+            pass
+        refused = []
+        for outbox_id, message in messages:
+            try:
+                await self._sender.send_all(self._topic, [message])
+            except RecordRefusedError as exc:
+                refused.append(Refusal(outbox_id, exc.reason, exc.detail))
+        return refused

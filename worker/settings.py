@@ -77,7 +77,7 @@ class KafkaSettings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
     kafka_fetch_max_wait_ms: int = Field(default=20, ge=0)
-    kafka_max_request_size: int = Field(default=2 * 1024 * 1024, ge=1024 * 1024)
+    kafka_max_request_size: int = Field(default=1024 * 1024, ge=64 * 1024)
 
 
 class DatabaseSettings(BaseSettings):

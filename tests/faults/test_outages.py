@@ -25,6 +25,7 @@ from tests.faults.harness import (
     committed_offsets,
     make_commands,
     migrate_database,
+    progress,
     publish_commands,
     read_events,
     read_records,
@@ -193,11 +194,20 @@ async def test_sigterm_during_a_postgres_outage_exits_0_and_commits_nothing_past
     worker = launcher.start(env, name="stopped-in-outage")
     await wait_for_progress(own_postgres.dsn, org, at_least=100, workers=[worker], timeout=60)
     await asyncio.to_thread(own_postgres.kill)
-    await asyncio.sleep(1.5)
+    # Mid-outage, proven by the worker's own state: it retries PostgreSQL for a batch it holds and is not ready.
+    retries_at_kill = _dependency_retries(worker, "postgres")
+    deadline = time.monotonic() + 30
+    while _dependency_retries(worker, "postgres") == retries_at_kill:
+        assert worker.alive, worker.tail()
+        assert time.monotonic() < deadline, "the worker never retried PostgreSQL after the kill"
+        await asyncio.sleep(0.1)
+    assert await worker.http_status("/readyz") == 503
     elapsed = await _stop(worker)
     worker.log_records()
 
     await asyncio.to_thread(own_postgres.start)
+    at_stop = await progress(own_postgres.dsn, org)
+    assert at_stop is not None and at_stop.processed < len(commands), "nothing was left to do at SIGTERM"
     await check_commits_cover_only_applied(
         bootstrap=kafka_bootstrap,
         group_id=group_id,

@@ -32,6 +32,7 @@ class DlqReason(StrEnum):
     INVALID_ENVELOPE = "invalid_envelope"
     TOO_LARGE = "too_large"
     PROCESSING_ERROR = "processing_error"
+    UNREADABLE_RECORD = "unreadable_record"
 
 
 BASE = "base"

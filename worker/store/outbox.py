@@ -1,9 +1,13 @@
-"""Writing result events to the transactional outbox (SPEC §5), in the caller's transaction."""
+"""The transactional outbox (SPEC §5): writing result events in the caller's transaction, and the parked events
+the broker refused for good (SPEC §12)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
+
+import asyncpg
 
 from worker.domain.events import OutboxEvent
 from worker.store.db import Conn
@@ -25,3 +29,65 @@ async def write_events(conn: Conn, events: Sequence[OutboxEvent]) -> None:
             [event.traceparent for event in events],
             [event.payload for event in events],
         )
+
+
+# -- parked events (SPEC §12) ----------------------------------------------------------------------------------------
+
+_PARK: Final = (
+    "WITH refused AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS r(id, reason, error)), "
+    "moved AS (DELETE FROM outbox o USING refused r WHERE o.id = r.id "
+    "RETURNING o.id, o.event_id, o.event_key, o.event_type, o.traceparent, o.payload, o.created_at, r.reason, r.error) "
+    "INSERT INTO parked_events (outbox_id, event_id, event_key, event_type, traceparent, payload, created_at, reason, "
+    "error) SELECT * FROM moved ORDER BY id"
+)
+_LIST: Final = (
+    "SELECT id, outbox_id, event_id, event_key, event_type, octet_length(payload) AS size, created_at, parked_at, "
+    "reason, error FROM parked_events WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR "
+    "reason = $2) AND ($3::text IS NULL OR event_type = $3) ORDER BY id LIMIT $4"
+)
+# Back to the outbox's end, in parked order: the relay publishes them (and parks them again if still refused).
+_REPUBLISH: Final = (
+    "WITH chosen AS (DELETE FROM parked_events WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND "
+    "($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR event_type = $3) "
+    "RETURNING id, event_id, event_key, event_type, traceparent, payload) "
+    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
+    "SELECT event_id, event_key, event_type, traceparent, payload FROM chosen ORDER BY id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    outbox_id: int
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedFilter:
+    """Which parked events an operator means; every field None means all of them."""
+
+    ids: Sequence[int] | None = None
+    reason: str | None = None
+    event_type: str | None = None
+
+
+async def park(conn: Conn, refusals: Sequence[Refusal]) -> None:
+    """Move refused outbox rows to `parked_events`, with their reason, in the caller's transaction."""
+    if refusals:
+        await conn.execute(
+            _PARK,
+            [refusal.outbox_id for refusal in refusals],
+            [refusal.reason for refusal in refusals],
+            [refusal.error[:500] for refusal in refusals],
+        )
+
+
+async def list_parked(conn: Conn, selection: ParkedFilter, limit: int) -> list[asyncpg.Record]:
+    ids = list(selection.ids) if selection.ids is not None else None
+    return list(await conn.fetch(_LIST, ids, selection.reason, selection.event_type, limit))
+
+
+async def republish_parked(conn: Conn, selection: ParkedFilter) -> int:
+    ids = list(selection.ids) if selection.ids is not None else None
+    status = await conn.execute(_REPUBLISH, ids, selection.reason, selection.event_type)
+    return int(status.split()[-1])

@@ -1,6 +1,8 @@
 """The commands consumer: a FastStream batch subscriber with manual commits (the only FastStream code).
 
 FastStream 0.7 traps this module avoids (see INFRA.md):
+* aiokafka raises, forever, on a record it cannot parse (a header key that is not UTF-8, a corrupt batch): see
+  `salvage`, which makes placeholders of them that are dead-lettered as `unreadable_record`;
 * its batch parser decodes every header as UTF-8 and fails the whole batch on one bad header: a raw parser and
   decoder hand the untouched aiokafka records to the handler instead;
 * a raising handler's batch is neither committed nor re-read: the handler never raises, and seeks back to the
@@ -32,6 +34,7 @@ from worker.service import RawRecord, until_done
 from worker.settings import Settings
 from worker.transport.options import ssl_context
 from worker.transport.producers import raise_outage
+from worker.transport.salvage import UnreadableRecord, install
 
 log = structlog.get_logger("worker.consumer")
 
@@ -106,6 +109,7 @@ async def start_broker(consumer: CommandConsumer) -> None:
 class CommandConsumer:
     def __init__(self, settings: Settings, handler: BatchHandler, on_assignment: AssignmentHook) -> None:
         self._handler = handler
+        install()  # unreadable records become placeholders, dead-lettered, instead of sticking their partition
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             security=security(settings),
@@ -150,6 +154,7 @@ class CommandConsumer:
                         key=record.key,
                         value=record.value,
                         headers=tuple(record.headers),
+                        unreadable=record.unreadable if isinstance(record, UnreadableRecord) else None,
                     )
                     for record in records
                 ]

@@ -43,6 +43,6 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
         # The DLQ must be able to copy the largest record the commands topic holds (too_large included).
         "max_request_size": settings.kafka_max_request_size,
         "linger_ms": 2,
-        "max_batch_size": 256 * 1024,
+        "max_batch_size": min(256 * 1024, settings.kafka_max_request_size),
         "request_timeout_ms": 30_000,
     }

@@ -1,14 +1,19 @@
 """Producers for the DLQ (SPEC §7) and the events topic (SPEC §6). Plain aiokafka: sends are pipelined and the
-caller awaits the broker's acknowledgement of the whole set before it commits anything."""
+caller awaits the broker's acknowledgement of the whole set before it commits anything.
+
+A send ends in one of three ways: acknowledged; `RecordRefusedError` (the record's own fault: too large, invalid;
+never worth retrying); or `DependencyUnavailableError` (anything else: connection loss, leader change, timeout,
+throttling, authorization: waited out by the caller without limit)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
@@ -18,10 +23,25 @@ from worker.outages import DependencyUnavailableError
 from worker.service import RawRecord
 from worker.settings import KafkaSettings
 from worker.transport.options import producer_options
+from worker.transport.records import (
+    ORIGINAL_SIZE_HEADER,
+    TRUNCATED_HEADER,
+    Message,
+    RecordRefusedError,
+    fit_dead_letter,
+    record_size,
+    refusal,
+    stub,
+    without_dlq_headers,
+)
 
-Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+__all__ = ["DLQ_HEADERS", "DeadLetterProducer", "KafkaProducer", "Message", "RecordRefusedError", "raise_outage"]
+
+log = structlog.get_logger("worker.producers")
+
 DLQ_HEADERS = frozenset(
     {"dlq-reason", "dlq-error", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset", "dlq-failed-at"}
+    | {ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER}
 )
 
 
@@ -44,6 +64,7 @@ class KafkaProducer:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self.max_record_size = settings.kafka_max_request_size
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -62,11 +83,28 @@ class KafkaProducer:
             producer, self._producer = self._producer, None
             await producer.stop()
 
+    def fits(self, message: Message) -> bool:
+        return record_size(*message) <= self.max_record_size
+
     async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
         """Send (key, value, headers) in order and return when the broker acknowledged every one of them.
 
-        Messages are partitioned as every Kafka client does (murmur2 of the key) and appended to record batches per
-        partition: far less work per message than one `send` each, and the order within a partition is kept."""
+        Raises `RecordRefusedError` when a record is over `KAFKA_MAX_REQUEST_SIZE` (nothing is sent then) or the
+        broker refuses one for good; `DependencyUnavailableError` for every other failure."""
+        for message in messages:
+            if not self.fits(message):
+                raise RecordRefusedError("too_large", f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})")
+        try:
+            await self._send_all(topic, messages)
+        except KafkaError as exc:
+            refused = refusal(exc)
+            if refused is not None:
+                raise refused from exc
+            raise DependencyUnavailableError(f"kafka: {type(exc).__name__}") from exc
+
+    async def _send_all(self, topic: str, messages: Sequence[Message]) -> None:
+        # Messages are partitioned as every Kafka client does (murmur2 of the key) and appended to record batches
+        # per partition: far less work per message than one `send` each, and the order within a partition is kept.
         if self._producer is None:
             await self.start()
         producer = self._producer
@@ -87,38 +125,68 @@ class KafkaProducer:
                     pending.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    # Larger than a batch (a too_large record on its way to the DLQ): the regular path sizes one.
+                    # Larger than a batch (a big DLQ copy): the regular path sizes one for it.
                     pending.append(
                         await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
                     )
             if batch.record_count():
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
-        try:
-            await asyncio.gather(*pending)
-        except KafkaError as exc:
-            raise_outage(exc)
-            raise
+        await asyncio.gather(*pending)
 
 
 class DeadLetterProducer:
-    """Copies records to the DLQ with key, value and headers unchanged, plus the `dlq-*` headers of SPEC §7."""
+    """Copies records to the DLQ with key, value and headers unchanged, plus the `dlq-*` headers of SPEC §7.
 
-    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+    Every copy fits `KAFKA_MAX_REQUEST_SIZE` (SPEC §12): an oversized value keeps its first bytes; a copy the broker
+    refuses anyway is replaced by a headers-only stub; a stub refused as well is dropped with an error log and
+    counted (`on_dropped`), so that no batch is retried forever for a record's sake."""
+
+    def __init__(self, producer: KafkaProducer, topic: str, on_dropped: Callable[[int], None] | None = None) -> None:
         self._producer = producer
         self._topic = topic
+        self._on_dropped = on_dropped
 
     async def send(self, letters: Sequence[tuple[RawRecord, DeadLetter]]) -> None:
         failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
-        messages = []
+        limit = self._producer.max_record_size
+        copies: list[tuple[Message, Message]] = []
         for record, letter in letters:
-            headers = [
-                *record.headers,
-                ("dlq-reason", letter.reason.value.encode()),
-                ("dlq-error", letter.error.encode("utf-8", errors="replace")),
-                ("dlq-source-topic", record.topic.encode()),
-                ("dlq-source-partition", str(record.partition).encode()),
-                ("dlq-source-offset", str(record.offset).encode()),
-                ("dlq-failed-at", failed_at),
-            ]
-            messages.append((record.key, record.value, headers))
-        await self._producer.send_all(self._topic, messages)
+            dlq = dlq_headers(record, letter, failed_at)
+            copy = fit_dead_letter(record.key, record.value, without_dlq_headers(record.headers), dlq, limit)
+            copies.append((copy, stub(dlq, len(record.value or b""))))
+        try:
+            await self._producer.send_all(self._topic, [copy for copy, _ in copies])
+        except RecordRefusedError:
+            # Which record the broker refused is not known from a batch: one at a time, in order.
+            for copy, fallback in copies:
+                await self._send_one(copy, fallback)
+
+    async def _send_one(self, copy: Message, fallback: Message) -> None:
+        try:
+            await self._producer.send_all(self._topic, [copy])
+            return
+        except RecordRefusedError as exc:
+            log.warning("dead_letter_refused", reason=exc.reason, detail=exc.detail, stub=True)
+        try:
+            await self._producer.send_all(self._topic, [fallback])
+        except RecordRefusedError as exc:
+            log.error("dead_letter_dropped", reason=exc.reason, detail=exc.detail, headers=_dlq_summary(fallback))
+            if self._on_dropped is not None:
+                self._on_dropped(1)
+
+
+def dlq_headers(record: RawRecord, letter: DeadLetter, failed_at: bytes) -> list[tuple[str, bytes]]:
+    return [
+        ("dlq-reason", letter.reason.value.encode()),
+        ("dlq-error", letter.error[:300].encode("utf-8", errors="replace")),
+        ("dlq-source-topic", record.topic.encode()),
+        ("dlq-source-partition", str(record.partition).encode()),
+        ("dlq-source-offset", str(record.offset).encode()),
+        ("dlq-failed-at", failed_at),
+    ]
+
+
+def _dlq_summary(message: Message) -> dict[str, str]:
+    # Coordinates and reason only: the sender's headers and value may hold personal data.
+    wanted = {"dlq-reason", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset"}
+    return {name: value.decode("utf-8", "replace") for name, value in message[2] if name in wanted}
