@@ -30,7 +30,7 @@ from worker.transport.records import Message, RecordRefusedError, record_size
 log = structlog.get_logger("worker.relay")
 
 _LOCK_KEY: Final = 0x6375_7374_7265_6C61  # "custrela"
-_CLAIM: Final = "SELECT id, event_key, event_type, traceparent, payload FROM outbox ORDER BY id LIMIT $1"
+_CLAIM: Final = "SELECT id, event_key, event_type, traceparent, payload, schema_id FROM outbox ORDER BY id LIMIT $1"
 _DELETE: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
@@ -120,6 +120,8 @@ class OutboxRelay:
                 headers = [("event-type", row["event_type"].encode()), ("content-type", b"application/json")]
                 if row["traceparent"]:
                     headers.append(("traceparent", row["traceparent"].encode()))
+                if row["schema_id"] is not None:
+                    headers.append(("schema-id", str(row["schema_id"]).encode()))
                 message = (row["event_key"].encode(), bytes(row["payload"]), headers)
                 size = record_size(*message)
                 if size > self._sender.max_record_size:

@@ -112,6 +112,12 @@ def _headers(
 
 _CONTENT_TYPE: Final = _string("Always `application/json`.", const="application/json")
 _TRACEPARENT: Final = _string("W3C trace context.", pattern=_TRACEPARENT_PATTERN)
+_SCHEMA_ID: Final = _string(
+    "The Schema Registry id (decimal) of the command's framed value; present when the command was framed.",
+    pattern="^[0-9]+$",
+)
+# The command's own answer carries its schema id; provider events answer a provider call later and do not.
+_ANSWER_EVENTS: Final = frozenset({"customer.created", "customer.updated", "customer.rejected", "customer.skipped"})
 
 
 def _kafka_key(description: str) -> dict[str, Any]:
@@ -165,6 +171,7 @@ def asyncapi_document() -> dict[str, Any]:
                         "The command's trace id (a new span id); present when the command had one.",
                         pattern=_TRACEPARENT_PATTERN,
                     ),
+                    **({"schema-id": _SCHEMA_ID} if event_type in _ANSWER_EVENTS else {}),
                 },
                 required=["event-type", "content-type"],
             ),

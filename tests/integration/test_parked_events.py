@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.integration.helpers import migrate_database, payload, read_topic
+from tests.integration.helpers import header_dict, migrate_database, payload, read_topic
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay
@@ -26,9 +26,11 @@ from worker.transport.producers import KafkaProducer
 MiB = 1024 * 1024
 
 
-def _event(size: int, label: str) -> OutboxEvent:
+def _event(size: int, label: str, schema_id: int | None = None) -> OutboxEvent:
     body = {"event_id": str(uuid.uuid4()), "event_type": "customer.updated", "label": label, "pad": "p" * size}
-    return OutboxEvent(uuid.UUID(body["event_id"]), "customer.updated", f"org_p:{label}", None, orjson.dumps(body))
+    return OutboxEvent(
+        uuid.UUID(body["event_id"]), "customer.updated", f"org_p:{label}", None, orjson.dumps(body), schema_id
+    )
 
 
 @pytest.fixture
@@ -68,7 +70,9 @@ async def test_an_event_over_the_limit_is_parked_listed_and_republished(
     kafka_bootstrap: str,
     unique_topics: dict[str, str],
 ) -> None:
-    events = [_event(100, "before"), _event(MiB + 10, "huge"), _event(100, "after")]
+    # The huge one came from a framed command (schema id 4294967295, the largest a frame holds): parked and
+    # republished, it keeps its `schema-id` header (SPEC §12).
+    events = [_event(100, "before"), _event(MiB + 10, "huge", 2**32 - 1), _event(100, "after")]
     async with pool.acquire() as conn:
         await write_events(conn, events)
     metrics = Metrics(process_metrics=False)
@@ -83,6 +87,7 @@ async def test_an_event_over_the_limit_is_parked_listed_and_republished(
     assert metrics.events_parked_total.labels(reason="too_large")._value.get() == 1
     records = await read_topic(kafka_bootstrap, unique_topics["events"], until=lambda found: len(found) >= 2)
     assert sorted(payload(record)["label"] for record in records) == ["after", "before"]
+    assert all("schema-id" not in header_dict(record) for record in records)
 
     code, out, _ = await _cli(fresh_database, "outbox", "list")
     assert code == 0
@@ -111,6 +116,7 @@ async def test_an_event_over_the_limit_is_parked_listed_and_republished(
         await bigger.stop()
     assert relay.stats.parked == 0
     records = await read_topic(kafka_bootstrap, unique_topics["events"], until=lambda found: len(found) >= 3)
-    assert any(payload(record)["event_id"] == str(events[1].event_id) for record in records)
+    [republished] = [record for record in records if payload(record)["event_id"] == str(events[1].event_id)]
+    assert header_dict(republished)["schema-id"] == b"4294967295"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM outbox") == 0

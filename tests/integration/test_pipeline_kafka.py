@@ -35,6 +35,7 @@ from worker.app import EXIT_OK, Worker, load_configuration
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUpdated
+from worker.contract.framing import frame
 from worker.devstack import create_topics, free_port
 from worker.service import RawRecord
 from worker.settings import KafkaSettings, Settings
@@ -247,6 +248,30 @@ async def test_events_have_the_contract_key_headers_and_shape(pipeline: Pipeline
     assert record.key == f"{org}:cus_bad".encode()
     assert "traceparent" not in header_dict(record)
     assert CustomerRejected.model_validate_json(record.value).errors == {"timezone": ["invalid_timezone"]}
+
+
+async def test_a_framed_command_s_answer_carries_its_schema_id(pipeline: Pipeline) -> None:
+    """SPEC §12: the Schema Registry id of a framed value goes to the command's answer as a `schema-id` header
+    (accepted or rejected); an unframed command's answer has none."""
+    org = _org()
+    framed = command(org, {"external_id": "cus_framed", "name": "Framed"})
+    framed_invalid = command(org, {"external_id": "cus_framed_bad", "timezone": "Mars/Olympus"})
+    unframed = command(org, {"external_id": "cus_plain", "name": "Plain"})
+    await pipeline.publish(frame(encode(framed), 42), key=key_of(framed))
+    await pipeline.publish(frame(encode(framed_invalid), 2**31 + 5), key=key_of(framed_invalid))
+    await pipeline.publish(encode(unframed), key=key_of(unframed))
+
+    events = {
+        payload(r)["message_id"]: r
+        for r in await pipeline.events_for([m["message_id"] for m in (framed, framed_invalid, unframed)])
+    }
+
+    headers = header_dict(events[framed["message_id"]])
+    assert (headers["event-type"], headers["schema-id"]) == (b"customer.created", b"42")
+    headers = header_dict(events[framed_invalid["message_id"]])
+    assert (headers["event-type"], headers["schema-id"]) == (b"customer.rejected", str(2**31 + 5).encode())
+    headers = header_dict(events[unframed["message_id"]])
+    assert headers == {"event-type": b"customer.created", "content-type": b"application/json"}
 
 
 async def test_a_record_with_a_non_utf8_header_is_still_answered(pipeline: Pipeline) -> None:

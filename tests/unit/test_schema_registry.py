@@ -16,7 +16,7 @@ import pytest
 
 from worker.cli import main
 from worker.contract.codes import DlqReason
-from worker.contract.decode import Command, DeadLetter, DecodeContext, decode
+from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.framing import frame, unframe
 from worker.providers.registry import ProviderRegistry
 from worker.security import SigningKeys
@@ -28,13 +28,28 @@ VALUE = orjson.dumps(
 )
 
 
-def test_a_framed_value_decodes_exactly_like_the_unframed_one() -> None:
+def test_a_framed_value_decodes_like_the_unframed_one_and_keeps_its_schema_id() -> None:
     plain = decode(VALUE, (), CONTEXT)
     framed = decode(frame(VALUE, 42), (), CONTEXT)
-    assert isinstance(plain, Command)
-    assert framed == plain
+    assert isinstance(plain, Command) and isinstance(framed, Command)
+    assert (plain.schema_id, framed.schema_id) == (None, 42)
+    assert framed._replace(schema_id=None) == plain
     assert unframe(frame(VALUE, 42)) == (VALUE, 42)
     assert unframe(VALUE) == (VALUE, None)
+
+
+def test_a_framed_rejection_keeps_its_schema_id() -> None:
+    bad = orjson.dumps(
+        {
+            "message_id": "m-2",
+            "organization_id": "org_1",
+            "customer": {"external_id": "cus_1", "x": 1, "timezone": "Mars/Olympus"},
+        }
+    )
+    rejected = decode(frame(bad, 2**32 - 1), (), CONTEXT)
+    assert isinstance(rejected, Rejection)
+    assert rejected.schema_id == 2**32 - 1
+    assert decode(bad, (), CONTEXT) == rejected._replace(schema_id=None)
 
 
 @pytest.mark.parametrize("value", [b"\x00", b"\x00\x00\x00\x00\x07", b"\x00\x00\x00"])

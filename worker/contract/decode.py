@@ -73,6 +73,8 @@ class Command(NamedTuple):
     link: LinkRequest | None
     traceparent: str | None
     unknown_fields: int
+    # The Schema Registry id of a framed value (SPEC §12), published on the command's answer as `schema-id`.
+    schema_id: int | None = None
 
     @property
     def external_id(self) -> str:
@@ -91,6 +93,7 @@ class Rejection(NamedTuple):
     # A forged command must not claim a real command's message_id (SPEC §11): not recorded as processed.
     record_as_processed: bool = True
     unknown_fields: int = 0
+    schema_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
             errors={BASE: [ErrorCode.INVALID_SIGNATURE.value]},
             traceparent=traceparent,
             record_as_processed=False,
+            schema_id=unframed.schema_id,
         )
 
     errors: Errors = {}
@@ -168,6 +172,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
             errors=capped(errors),
             traceparent=traceparent,
             unknown_fields=_unknown_outside_metadata(customer) + unknown_in_metadata,
+            schema_id=unframed.schema_id,
         )
     # Positional: a named tuple built from keywords costs twice as much, and this runs for every command.
     return Command(
@@ -178,6 +183,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         link,
         traceparent,
         _dropped_fields(customer, parsed) + unknown_in_metadata,
+        unframed.schema_id,
     )
 
 

@@ -26,6 +26,8 @@ class OutboxEvent(NamedTuple):
     key: str
     traceparent: str | None
     payload: bytes
+    schema_id: int | None = None
+    """The command's Schema Registry id (SPEC §12): the `schema-id` header of the command's own answer."""
 
 
 def event_key(organization_id: str, external_id: str | None) -> str:
@@ -95,6 +97,7 @@ def build_event(
     customer: CustomerState | None = None,
     errors: Errors | None = None,
     extra: dict[str, Any] | None = None,
+    schema_id: int | None = None,
 ) -> OutboxEvent:
     body: dict[str, Any] = {
         "event_id": event_id,
@@ -116,4 +119,5 @@ def build_event(
         key=event_key(organization_id, external_id),
         traceparent=traceparent,
         payload=orjson.dumps(body, option=_JSON_OPTIONS),
+        schema_id=schema_id,
     )

@@ -211,6 +211,7 @@ def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
         occurred_at=now,
         traceparent=rejection.traceparent,
         errors=rejection.errors,
+        schema_id=rejection.schema_id,
     )
 
 
@@ -251,6 +252,7 @@ def _command_event(
         customer=customer,
         errors=errors,
         extra=extra,
+        schema_id=command.schema_id,
     )
 
 

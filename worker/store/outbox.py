@@ -13,8 +13,8 @@ from worker.domain.events import OutboxEvent
 from worker.store.db import Conn
 
 _INSERT: Final = (
-    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload, schema_id) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[])"
 )
 
 
@@ -28,6 +28,7 @@ async def write_events(conn: Conn, events: Sequence[OutboxEvent]) -> None:
             [event.event_type for event in events],
             [event.traceparent for event in events],
             [event.payload for event in events],
+            [event.schema_id for event in events],
         )
 
 
@@ -36,9 +37,9 @@ async def write_events(conn: Conn, events: Sequence[OutboxEvent]) -> None:
 _PARK: Final = (
     "WITH refused AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS r(id, reason, error)), "
     "moved AS (DELETE FROM outbox o USING refused r WHERE o.id = r.id "
-    "RETURNING o.id, o.event_id, o.event_key, o.event_type, o.traceparent, o.payload, o.created_at, r.reason, r.error) "
-    "INSERT INTO parked_events (outbox_id, event_id, event_key, event_type, traceparent, payload, created_at, reason, "
-    "error) SELECT * FROM moved ORDER BY id"
+    "RETURNING o.id, o.event_id, o.event_key, o.event_type, o.traceparent, o.payload, o.created_at, r.reason, r.error, "
+    "o.schema_id) INSERT INTO parked_events (outbox_id, event_id, event_key, event_type, traceparent, payload, "
+    "created_at, reason, error, schema_id) SELECT * FROM moved ORDER BY id"
 )
 _LIST: Final = (
     "SELECT id, outbox_id, event_id, event_key, event_type, octet_length(payload) AS size, created_at, parked_at, "
@@ -49,9 +50,9 @@ _LIST: Final = (
 _REPUBLISH: Final = (
     "WITH chosen AS (DELETE FROM parked_events WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND "
     "($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR event_type = $3) "
-    "RETURNING id, event_id, event_key, event_type, traceparent, payload) "
-    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
-    "SELECT event_id, event_key, event_type, traceparent, payload FROM chosen ORDER BY id"
+    "RETURNING id, event_id, event_key, event_type, traceparent, payload, schema_id) "
+    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload, schema_id) "
+    "SELECT event_id, event_key, event_type, traceparent, payload, schema_id FROM chosen ORDER BY id"
 )
 
 
