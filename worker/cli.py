@@ -393,7 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     schema_commands = schema.add_subparsers(dest="schema_command", required=False)
     register = schema_commands.add_parser("register", help="register schemas/ under <topic>-value subjects")
     register.add_argument("--registry", required=True, help="Schema Registry base URL")
-    register.add_argument("--schemas", type=Path, default=_default_schema_dir())
+    register.add_argument(
+        "--schemas",
+        type=Path,
+        default=_default_schema_dir(),
+        help="folder of the schemas (default: schemas/ of the checkout)",
+    )
     register.set_defaults(func=cmd_schema_register)
     return parser
 

@@ -15,7 +15,7 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 def test_the_configuration_reference_matches_the_settings_model() -> None:
     document = config_reference.DOCUMENT.read_text(encoding="utf-8")
     assert config_reference.render(document) == document, "run: python -m worker.tools.config_reference --write"
-    assert "| `DATABASE_URL` | str | **required** |" in document
+    assert "| `DATABASE_URL` | secret string | **required** |" in document
 
 
 def test_readme_and_docs_link_nothing_outside_the_repository() -> None:
