@@ -6,7 +6,6 @@ What main did is in each test's docstring; the assertions say what happens now."
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,59 +13,28 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from tests.conftest import new_database
-from tests.integration.helpers import command, encode, key_of, migrate_database, payload
-from tests.integration.test_pipeline_kafka import PARTITIONS, MiB, Pipeline, _readiness
-from worker.app import EXIT_OK, Worker, load_configuration
+from tests.integration.helpers import command, encode, key_of, payload
+from tests.integration.test_pipeline_kafka import PARTITIONS, MiB, Pipeline
+from tests.integration.worker_stack import running_worker
 from worker.contract.customer import MAX_TAX_CODES, MAX_TEXT, MAX_URL
 from worker.contract.events import CustomerCreated, CustomerRejected
-from worker.devstack import create_topics, free_port
-from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture(scope="module")
 async def pipeline(pg_dsn: str, kafka_bootstrap: str) -> AsyncIterator[Pipeline]:
-    async with new_database(pg_dsn, "test_adversarial") as dsn:
-        await migrate_database(dsn)
-        suffix = uuid.uuid4().hex[:12]
-        topics = {role: f"test.adversarial.{role}.{suffix}" for role in ("commands", "events", "dlq")}
-        await create_topics(kafka_bootstrap, list(topics.values()), partitions=PARTITIONS)
-        http_port = free_port()
-        with pytest.MonkeyPatch.context() as env:
-            for name, value in {
-                "DATABASE_URL": dsn,
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "COMMANDS_TOPIC": topics["commands"],
-                "EVENTS_TOPIC": topics["events"],
-                "DLQ_TOPIC": topics["dlq"],
-                "KAFKA_GROUP_ID": f"test-adversarial-{suffix}",
-                "KAFKA_ENABLE_IDEMPOTENCE": "false",
-                "KAFKA_SESSION_TIMEOUT_MS": "6000",
-                "HTTP_PORT": str(http_port),
-                "SHUTDOWN_TIMEOUT": "10",
-                "MAX_CLOCK_SKEW": "3600",
-            }.items():
-                env.setenv(name, value)
-            for name in ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES"):
-                env.delenv(name, raising=False)
-            worker = Worker(load_configuration(Settings()))
-        task = asyncio.create_task(worker.run(install_signal_handlers=False), name="worker-under-test")
-        producer = AIOKafkaProducer(
-            bootstrap_servers=kafka_bootstrap, enable_idempotence=False, max_request_size=4 * MiB
-        )
-        await producer.start()
-        try:
-            readiness = await _readiness(http_port, task, timeout=30)
-            yield Pipeline(kafka_bootstrap, topics, dsn, http_port, worker, producer, readiness)
-        finally:
-            await producer.stop()
-            worker.request_stop()
-            code = await asyncio.wait_for(task, timeout=30)
-        assert code == EXIT_OK
+    async with running_worker(
+        pg_dsn,
+        kafka_bootstrap,
+        "adversarial",
+        kind=Pipeline,
+        partitions=PARTITIONS,
+        extra_env={"MAX_CLOCK_SKEW": "3600"},
+        max_request_size=4 * MiB,
+    ) as running:
+        yield running
 
 
 def _org() -> str:

@@ -7,38 +7,31 @@ organization, keys and message ids, and finds its own records in the shared topi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from tests.conftest import new_database
 from tests.integration.helpers import (
     command,
     encode,
     header_dict,
     key_of,
-    migrate_database,
     new_traceparent,
     payload,
     read_topic,
     trace_id,
 )
-from worker.app import EXIT_OK, Worker, load_configuration
+from tests.integration.worker_stack import RunningWorker, running_worker
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUpdated
 from worker.contract.framing import frame
-from worker.devstack import create_topics, free_port
+from worker.devstack import create_topics
 from worker.service import RawRecord
-from worker.settings import KafkaSettings, Settings
 from worker.tools.dlq import ReplayFilter, replay
 from worker.transport.producers import DLQ_HEADERS, DeadLetterProducer, KafkaProducer
 
@@ -49,23 +42,8 @@ PARTITIONS = 3
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass
-class Pipeline:
-    bootstrap: str
-    topics: dict[str, str]
-    dsn: str
-    http_port: int
-    worker: Worker
-    producer: Any
-    readiness: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-
-    async def publish(
-        self, value: bytes | None, *, key: bytes | None, headers: Sequence[tuple[str, bytes]] = (), **kwargs: Any
-    ) -> Any:
-        """Send one record to the commands topic; returns aiokafka's RecordMetadata (partition, offset)."""
-        return await self.producer.send_and_wait(
-            self.topics["commands"], value=value, key=key, headers=list(headers), **kwargs
-        )
+class Pipeline(RunningWorker):
+    """The module's worker, with readers of its output topics."""
 
     async def events_for(
         self, message_ids: Sequence[str], *, count: int | None = None, settle: float = 0.0
@@ -92,25 +70,6 @@ class Pipeline:
         records = await read_topic(self.bootstrap, self.topics["dlq"], until=lambda rs: len(mine(rs)) >= len(wanted))
         return mine(records)
 
-    @contextlib.asynccontextmanager
-    async def db(self) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            yield conn
-        finally:
-            await conn.close()
-
-    def kafka_settings(self, **overrides: Any) -> KafkaSettings:
-        values: dict[str, Any] = {
-            "kafka_bootstrap_servers": self.bootstrap,
-            "commands_topic": self.topics["commands"],
-            "events_topic": self.topics["events"],
-            "dlq_topic": self.topics["dlq"],
-            "kafka_enable_idempotence": False,
-            **overrides,
-        }
-        return KafkaSettings(**values)
-
     async def sync(self) -> None:
         """Returns once every command published so far on every partition has been answered and its events relayed:
         a sentinel command per partition is processed after them, and its event published after theirs."""
@@ -122,65 +81,12 @@ class Pipeline:
         await self.events_for(sentinels)
 
 
-async def _readiness(port: int, worker_task: asyncio.Task[int], timeout: float) -> list[tuple[int, dict[str, Any]]]:  # noqa: ASYNC109
-    """Poll /readyz from the moment the port accepts until it answers 200; every answer seen, in order."""
-    seen: list[tuple[int, dict[str, Any]]] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with aiohttp.ClientSession() as session:
-        while loop.time() < deadline:
-            if worker_task.done():
-                raise AssertionError(f"worker stopped early with {worker_task.result()}")
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    seen.append((response.status, await response.json()))
-                    if response.status == 200:
-                        return seen
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"/readyz not ready after {timeout} s: {seen[-1:]}")
-
-
 @pytest.fixture(scope="module")
 async def pipeline(pg_dsn: str, kafka_bootstrap: str) -> AsyncIterator[Pipeline]:
-    async with new_database(pg_dsn, "test_pipeline") as dsn:
-        await migrate_database(dsn)
-        suffix = uuid.uuid4().hex[:12]
-        topics = {role: f"test.pipeline.{role}.{suffix}" for role in ("commands", "events", "dlq")}
-        await create_topics(kafka_bootstrap, list(topics.values()), partitions=PARTITIONS)
-        http_port = free_port()
-
-        with pytest.MonkeyPatch.context() as env:
-            for name, value in {
-                "DATABASE_URL": dsn,
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "COMMANDS_TOPIC": topics["commands"],
-                "EVENTS_TOPIC": topics["events"],
-                "DLQ_TOPIC": topics["dlq"],
-                "KAFKA_GROUP_ID": f"test-pipeline-{suffix}",
-                "KAFKA_ENABLE_IDEMPOTENCE": "false",
-                "KAFKA_SESSION_TIMEOUT_MS": "6000",
-                "HTTP_PORT": str(http_port),
-                "SHUTDOWN_TIMEOUT": "10",
-            }.items():
-                env.setenv(name, value)
-            for name in ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES"):
-                env.delenv(name, raising=False)
-            worker = Worker(load_configuration(Settings()))
-        task = asyncio.create_task(worker.run(install_signal_handlers=False), name="worker-under-test")
-        producer = AIOKafkaProducer(
-            bootstrap_servers=kafka_bootstrap, enable_idempotence=False, max_request_size=4 * MiB
-        )
-        await producer.start()
-        try:
-            readiness = await _readiness(http_port, task, timeout=30)
-            yield Pipeline(kafka_bootstrap, topics, dsn, http_port, worker, producer, readiness)
-        finally:
-            await producer.stop()
-            worker.request_stop()
-            code = await asyncio.wait_for(task, timeout=30)
-        assert code == EXIT_OK
+    async with running_worker(
+        pg_dsn, kafka_bootstrap, "pipeline", kind=Pipeline, partitions=PARTITIONS, max_request_size=4 * MiB
+    ) as running:
+        yield running
 
 
 def _org() -> str:

@@ -9,27 +9,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.conftest import new_database
 from tests.integration.helpers import (
     command,
     encode,
     header_dict,
     key_of,
-    migrate_database,
     new_traceparent,
     payload,
     read_topic,
     trace_id,
 )
+from tests.integration.worker_stack import RunningWorker, running_worker
 from worker import tracing
-from worker.app import EXIT_OK, Worker, load_configuration
-from worker.devstack import create_topics, free_port
-from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,46 +33,15 @@ async def _run_one_command(
     pg_dsn: str, kafka_bootstrap: str, headers: list[tuple[str, bytes]]
 ) -> tuple[dict[str, Any], Any]:
     """Starts a worker, sends one command with `headers`, returns (its command document, the event record)."""
-    suffix = uuid.uuid4().hex[:12]
-    topics = {role: f"test.tracing.{role}.{suffix}" for role in ("commands", "events", "dlq")}
-    await create_topics(kafka_bootstrap, list(topics.values()), partitions=1)
-    async with new_database(pg_dsn, "test_tracing") as dsn:
-        await migrate_database(dsn)
-        with pytest.MonkeyPatch.context() as env:
-            for name, value in {
-                "DATABASE_URL": dsn,
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "COMMANDS_TOPIC": topics["commands"],
-                "EVENTS_TOPIC": topics["events"],
-                "DLQ_TOPIC": topics["dlq"],
-                "KAFKA_GROUP_ID": f"test-tracing-{suffix}",
-                "KAFKA_ENABLE_IDEMPOTENCE": "false",
-                "KAFKA_SESSION_TIMEOUT_MS": "6000",
-                "HTTP_PORT": str(free_port()),
-                "SHUTDOWN_TIMEOUT": "10",
-            }.items():
-                env.setenv(name, value)
-            for name in ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES"):
-                env.delenv(name, raising=False)
-            worker = Worker(load_configuration(Settings()))
-        task = asyncio.create_task(worker.run(install_signal_handlers=False))
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
-        await producer.start()
-        try:
-            document = command(f"org_{suffix}", {"external_id": "cus_traced", "name": "Traced"})
-            await producer.send_and_wait(
-                topics["commands"], value=encode(document), key=key_of(document), headers=headers
-            )
-            records = await read_topic(
-                kafka_bootstrap,
-                topics["events"],
-                until=lambda rs: any(payload(r)["message_id"] == document["message_id"] for r in rs),
-                timeout=45,
-            )
-        finally:
-            await producer.stop()
-            worker.request_stop()
-            assert await asyncio.wait_for(task, timeout=30) == EXIT_OK
+    async with running_worker(pg_dsn, kafka_bootstrap, "tracing", kind=RunningWorker, partitions=1) as running:
+        document = command(f"org_{uuid.uuid4().hex[:12]}", {"external_id": "cus_traced", "name": "Traced"})
+        await running.publish(encode(document), key=key_of(document), headers=headers)
+        records = await read_topic(
+            kafka_bootstrap,
+            running.topics["events"],
+            until=lambda rs: any(payload(r)["message_id"] == document["message_id"] for r in rs),
+            timeout=45,
+        )
     return document, records[-1]
 
 

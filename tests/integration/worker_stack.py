@@ -1,0 +1,178 @@
+"""A real `Worker` running in-process on topics and (optionally) a database of its own, with a producer for its
+commands topic and its HTTP port ready: the stack of the pipeline, CLI, tracing and observability tests.
+
+`running_worker` makes a fresh database on the session's server; `worker_on` runs on a database the caller owns.
+Both yield once /readyz answers 200 and stop the worker on exit, asserting it exits with EXIT_OK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.conftest import new_database
+from tests.integration.helpers import migrate_database
+from worker.app import EXIT_OK, Worker, load_configuration
+from worker.devstack import create_topics, free_port
+from worker.settings import KafkaSettings, Settings
+
+# Optional worker files a developer's shell may set; a test worker runs without them unless a test sets them.
+CLEARED_SETTINGS = ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES")
+DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024  # aiokafka's default
+
+
+@dataclass
+class RunningWorker:
+    bootstrap: str
+    topics: dict[str, str]
+    dsn: str
+    http_port: int
+    worker: Worker
+    producer: Any
+    env: dict[str, str]
+    readiness: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # every /readyz answer until 200
+
+    async def publish(
+        self, value: bytes | None, *, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (), **kwargs: Any
+    ) -> Any:
+        """Send one record to the commands topic; returns aiokafka's RecordMetadata (partition, offset)."""
+        return await self.producer.send_and_wait(
+            self.topics["commands"], value=value, key=key, headers=list(headers), **kwargs
+        )
+
+    @contextlib.asynccontextmanager
+    async def db(self) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    def kafka_settings(self, **overrides: Any) -> KafkaSettings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": self.bootstrap,
+            "commands_topic": self.topics["commands"],
+            "events_topic": self.topics["events"],
+            "dlq_topic": self.topics["dlq"],
+            "kafka_enable_idempotence": False,
+            **overrides,
+        }
+        return KafkaSettings(**values)
+
+
+W = TypeVar("W", bound=RunningWorker)
+
+
+@contextlib.contextmanager
+def worker_settings_env(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` set and the optional worker files unset, for building a worker's Settings."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        for key in CLEARED_SETTINGS:
+            patch.delenv(key, raising=False)
+        yield
+
+
+async def wait_ready(port: int, task: asyncio.Task[int], timeout: float = 30) -> list[tuple[int, dict[str, Any]]]:  # noqa: ASYNC109
+    """Poll /readyz from the moment the port accepts until it answers 200; every answer seen, in order."""
+    seen: list[tuple[int, dict[str, Any]]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            if task.done():
+                raise AssertionError(f"worker stopped early with {task.result()}")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    seen.append((response.status, await response.json()))
+                    if response.status == 200:
+                        return seen
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"/readyz not ready after {timeout} s: {seen[-1:]}")
+
+
+@contextlib.asynccontextmanager
+async def worker_on(
+    dsn: str,
+    bootstrap: str,
+    name: str,
+    *,
+    kind: type[W],
+    partitions: int = 3,
+    extra_env: Mapping[str, str] | None = None,
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+    ready_timeout: float = 30,
+) -> AsyncIterator[W]:
+    """A worker on the database `dsn` (migrated here) and on topics `test.NAME.ROLE.SUFFIX` of `partitions`
+    partitions; `extra_env` adds or overrides settings. Yields a `kind` once the worker is ready."""
+    await migrate_database(dsn)
+    suffix = uuid.uuid4().hex[:12]
+    topics = {role: f"test.{name}.{role}.{suffix}" for role in ("commands", "events", "dlq")}
+    await create_topics(bootstrap, list(topics.values()), partitions=partitions)
+    http_port = free_port()
+    env = {
+        "DATABASE_URL": dsn,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "COMMANDS_TOPIC": topics["commands"],
+        "EVENTS_TOPIC": topics["events"],
+        "DLQ_TOPIC": topics["dlq"],
+        "KAFKA_GROUP_ID": f"test-{name}-{suffix}",
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "HTTP_PORT": str(http_port),
+        "SHUTDOWN_TIMEOUT": "10",
+        **(extra_env or {}),
+    }
+    with worker_settings_env(env):
+        worker = Worker(load_configuration(Settings()))
+    task = asyncio.create_task(worker.run(install_signal_handlers=False), name=f"worker-{name}")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=max_request_size
+    )
+    await producer.start()
+    try:
+        readiness = await wait_ready(http_port, task, timeout=ready_timeout)
+        yield kind(bootstrap, topics, dsn, http_port, worker, producer, env, readiness)
+    finally:
+        await producer.stop()
+        worker.request_stop()
+        code = await asyncio.wait_for(task, timeout=30)
+    assert code == EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    pg_dsn: str,
+    bootstrap: str,
+    name: str,
+    *,
+    kind: type[W],
+    partitions: int = 3,
+    extra_env: Mapping[str, str] | None = None,
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+) -> AsyncIterator[W]:
+    """`worker_on` a new database `test_NAME_...` of the session's PostgreSQL server `pg_dsn`."""
+    async with (
+        new_database(pg_dsn, f"test_{name}") as dsn,
+        worker_on(
+            dsn,
+            bootstrap,
+            name,
+            kind=kind,
+            partitions=partitions,
+            extra_env=extra_env,
+            max_request_size=max_request_size,
+        ) as running,
+    ):
+        yield running
