@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from tests.integration.worker_stack import RunningWorker, worker_on
+from tests.integration.worker_stack import RunningWorker, running_worker
 
 
 class LiveWorker(RunningWorker):
@@ -21,11 +21,12 @@ class LiveWorker(RunningWorker):
 @contextlib.asynccontextmanager
 async def live_worker(dsn: str, kafka_bootstrap: str) -> AsyncIterator[LiveWorker]:
     """A worker on the database `dsn` (migrated here), one partition per topic, ready."""
-    async with worker_on(
+    async with running_worker(
         dsn,
         kafka_bootstrap,
         "live",
         kind=LiveWorker,
+        fresh_database=False,
         partitions=1,
         extra_env={"SHUTDOWN_TIMEOUT": "5"},
         ready_timeout=60,

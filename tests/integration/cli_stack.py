@@ -4,11 +4,10 @@ it: shared by the CLI tests (dlq replay, publish, events tail, metrics)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 
+from tests.integration.helpers import environ_without, run_cli
 from tests.integration.worker_stack import CLEARED_SETTINGS, RunningWorker, running_worker
 
 PARTITIONS = 3
@@ -17,21 +16,13 @@ PARTITIONS = 3
 class Stack(RunningWorker):
     def cli_env(self, **extra: str) -> dict[str, str]:
         """The process environment a user would have after `eval "$(customer-worker dev --print-env)"`."""
-        base = {k: v for k, v in os.environ.items() if k not in self.env and k not in CLEARED_SETTINGS}
+        base = environ_without({*self.env, *CLEARED_SETTINGS})
         client = {k: v for k, v in self.env.items() if k not in ("KAFKA_GROUP_ID", "KAFKA_SESSION_TIMEOUT_MS")}
         return {**base, **client, **extra}
 
     def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """`customer-worker ARGS` as a subprocess (stdout, stderr captured as text)."""
-        return subprocess.run(
-            [sys.executable, "-m", "worker", *args],
-            input=stdin.decode() if stdin is not None else None,
-            env=self.cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_cli(*args, env=self.cli_env(), stdin=stdin.decode() if stdin is not None else None, timeout=timeout)
 
 
 @contextlib.asynccontextmanager

@@ -4,10 +4,14 @@ small Kafka readers that see a topic from its beginning without a consumer group
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -149,3 +153,30 @@ async def read_topic(
 def payload(record: Any) -> dict[str, Any]:
     value: dict[str, Any] = orjson.loads(record.value)
     return value
+
+
+def environ_without(names: Collection[str], **env: str) -> dict[str, str]:
+    """The test's own environment without `names`, plus `env`: for a CLI subprocess that must see only the worker
+    settings a test gives it."""
+    return {**{k: v for k, v in os.environ.items() if k not in names}, **env}
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    stdin: str | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """`customer-worker ARGS` (`python -m worker`) as a subprocess with exactly `env`; stdout and stderr captured as
+    text."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        input=stdin,
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

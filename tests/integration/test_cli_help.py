@@ -4,10 +4,8 @@ statuses, `--version`, and a port in use answered with exit 2 naming HTTP_PORT."
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import environ_without, run_cli
 from worker.cli import build_parser
 from worker.settings import Settings
 
@@ -24,17 +23,7 @@ _OURS = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HTTP_PORT", "PROVIDERS_FILE
 
 
 def _cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in _OURS}
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd, env=environ_without(_OURS, **env))
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str = "customer-worker") -> Iterator[tuple[str, Any]]:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.integration.cli_stack import Stack, running_stack
-from tests.integration.helpers import command, encode, key_of, read_topic
+from tests.integration.helpers import command, encode, key_of, read_topic, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -135,15 +135,7 @@ async def test_publish_without_idempotence_off_says_what_to_set(stack: Stack, tm
     path = _file(tmp_path, encode(command(_org(), {"external_id": "cus_x"})))
     env = stack.cli_env()
     del env["KAFKA_ENABLE_IDEMPOTENCE"]  # Tansu has no idempotent producer: the default (true) cannot start
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "worker", "publish", str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await asyncio.to_thread(run_cli, "publish", str(path), env=env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "KAFKA_ENABLE_IDEMPOTENCE=false" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +12,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.integration.helpers import header_dict, migrate_database, payload, read_topic
+from tests.integration.helpers import header_dict, migrate_database, payload, read_topic, run_cli
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay
@@ -45,10 +43,7 @@ async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record
 
 async def _cli(dsn: str, *args: str) -> tuple[int, str, str]:
     """`customer-worker ARGS` as an operator runs it."""
-    env = {**os.environ, "DATABASE_URL": dsn}
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "worker", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = await asyncio.to_thread(run_cli, *args, env={**os.environ, "DATABASE_URL": dsn}, timeout=60)
     return done.returncode, done.stdout, done.stderr
 
 

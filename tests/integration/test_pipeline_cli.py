@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.integration.helpers import environ_without, run_cli
 from worker.devstack import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,17 +35,7 @@ _OURS = (
 
 def run_worker(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m worker run` from `cwd`, with only the given worker settings in its environment."""
-    environment = {name: value for name, value in os.environ.items() if name not in _OURS}
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "run"],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("run", cwd=cwd, env=environ_without(_OURS, **env))
 
 
 # Nothing listens there: a run that got past its configuration would wait for it instead of exiting.

@@ -1,8 +1,7 @@
 """A real `Worker` running in-process on topics and (optionally) a database of its own, with a producer for its
 commands topic and its HTTP port ready: the stack of the pipeline, CLI, tracing and observability tests.
 
-`running_worker` makes a fresh database on the session's server; `worker_on` runs on a database the caller owns.
-Both yield once /readyz answers 200 and stop the worker on exit, asserting it exits with EXIT_OK."""
+`running_worker` yields once /readyz answers 200 and stops the worker on exit, asserting it exits with EXIT_OK."""
 
 from __future__ import annotations
 
@@ -103,76 +102,54 @@ async def wait_ready(port: int, task: asyncio.Task[int], timeout: float = 30) ->
 
 
 @contextlib.asynccontextmanager
-async def worker_on(
+async def running_worker(
     dsn: str,
     bootstrap: str,
     name: str,
     *,
     kind: type[W],
+    fresh_database: bool = True,
     partitions: int = 3,
     extra_env: Mapping[str, str] | None = None,
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
     ready_timeout: float = 30,
 ) -> AsyncIterator[W]:
-    """A worker on the database `dsn` (migrated here) and on topics `test.NAME.ROLE.SUFFIX` of `partitions`
-    partitions; `extra_env` adds or overrides settings. Yields a `kind` once the worker is ready."""
-    await migrate_database(dsn)
-    suffix = uuid.uuid4().hex[:12]
-    topics = {role: f"test.{name}.{role}.{suffix}" for role in ("commands", "events", "dlq")}
-    await create_topics(bootstrap, list(topics.values()), partitions=partitions)
-    http_port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "COMMANDS_TOPIC": topics["commands"],
-        "EVENTS_TOPIC": topics["events"],
-        "DLQ_TOPIC": topics["dlq"],
-        "KAFKA_GROUP_ID": f"test-{name}-{suffix}",
-        "KAFKA_ENABLE_IDEMPOTENCE": "false",
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "HTTP_PORT": str(http_port),
-        "SHUTDOWN_TIMEOUT": "10",
-        **(extra_env or {}),
-    }
-    with worker_settings_env(env):
-        worker = Worker(load_configuration(Settings()))
-    task = asyncio.create_task(worker.run(install_signal_handlers=False), name=f"worker-{name}")
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=max_request_size
-    )
-    await producer.start()
-    try:
-        readiness = await wait_ready(http_port, task, timeout=ready_timeout)
-        yield kind(bootstrap, topics, dsn, http_port, worker, producer, env, readiness)
-    finally:
-        await producer.stop()
-        worker.request_stop()
-        code = await asyncio.wait_for(task, timeout=30)
-    assert code == EXIT_OK
-
-
-@contextlib.asynccontextmanager
-async def running_worker(
-    pg_dsn: str,
-    bootstrap: str,
-    name: str,
-    *,
-    kind: type[W],
-    partitions: int = 3,
-    extra_env: Mapping[str, str] | None = None,
-    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
-) -> AsyncIterator[W]:
-    """`worker_on` a new database `test_NAME_...` of the session's PostgreSQL server `pg_dsn`."""
-    async with (
-        new_database(pg_dsn, f"test_{name}") as dsn,
-        worker_on(
-            dsn,
-            bootstrap,
-            name,
-            kind=kind,
-            partitions=partitions,
-            extra_env=extra_env,
-            max_request_size=max_request_size,
-        ) as running,
-    ):
-        yield running
+    """A worker on topics `test.NAME.ROLE.SUFFIX` of `partitions` partitions, and on a new database `test_NAME_...`
+    of the server `dsn` (or, with `fresh_database=False`, on the database `dsn` itself), migrated here; `extra_env`
+    adds or overrides settings. Yields a `kind` once the worker is ready."""
+    async with contextlib.AsyncExitStack() as resources:
+        if fresh_database:
+            dsn = await resources.enter_async_context(new_database(dsn, f"test_{name}"))
+        await migrate_database(dsn)
+        suffix = uuid.uuid4().hex[:12]
+        topics = {role: f"test.{name}.{role}.{suffix}" for role in ("commands", "events", "dlq")}
+        await create_topics(bootstrap, list(topics.values()), partitions=partitions)
+        http_port = free_port()
+        env = {
+            "DATABASE_URL": dsn,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "COMMANDS_TOPIC": topics["commands"],
+            "EVENTS_TOPIC": topics["events"],
+            "DLQ_TOPIC": topics["dlq"],
+            "KAFKA_GROUP_ID": f"test-{name}-{suffix}",
+            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "HTTP_PORT": str(http_port),
+            "SHUTDOWN_TIMEOUT": "10",
+            **(extra_env or {}),
+        }
+        with worker_settings_env(env):
+            worker = Worker(load_configuration(Settings()))
+        task = asyncio.create_task(worker.run(install_signal_handlers=False), name=f"worker-{name}")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=max_request_size
+        )
+        await producer.start()
+        try:
+            readiness = await wait_ready(http_port, task, timeout=ready_timeout)
+            yield kind(bootstrap, topics, dsn, http_port, worker, producer, env, readiness)
+        finally:
+            await producer.stop()
+            worker.request_stop()
+            code = await asyncio.wait_for(task, timeout=30)
+        assert code == EXIT_OK
