@@ -1,13 +1,16 @@
-"""Fixtures of the fault tests: worker processes that never outlive their test, and a migrated database."""
+"""Fixtures of the fault tests: worker processes that never outlive their test, a migrated database, and a
+PostgreSQL server of the test's own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import Launcher, migrate_database
+from worker.devstack import EmbeddedPostgres
 
 
 @pytest.fixture
@@ -23,3 +26,16 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
 async def migrated_database(fresh_database: str) -> str:
     await migrate_database(fresh_database)
     return fresh_database
+
+
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
+    """A migrated PostgreSQL server of the test's own, running; durable commits (`fast=False`, so what was committed
+    survives `kill()`)."""
+    server = EmbeddedPostgres(tmp_path / "pgdata", fast=False)
+    await asyncio.to_thread(server.start)
+    try:
+        await migrate_database(server.dsn)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -314,6 +314,15 @@ class WorkerProcess:
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
 
+    async def stop(self, *, wait: float) -> float:
+        """SIGTERM; asserts the process exits 0 within `wait` seconds; returns the seconds it took."""
+        self.terminate()
+        signalled = time.monotonic()
+        code = await self.wait_exit(wait)
+        elapsed = time.monotonic() - signalled
+        assert code == 0, f"{self.name} exited with {code}\n{self.tail()}"
+        return elapsed
+
     async def wait_exit(self, timeout: float) -> int:  # noqa: ASYNC109 - a deadline on a child process
         deadline = time.monotonic() + timeout
         while (code := self.proc.poll()) is None:

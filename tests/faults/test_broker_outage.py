@@ -21,7 +21,6 @@ from tests.faults.harness import (
     WorkerProcess,
     check_exactly_once,
     make_commands,
-    migrate_database,
     progress,
     publish_commands,
     read_events,
@@ -60,17 +59,6 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         await asyncio.to_thread(tansu.stop)
 
 
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "pgdata", fast=False)
-    await asyncio.to_thread(server.start)
-    try:
-        await migrate_database(server.dsn)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
 async def _topics(broker: Broker) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     topics = {role: f"outage.{role}.{suffix}" for role in ("commands", "events", "dlq")}
@@ -90,15 +78,6 @@ async def _publish_invalid(bootstrap: str, topic: str, count: int) -> list[tuple
 
 def _logged(worker: WorkerProcess, event: str) -> int:
     return sum(1 for record in worker.log_records() if record.get("event") == event)
-
-
-async def _stop(worker: WorkerProcess) -> float:
-    worker.terminate()
-    signalled = time.monotonic()
-    code = await worker.wait_exit(SHUTDOWN_TIMEOUT + 10)
-    elapsed = time.monotonic() - signalled
-    assert code == 0, f"{worker.name} exited with {code}\n{worker.tail()}"
-    return elapsed
 
 
 @pytest.mark.timeout(240)
@@ -148,7 +127,7 @@ async def test_broker_cut_off_mid_stream_consumer_relay_and_dlq_producer_recover
     }
     assert copied == set(invalid), "the DLQ producer lost or invented dead letters across the outage"
     assert all(dict(r.headers)["dlq-reason"] == b"invalid_json" for r in letters)
-    elapsed = await _stop(worker)
+    elapsed = await worker.stop(wait=SHUTDOWN_TIMEOUT + 10)
     assert elapsed < SHUTDOWN_TIMEOUT + 2
     retries = _logged(worker, "relay_retry") + _logged(worker, "dependency_retry")
     print(
@@ -199,7 +178,7 @@ async def test_sigterm_during_an_outage_exits_0_within_shutdown_timeout(
         while _logged(worker, "relay_retry") == before:  # the worker noticed: mid-outage
             assert time.monotonic() < deadline, "the worker never noticed the database outage"
             await asyncio.sleep(0.1)
-    elapsed = await _stop(worker)
+    elapsed = await worker.stop(wait=SHUTDOWN_TIMEOUT + 10)
     assert elapsed < SHUTDOWN_TIMEOUT + 1.5, f"SIGTERM during a {down} outage took {elapsed:.1f} s"
     worker.log_records()  # every stderr line is structured
     if down == "broker":

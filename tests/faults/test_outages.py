@@ -12,7 +12,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from tests.faults.harness import (
     check_exactly_once,
     committed_offsets,
     make_commands,
-    migrate_database,
     progress,
     publish_commands,
     read_events,
@@ -40,18 +38,6 @@ pytestmark = [pytest.mark.slow]
 SHUTDOWN_TIMEOUT = 10.0
 
 
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
-    """A migrated PostgreSQL server of the test's own, running; durable commits (`fast=False`)."""
-    server = EmbeddedPostgres(tmp_path / "pgdata", fast=False)
-    await asyncio.to_thread(server.start)
-    try:
-        await migrate_database(server.dsn)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
 def _dependency_retries(worker: WorkerProcess, dependency: str) -> int:
     return sum(
         1
@@ -62,11 +48,7 @@ def _dependency_retries(worker: WorkerProcess, dependency: str) -> int:
 
 async def _stop(worker: WorkerProcess) -> float:
     """SIGTERM; asserts exit 0 within SHUTDOWN_TIMEOUT (+2 s of slack); returns the seconds it took."""
-    worker.terminate()
-    signalled = time.monotonic()
-    code = await worker.wait_exit(SHUTDOWN_TIMEOUT + 5)
-    elapsed = time.monotonic() - signalled
-    assert code == 0, f"{worker.name} exited with {code}\n{worker.tail()}"
+    elapsed = await worker.stop(wait=SHUTDOWN_TIMEOUT + 5)
     assert elapsed < SHUTDOWN_TIMEOUT + 2, f"{worker.name} took {elapsed:.1f} s to stop"
     return elapsed
 
