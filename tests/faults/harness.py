@@ -314,9 +314,9 @@ class WorkerProcess:
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
 
-    async def stop(self, *, wait: float) -> float:
-        """SIGTERM; asserts the process exits 0 within `wait` seconds; returns the seconds it took."""
-        self.terminate()
+    async def stop(self, signum: int = signal.SIGTERM, *, wait: float) -> float:
+        """Sends `signum`; asserts the process exits 0 within `wait` seconds; returns the seconds it took."""
+        self.proc.send_signal(signum)
         signalled = time.monotonic()
         code = await self.wait_exit(wait)
         elapsed = time.monotonic() - signalled
