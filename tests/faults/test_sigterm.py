@@ -69,8 +69,7 @@ async def test_sigterm_mid_drain_exits_0_in_time_and_a_restart_loses_nothing(
 
     restarted = launcher.start(env, name="restarted")
     await wait_for_completion(migrated_database, org, COMMANDS, workers=[restarted], timeout=120)
-    restarted.terminate()
-    assert await restarted.wait_exit(SHUTDOWN_TIMEOUT + 5) == 0, restarted.tail()
+    await restarted.stop(wait=SHUTDOWN_TIMEOUT + 5)
     restarted.log_records()
 
     events = await read_events(kafka_bootstrap, unique_topics["events"])
