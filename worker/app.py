@@ -96,7 +96,7 @@ class Worker:
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop)
-        http = HealthServer(self.health, self.metrics, host="0.0.0.0", port=settings.http_port)
+        http = HealthServer(self.health, self.metrics, host=settings.http_host, port=settings.http_port)
         try:
             await http.start()
         except OSError as exc:
