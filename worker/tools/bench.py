@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.bench_validation import MUTATIONS, valid_customer
 from worker.devstack import embedded_stack, free_port
-from worker.settings import KafkaSettings
+from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
 from worker.tools.topics import create_topics
 
@@ -434,7 +434,7 @@ async def run(args: argparse.Namespace) -> int:
                 dsn = await fresh_database(stack.admin_dsn, f"bench_{run_id}_{mode}")
                 env = _worker_env(stack, dsn, {**drain_topics, "events": f"bench-{run_id}-{mode}-events"}, "", 0)
                 env["KAFKA_GROUP_ID"] = f"bench-{run_id}-{mode}"
-                env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", "500")
+                env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", str(Settings.model_fields["batch_size"].default))
                 process = _spawn(
                     ["worker.tools.bench_reference", "--mode", mode, "--count", str(count)], env, logs / f"{mode}.log"
                 )
