@@ -82,6 +82,9 @@ class OutboxRelay:
     async def run(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            # Cleared before the round, not after: rows committed while this round publishes must wake the next
+            # one at once, not after RELAY_IDLE_INTERVAL.
+            self._wake.clear()
             try:
                 published = await self.publish_once()
             except Exception as exc:  # noqa: BLE001
@@ -92,7 +95,6 @@ class OutboxRelay:
                 continue
             backoff = 0.1
             if published < self._batch_size:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_interval)
 
