@@ -109,12 +109,12 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    batch_size: int = Field(default=2_000, ge=1, le=10_000)
+    batch_size: int = Field(default=1_000, ge=1, le=10_000)
     batch_timeout_ms: int = Field(default=50, ge=0)
     inbox_retention_days: float = Field(default=7.0, gt=0)
     poison_max_attempts: int = Field(default=3, ge=1)
     db_pool_size: int = Field(default=4, ge=1)
-    relay_batch_size: int = Field(default=2_000, ge=1)
+    relay_batch_size: int = Field(default=1_000, ge=1)
     relay_idle_interval: float = Field(default=0.05, gt=0)
     provider_max_attempts: int = Field(default=6, ge=1)
     provider_concurrency: int = Field(default=8, ge=1)
