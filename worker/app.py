@@ -27,7 +27,7 @@ from worker.providers.jobs import InlineResult, prune_finished
 from worker.providers.registry import Connection, ProviderRegistry, load_registry
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
-from worker.runtime import tune_garbage_collector
+from worker.runtime import limit_malloc_arenas, tune_garbage_collector
 from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
 from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
@@ -92,11 +92,12 @@ class Worker:
     async def run(self, *, install_signal_handlers: bool = True) -> int:
         settings = self._settings
         tune_garbage_collector()
+        limit_malloc_arenas()
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop)
-        http = HealthServer(self.health, self.metrics, host="0.0.0.0", port=settings.http_port)
+        http = HealthServer(self.health, self.metrics, host=settings.http_host, port=settings.http_port)
         try:
             await http.start()
         except OSError as exc:

@@ -50,14 +50,27 @@ def _settings(kind: Callable[[], S]) -> S:
         raise ConfigurationError(f"configuration error: {describe_errors(exc)}") from None
 
 
-def cmd_run(_: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from worker.app import Worker, load_configuration
     from worker.observability import configure_logging
     from worker.tracing import configure_from_env, shutdown
 
     settings = _settings(Settings)
+    if args.processes is not None:
+        settings = settings.model_copy(update={"worker_processes": args.processes})
     configure_logging(settings.log_level, settings.log_format)
     configuration = load_configuration(settings)
+    if settings.worker_processes > 1:
+        from worker.processes import run_processes
+
+        # The configuration was loaded above only to fail fast; each process loads its own.
+        return run_processes(settings, settings.worker_processes)
+    index = os.environ.get("WORKER_PROCESS_INDEX")
+    if index is not None:
+        # One of a replica's processes: its log lines say which.
+        import structlog
+
+        structlog.contextvars.bind_contextvars(process=int(index))
     configure_from_env()
     try:
         return asyncio.run(Worker(configuration).run())
@@ -276,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and /metrics on HTTP_PORT. Stops cleanly on SIGTERM or SIGINT.",
         epilog=_run_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--processes",
+        type=int,
+        choices=range(1, 65),
+        metavar="N",
+        default=None,
+        help="worker processes in this replica, one core each, under one HTTP endpoint (default: WORKER_PROCESSES, 1)",
     )
     run.set_defaults(func=cmd_run)
     commands.add_parser(

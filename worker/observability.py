@@ -26,7 +26,7 @@ import threading
 import traceback
 import types
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, TextIO, get_args
+from typing import Any, Final, Literal, Protocol, TextIO, get_args
 
 import orjson
 import structlog
@@ -728,10 +728,22 @@ class Health:
         return [name for name, ok in checks if not ok]
 
 
-class HealthServer:
-    """``GET /healthz``, ``/readyz`` and ``/metrics`` on `host`:`port` (port 0 picks a free port); no access log."""
+class Readiness(Protocol):
+    def not_ready(self) -> list[str]: ...
 
-    def __init__(self, health: Health, metrics: Metrics, host: str = "0.0.0.0", port: int = 8080) -> None:
+
+class Exposition(Protocol):
+    @property
+    def content_type(self) -> str: ...
+
+    def render(self) -> bytes: ...
+
+
+class HealthServer:
+    """``GET /healthz``, ``/readyz`` and ``/metrics`` on `host`:`port` (port 0 picks a free port); no access log.
+    Serves a worker's `Health` and `Metrics`, or those of a replica's processes (`worker.processes`)."""
+
+    def __init__(self, health: Readiness, metrics: Exposition, host: str = "0.0.0.0", port: int = 8080) -> None:
         self._health = health
         self._metrics = metrics
         self._host = host

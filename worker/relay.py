@@ -30,7 +30,12 @@ from worker.transport.records import Message, RecordRefusedError, record_size
 log = structlog.get_logger("worker.relay")
 
 _LOCK_KEY: Final = 0x6375_7374_7265_6C61  # "custrela"
-_CLAIM: Final = "SELECT id, event_key, event_type, traceparent, payload, schema_id FROM outbox ORDER BY id LIMIT $1"
+# The lock and the read in one round trip: the materialized lock is taken once, and without it no row is read.
+_CLAIM: Final = (
+    "WITH relay_lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($2) AS held) "
+    "SELECT id, event_key, event_type, traceparent, payload, schema_id FROM outbox "
+    "WHERE (SELECT held FROM relay_lock) ORDER BY id LIMIT $1"
+)
 _DELETE: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
@@ -82,6 +87,9 @@ class OutboxRelay:
     async def run(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            # Cleared before the round, not after: rows committed while this round publishes must wake the next
+            # one at once, not after RELAY_IDLE_INTERVAL.
+            self._wake.clear()
             try:
                 published = await self.publish_once()
             except Exception as exc:  # noqa: BLE001
@@ -92,7 +100,6 @@ class OutboxRelay:
                 continue
             backoff = 0.1
             if published < self._batch_size:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_interval)
 
@@ -109,9 +116,7 @@ class OutboxRelay:
 
     async def publish_once(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
-                return 0
-            rows = await conn.fetch(_CLAIM, self._batch_size)
+            rows = await conn.fetch(_CLAIM, self._batch_size, _LOCK_KEY)
             if not rows:
                 return 0
             messages: list[tuple[int, Message]] = []

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
+import sys
 from typing import Final
 
 _YOUNG_THRESHOLD: Final = 50_000
+_M_ARENA_MAX: Final = -8
+_ARENAS: Final = 2
 
 
 def tune_garbage_collector() -> None:
@@ -16,3 +21,19 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(_YOUNG_THRESHOLD, 20, 50)
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and an arena keeps the pages
+    it once used: the decoding thread, the provider SDKs' threads and the loop each hold a batch's worth. Two arenas
+    keep the peak RSS of a drain near one batch's worth; the threads rarely allocate at the same moment. Called
+    before any thread starts; a no-op on other C libraries."""
+    if sys.platform != "linux":
+        return
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).mallopt(_M_ARENA_MAX, _ARENAS)
+    except (OSError, AttributeError):
+        return

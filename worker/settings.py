@@ -102,10 +102,14 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     require_signatures: bool = False
     shutdown_timeout: float = Field(default=30.0, gt=0)
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # Where /healthz, /readyz and /metrics listen; the processes of `WORKER_PROCESSES` > 1 listen on 127.0.0.1.
+    http_host: str = "0.0.0.0"
+    # Worker processes in this replica (one core each), under one HTTP endpoint: see README "Processes".
+    worker_processes: int = Field(default=1, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1_000, ge=1, le=10_000)
     batch_timeout_ms: int = Field(default=50, ge=0)
     inbox_retention_days: float = Field(default=7.0, gt=0)
     poison_max_attempts: int = Field(default=3, ge=1)

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.bench_validation import MUTATIONS, valid_customer
 from worker.devstack import embedded_stack, free_port
-from worker.settings import KafkaSettings
+from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
 from worker.tools.topics import create_topics
 
@@ -184,7 +184,7 @@ async def measure_drain(dsn: str, total: int, label: str, process: subprocess.Po
                 "(SELECT count(*) FROM outbox) AS backlog"
             )
             assert row is not None
-            published = row["written"] - (row["backlog"] if label == "worker" else 0)
+            published = row["written"] - (row["backlog"] if label.startswith(("worker", "strong")) else 0)
             now = time.monotonic()
             for fraction in (0.1, 0.9):
                 if fraction not in marks and published >= total * fraction:
@@ -226,14 +226,17 @@ def _ready(port: int) -> bool:
         return False
 
 
-async def _wait_ready(port: int, process: subprocess.Popen[bytes], wait_seconds: float = 60.0) -> None:
+async def _wait_ready(
+    port: int, process: subprocess.Popen[bytes], wait_seconds: float = 60.0, poll: float = 0.2
+) -> float:
+    """The monotonic time at which the worker answered ready."""
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"worker exited with {process.returncode}")
         if await asyncio.to_thread(_ready, port):
-            return
-        await asyncio.sleep(0.2)
+            return time.monotonic()
+        await asyncio.sleep(poll)
     raise TimeoutError("worker not ready")
 
 
@@ -314,6 +317,37 @@ async def measure_latency(
     }
 
 
+async def measure_cold_start(
+    bootstrap: str, topics: dict[str, str], env: dict[str, str], log_path: Path
+) -> tuple[float, float]:
+    """Seconds from spawning a worker to its `/readyz` answering 200, and to the first event arriving at a consumer
+    for a command published at spawn time."""
+    key, value = build_commands(1, seed=7, providers=False, prefix="cold")[0]
+    consumer = AIOKafkaConsumer(
+        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    try:
+        async with producer(bootstrap) as kafka:
+            await kafka.send_and_wait(topics["commands"], value=value, key=key)
+        started = time.monotonic()
+        worker = _spawn(["worker", "run"], env, log_path)
+        try:
+            ready = asyncio.create_task(_wait_ready(int(env["HTTP_PORT"]), worker, poll=0.05))
+            while True:
+                batches = await consumer.getmany(timeout_ms=50)
+                if any(batches.values()):
+                    first_event = time.monotonic() - started
+                    break
+                if time.monotonic() - started > 60:
+                    raise TimeoutError("no event within 60 s of start")
+            return await ready - started, first_event
+        finally:
+            _stop(worker)
+    finally:
+        await consumer.stop()
+
+
 def _providers_file(folder: Path) -> dict[str, str]:
     path = folder / "providers.yaml"
     path.write_text(
@@ -350,15 +384,23 @@ async def run(args: argparse.Namespace) -> int:
         await fill(stack.bootstrap, drain_topics["commands"], commands)
 
         results: dict[str, float] = {}
-        worker_dsn = await fresh_database(stack.admin_dsn, f"bench_{run_id}_worker")
-        port = free_port()
-        env = {**_worker_env(stack, worker_dsn, drain_topics, f"bench-{run_id}-worker", port), **extra_env}
-        worker = _spawn(["worker", "run"], env, logs / "worker.log")
-        try:
-            results["worker"] = await measure_drain(worker_dsn, args.count, "worker", worker)
-            rss_drain = peak_rss_mb(worker.pid)
-        finally:
-            _stop(worker)
+        scaling: dict[int, float] = {}
+        rss_drain = rss_peak = 0.0
+        worker_dsn = ""
+        for processes in args.process_counts:
+            dsn = await fresh_database(stack.admin_dsn, f"bench_{run_id}_worker{processes}")
+            port = free_port()
+            env = {**_worker_env(stack, dsn, drain_topics, f"bench-{run_id}-worker{processes}", port), **extra_env}
+            env["WORKER_PROCESSES"] = str(processes)
+            worker = _spawn(["worker", "run"], env, logs / f"worker{processes}.log")
+            try:
+                scaling[processes] = await measure_drain(dsn, args.count, f"worker x{processes}", worker)
+                if not worker_dsn:
+                    rss_drain = rss_peak = peak_rss_mb(worker.pid)
+                    worker_dsn = dsn
+            finally:
+                _stop(worker)
+        results["worker"] = scaling[args.process_counts[0]]
 
         # The drain leaves 100,000 fresh rows and as many deleted outbox rows: settle PostgreSQL's own maintenance
         # now, so that autovacuum does not run during the latency measurements and show in their tail.
@@ -368,6 +410,7 @@ async def run(args: argparse.Namespace) -> int:
             latency_topics = await topics(f"lat{rate}", args.partitions)
             port = free_port()
             env = {**_worker_env(stack, worker_dsn, latency_topics, f"bench-{run_id}-lat{rate}", port), **extra_env}
+            env["WORKER_PROCESSES"] = "1"
             worker = _spawn(["worker", "run"], env, logs / f"worker-{rate}.log")
             try:
                 await _wait_ready(port, worker)
@@ -381,16 +424,17 @@ async def run(args: argparse.Namespace) -> int:
                     providers=args.with_providers,
                 )
                 _progress_done()
-                rss_drain = max(rss_drain, peak_rss_mb(worker.pid))
+                rss_peak = max(rss_peak, peak_rss_mb(worker.pid))
             finally:
                 _stop(worker)
 
         if not args.skip_yardsticks:
-            for mode, count in (("lean", args.count), ("naive", min(args.naive_count, args.count))):
+            yardsticks = (("strong", args.count), ("lean", args.count), ("naive", min(args.naive_count, args.count)))
+            for mode, count in yardsticks:
                 dsn = await fresh_database(stack.admin_dsn, f"bench_{run_id}_{mode}")
                 env = _worker_env(stack, dsn, {**drain_topics, "events": f"bench-{run_id}-{mode}-events"}, "", 0)
                 env["KAFKA_GROUP_ID"] = f"bench-{run_id}-{mode}"
-                env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", "500")
+                env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", str(Settings.model_fields["batch_size"].default))
                 process = _spawn(
                     ["worker.tools.bench_reference", "--mode", mode, "--count", str(count)], env, logs / f"{mode}.log"
                 )
@@ -400,22 +444,37 @@ async def run(args: argparse.Namespace) -> int:
                     process.kill()
                     process.wait()
 
+        cold_topics = await topics("cold", args.partitions)
+        env = {**_worker_env(stack, worker_dsn, cold_topics, f"bench-{run_id}-cold", free_port()), **extra_env}
+        env["WORKER_PROCESSES"] = "1"
+        ready, first_event = await measure_cold_start(stack.bootstrap, cold_topics, env, logs / "worker-cold.log")
+
         print()
-        print(f"drain rate, worker:          {results['worker']:10,.0f} commands/s (answered and published)")
+        print(f"load average at the end:     {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        worker_rate = results["worker"]
+        print(f"drain rate, worker:          {worker_rate:10,.0f} commands/s (answered and published)")
         if "lean" in results:
-            print(f"drain rate, lean reference:  {results['lean']:10,.0f} commands/s")
+            print(f"drain rate, strong lean:     {results['strong']:10,.0f} commands/s (batch 2,000, narrow + jsonb)")
+            print(f"drain rate, full-width lean: {results['lean']:10,.0f} commands/s (worker's table and batch size)")
             print(f"drain rate, naive mode:      {results['naive']:10,.0f} commands/s")
-            print(f"worker / lean reference:     {results['worker'] / results['lean']:10.2f}")
-            print(f"worker / naive mode:         {results['worker'] / results['naive']:10.1f}")
+            print(f"worker / strong lean:        {worker_rate / results['strong']:10.2f}")
+            print(f"worker / full-width lean:    {worker_rate / results['lean']:10.2f}")
+            print(f"worker / naive mode:         {worker_rate / results['naive']:10.1f}")
+        for processes, drained in scaling.items():
+            print(f"drain rate, {processes} process(es):   {drained:10,.0f} commands/s  ({drained / worker_rate:.2f}x)")
         for rate, figures in latency.items():
             print(
                 f"latency at {rate:>5}/s offered:   p50 {figures['p50_ms']:7.1f} ms   p95 {figures['p95_ms']:7.1f} ms"
                 f"   p99 {figures['p99_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms"
                 f"   ({int(figures['received'])}/{int(figures['sent'])} events)"
             )
-        print(f"worker peak RSS (VmHWM):     {rss_drain:10.1f} MB")
+        print(f"worker peak RSS (VmHWM):     {rss_peak:10.1f} MB (one process; {rss_drain:.1f} MB in the drain)")
+        print(f"cold start: ready after      {ready:10.2f} s, first event after {first_event:.2f} s")
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
+    args.process_counts = [int(n) for n in str(args.processes).split(",") if n.strip()]
+    if not args.process_counts or min(args.process_counts) < 1:
+        raise SystemExit("--processes: a comma-separated list of process counts, each at least 1")
     return asyncio.run(run(args))

@@ -12,6 +12,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latency-seconds", type=float, default=10.0, help="length of each latency run, seconds (default 10)"
     )
+    parser.add_argument(
+        "--processes", default="1", help="worker processes per drain run, comma-separated (e.g. 1,2: the scaling)"
+    )
     parser.add_argument("--skip-yardsticks", action="store_true", help="skip the reference and naive pipelines")
     parser.add_argument("--naive-count", type=int, default=3_000, help="commands for the naive mode (default 3000)")
     parser.add_argument("--with-providers", action="store_true", help="configure provider connections")

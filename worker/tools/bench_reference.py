@@ -1,8 +1,11 @@
 """The yardsticks of `customer-worker bench`, run as their own process on the same servers and commands.
 
-* `lean`: what this machine allows: plain aiokafka and asyncpg, no validation, no domain logic. Per batch (the
-  worker's batch size): one transaction with a set-based inbox insert, customer upsert and outbox insert; events
-  produced (same payload size, acks=all); offsets committed.
+* `strong`: the yardstick of issue 12, what a team would write by hand: plain aiokafka and asyncpg, no validation.
+  Per batch of up to 2,000 records: one transaction with a set-based inbox insert, an upsert of a narrow customers
+  row (key columns plus the body as one `jsonb`) and an outbox insert; then the events are produced (acks=all), the
+  outbox rows deleted and the offsets committed.
+* `lean`: the full-width yardstick: the same, with the worker's own customers table (every column) and batch size,
+  outbox rows kept.
 * `naive`: the same work one message at a time: a transaction, an awaited event publish and an offset commit each.
 
 Progress is written to the database (`processed_messages`), where the benchmark reads it.
@@ -22,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from worker.domain.customer import COLUMNS
-from worker.runtime import tune_garbage_collector
+from worker.runtime import limit_malloc_arenas, tune_garbage_collector
 
 _TEXT_COLUMNS: Final = tuple(
     column
@@ -62,8 +65,22 @@ _INBOX: Final = (
 )
 _OUTBOX: Final = (
     "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[]) RETURNING id"
 )
+
+
+# The strong yardstick's table: key columns and the body as one jsonb, in the same database as the full one.
+_NARROW_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS lean_customers (id uuid NOT NULL, organization_id text NOT NULL, "
+    "external_id text NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, body jsonb NOT NULL, "
+    "PRIMARY KEY (organization_id, external_id))"
+)
+_NARROW_UPSERT: Final = (
+    "INSERT INTO lean_customers (id, organization_id, external_id, created_at, updated_at, body) "
+    "SELECT gen_random_uuid(), o, e, now(), now(), b FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS r(o, e, b) "
+    "ON CONFLICT (organization_id, external_id) DO UPDATE SET updated_at = now(), body = EXCLUDED.body"
+)
+_DELETE_OUTBOX: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
 def _text(value: Any) -> str | None:
@@ -107,8 +124,8 @@ def _event(document: dict[str, Any], now: str) -> tuple[uuid.UUID, str, bytes]:
 
 
 async def _apply(
-    conn: asyncpg.Connection[asyncpg.Record], documents: list[dict[str, Any]]
-) -> list[tuple[uuid.UUID, str, bytes]]:
+    conn: asyncpg.Connection[asyncpg.Record], documents: list[dict[str, Any]], *, narrow: bool
+) -> tuple[list[tuple[uuid.UUID, str, bytes]], list[int]]:
     now = datetime.now(UTC).isoformat()
     async with conn.transaction():
         fresh = {
@@ -120,13 +137,18 @@ async def _apply(
         kept = [d for d in documents if (d["organization_id"], d["message_id"]) in fresh]
         last: dict[tuple[str, str], tuple[Any, ...]] = {}
         for document in kept:
-            row = _row(document)
+            customer = document.get("customer") or {}
+            external_id = _text(customer.get("external_id")) or ""
+            body = orjson.dumps(customer).decode()
+            row = (document.get("organization_id"), external_id, body) if narrow else _row(document)
             last[(row[0], row[1])] = row
         if last:
-            await conn.execute(_UPSERT, *(list(column) for column in zip(*last.values(), strict=True)))
+            upsert = _NARROW_UPSERT if narrow else _UPSERT
+            await conn.execute(upsert, *(list(column) for column in zip(*last.values(), strict=True)))
         events = [_event(d, now) for d in kept]
+        ids: list[asyncpg.Record] = []
         if events:
-            await conn.execute(
+            ids = await conn.fetch(
                 _OUTBOX,
                 [e[0] for e in events],
                 [e[1] for e in events],
@@ -134,13 +156,16 @@ async def _apply(
                 [None] * len(events),
                 [e[2] for e in events],
             )
-    return events
+    return events, [row[0] for row in ids]
 
 
 async def run(mode: str, count: int) -> None:
     env = os.environ
-    batch_size = int(env.get("BATCH_SIZE", "500"))
+    narrow = mode == "strong"
+    batch_size = 2000 if narrow else int(env.get("BATCH_SIZE", "500"))
     conn = await asyncpg.connect(env["DATABASE_URL"])
+    if narrow:
+        await conn.execute(_NARROW_TABLE)
     consumer = AIOKafkaConsumer(
         env["COMMANDS_TOPIC"],
         bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
@@ -163,14 +188,16 @@ async def run(mode: str, count: int) -> None:
     processed = 0
     try:
         while processed < count:
-            fetched = await consumer.getmany(timeout_ms=50, max_records=batch_size if mode == "lean" else 1)
+            fetched = await consumer.getmany(timeout_ms=50, max_records=1 if mode == "naive" else batch_size)
             records: list[ConsumerRecord[Any, Any]] = [r for batch in fetched.values() for r in batch]
             if not records:
                 continue
             documents = [orjson.loads(record.value) for record in records]
-            events = await _apply(conn, documents)
+            events, outbox_ids = await _apply(conn, documents, narrow=narrow)
             sends = [await producer.send(events_topic, value=payload, key=key.encode()) for _, key, payload in events]
             await asyncio.gather(*sends)
+            if narrow and outbox_ids:
+                await conn.execute(_DELETE_OUTBOX, outbox_ids)
             offsets: dict[TopicPartition, int] = {}
             for record in records:
                 tp = TopicPartition(record.topic, record.partition)
@@ -185,11 +212,12 @@ async def run(mode: str, count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["lean", "naive"], required=True)
+    parser.add_argument("--mode", choices=["strong", "lean", "naive"], required=True)
     parser.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
     # The same collector settings as the worker's, so that the ratios compare the pipelines, not the runtime.
     tune_garbage_collector()
+    limit_malloc_arenas()
     asyncio.run(run(args.mode, args.count))
 
 

@@ -139,6 +139,15 @@ class CommandConsumer:
             listener=_Assignment(on_assignment),
         )
         self.subscriber(self._on_batch)
+        self._batch_timeout_ms = settings.batch_timeout_ms
+        self._max_records = settings.batch_size
+        # FastStream's batch poll sleeps another BATCH_TIMEOUT_MS after every empty poll: up to that much latency
+        # added to the first record after a quiet spell. This poll returns as soon as a record arrives.
+        self.subscriber.get_msg = self._poll  # type: ignore[method-assign]
+
+    async def _poll(self, consumer: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
+        batches = await consumer.getmany(timeout_ms=self._batch_timeout_ms, max_records=self._max_records)
+        return tuple(record for records in batches.values() for record in records)
 
     async def _on_batch(self, body: Any, message: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
