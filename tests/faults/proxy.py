@@ -7,8 +7,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 import subprocess
 from pathlib import Path
+
+from aiokafka.protocol.produce import (
+    ProduceRequest,
+    ProduceRequest_v5,
+    ProduceRequest_v6,
+    ProduceRequest_v7,
+    ProduceResponse_v5,
+    ProduceResponse_v6,
+    ProduceResponse_v7,
+)
 
 from worker.devstack import EmbeddedTansu, free_port
 
@@ -102,3 +113,70 @@ class ProxiedTansu(EmbeddedTansu):
             env={**os.environ, "NO_COLOR": "1"},
             start_new_session=True,
         )
+
+
+class RefusingProxy(TcpProxy):
+    """A Kafka-protocol proxy that plays a broker refusing records for good: a Produce request whose bytes contain
+    `marker` is answered here with `error_code` for every partition it carries (nothing reaches the broker); every
+    other request goes to the broker. Requests are passed one at a time per connection, so answers keep their order.
+
+    Records must be sent uncompressed (the worker's producers do not compress) for the marker to be seen."""
+
+    def __init__(self, target: int, port: int | None = None, *, marker: bytes, error_code: int) -> None:
+        super().__init__(target, port)
+        self.marker = marker
+        self.error_code = error_code
+        self.produce_refused = 0  # Produce requests answered with `error_code`
+        self.produce_forwarded = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, upstream_writer}
+        with contextlib.suppress(OSError, ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                request = await _read_frame(reader)
+                api_key, api_version, correlation_id = struct.unpack(">hhi", request[:8])
+                if api_key == ProduceRequest.API_KEY and self.marker in request:
+                    self.produce_refused += 1
+                    writer.write(_frame(struct.pack(">i", correlation_id) + self._refusal(request, api_version)))
+                    await writer.drain()
+                    continue
+                if api_key == ProduceRequest.API_KEY:
+                    self.produce_forwarded += 1
+                upstream_writer.write(_frame(request))
+                await upstream_writer.drain()
+                writer.write(_frame(await _read_frame(upstream_reader)))
+                await writer.drain()
+        for end in (writer, upstream_writer):
+            self._writers.discard(end)
+            end.transport.abort()
+
+    def _refusal(self, request: bytes, api_version: int) -> bytes:
+        if not 5 <= api_version <= 7:
+            raise NotImplementedError(f"Produce v{api_version}: only v5 to v7 are answered here")
+        (client_id_length,) = struct.unpack(">h", request[8:10])
+        body = request[10 + max(client_id_length, 0) :]
+        produce = _PRODUCE_REQUESTS[api_version].decode(body)
+        topics = [
+            (topic, [(partition, self.error_code, -1, -1, -1) for partition, _ in partitions])
+            for topic, partitions in produce.topics
+        ]
+        response: bytes = _PRODUCE_RESPONSES[api_version](topics, 0).encode()
+        return response
+
+
+_PRODUCE_REQUESTS = {5: ProduceRequest_v5, 6: ProduceRequest_v6, 7: ProduceRequest_v7}
+_PRODUCE_RESPONSES = {5: ProduceResponse_v5, 6: ProduceResponse_v6, 7: ProduceResponse_v7}
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    return await reader.readexactly(size)
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">i", len(payload)) + payload
