@@ -16,15 +16,15 @@ import asyncpg
 import structlog
 from aiokafka import TopicPartition
 
+from worker.contract.connections import Connection, ProviderRegistry, load_registry
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
+from worker.domain.jobs import InlineResult
 from worker.errors import ConfigurationError
 from worker.observability import Health, HealthServer, Metrics, export_readiness
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
-from worker.providers.jobs import InlineResult, prune_finished
-from worker.providers.registry import Connection, ProviderRegistry, load_registry
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.runtime import limit_malloc_arenas, tune_garbage_collector
@@ -33,6 +33,7 @@ from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
+from worker.store.jobs import prune_finished
 from worker.transport.consumer import CommandConsumer, start_broker
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
@@ -62,7 +63,9 @@ def load_configuration(settings: Settings) -> Configuration:
         registry=load_registry(settings.providers_file),
         signing_keys=load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures),
     )
-    unsigned = unsigned_provider_organizations(configuration.signing_keys, configuration.registry)
+    unsigned = unsigned_provider_organizations(
+        configuration.signing_keys, (c.organization_id for c in configuration.registry.connections)
+    )
     if unsigned:
         log.warning(
             "provider_organizations_without_signing_keys",

@@ -45,8 +45,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel, ValidationError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from worker.contract.connections import ProviderName
 from worker.outages import Dependency
-from worker.providers.registry import ProviderName
 
 __all__ = [
     "COMMAND_OUTCOMES",

@@ -20,10 +20,10 @@ import stamina
 import structlog
 
 from worker.contract.codes import DlqReason
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.observability import record_context, safe_message
 from worker.outages import Dependency, is_outage
-from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
 from worker.tracing import consumed_batch, traced

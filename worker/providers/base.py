@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, Protocol
 
+from worker.contract.connections import ProviderName
 from worker.domain.customer import CustomerState
-from worker.providers.registry import ProviderName
 
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds an SDK waits for one HTTP answer before the call counts as a (retryable) timeout."""
@@ -108,7 +108,7 @@ class ProviderError(Exception):
 
 
 class ProviderAdapter(Protocol):
-    """One connection at one provider. Keys come from `worker.providers.ids`; the same key on a retry makes the
+    """One connection at one provider. Keys come from `worker.providers.idempotency`; the same key on a retry makes the
     provider answer with what the first call did instead of doing it twice."""
 
     @property

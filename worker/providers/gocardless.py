@@ -25,6 +25,7 @@ from gocardless_pro import errors as gc_errors
 from gocardless_pro import services as gc_services
 from gocardless_pro.api_client import ApiClient
 
+from worker.contract.connections import Connection, ProviderName
 from worker.contract.email import first_email
 from worker.domain.customer import CustomerState
 from worker.providers.base import (
@@ -36,8 +37,7 @@ from worker.providers.base import (
     response_error,
     status_error,
 )
-from worker.providers.ids import derived_key
-from worker.providers.registry import Connection, ProviderName
+from worker.providers.idempotency import derived_key
 
 LIVE_URL: Final = "https://api.gocardless.com"
 SANDBOX_URL: Final = "https://api-sandbox.gocardless.com"

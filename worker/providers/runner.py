@@ -2,7 +2,7 @@
 
 `ProviderCaller` is what every provider call goes through, in the background or inline: the per-connection rate
 limit, the broken-connection gate (below), the adapter and the call metrics. `ProviderJobRunner` claims due jobs
-(`worker.providers.jobs`), runs them with bounded concurrency, retries retryable failures with exponential backoff
+(`worker.store.jobs`), runs them with bounded concurrency, retries retryable failures with exponential backoff
 and jitter (honouring `Retry-After`), and records each outcome with its events in one transaction.
 
 Broken connections: after a 401 a connection is marked broken, in the memory of this process (each replica learns
@@ -23,7 +23,9 @@ from typing import Final, Literal, TypeVar, get_args
 import structlog
 from aiolimiter import AsyncLimiter
 
+from worker.contract.connections import Connection, ProviderName, ProviderRegistry
 from worker.domain.customer import CustomerState
+from worker.domain.jobs import ClaimedJob, InlineResult, JobResult, skip_reason
 from worker.observability import Metrics
 from worker.outages import OUTAGES
 from worker.providers.base import (
@@ -35,25 +37,19 @@ from worker.providers.base import (
     utc_now,
 )
 from worker.providers.factory import AdapterFactory
-from worker.providers.ids import derived_key, idempotency_key
-from worker.providers.jobs import (
-    ClaimedJob,
-    InlineResult,
-    JobResult,
+from worker.providers.idempotency import derived_key, idempotency_key, key_for
+from worker.store.jobs import (
     LeaseLostError,
     Pool,
     claim_due,
     claim_expired,
-    key_for,
     load_customer,
     record_failure,
     record_retry,
     record_skip,
     record_success,
     release,
-    skip_reason,
 )
-from worker.providers.registry import Connection, ProviderName, ProviderRegistry
 from worker.tracing import provider_call, provider_job
 
 log = structlog.get_logger("worker.providers")

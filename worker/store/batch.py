@@ -19,12 +19,12 @@ from datetime import datetime
 from typing import Any, Final
 
 from worker.contract.codes import Errors
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
 from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
 from worker.ids import customer_id, new_id
-from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
 from worker.store.outbox import write_events
