@@ -226,7 +226,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from worker import schema
+    from worker.tools import schema
 
     written = schema.write(args.out)
     for path in written:
@@ -263,7 +263,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_validation(args: argparse.Namespace) -> int:
-    from worker import bench_validation
+    from worker.tools import bench_validation
 
     return bench_validation.run(args)
 
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     validation = commands.add_parser("bench-validation", help="validation throughput on one core")
-    from worker.bench_validation import add_arguments
+    from worker.tools.bench_validation import add_arguments
 
     add_arguments(validation)
     validation.set_defaults(func=cmd_bench_validation)

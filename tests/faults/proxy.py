@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from worker.devstack import EmbeddedTansu, free_port
+from worker.tools.devstack import EmbeddedTansu, free_port
 
 _CHUNK = 256 * 1024
 

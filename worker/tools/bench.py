@@ -35,10 +35,10 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker.bench_validation import MUTATIONS, valid_customer
-from worker.devstack import embedded_stack, free_port
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
+from worker.tools.bench_validation import MUTATIONS, valid_customer
+from worker.tools.devstack import embedded_stack, free_port
 from worker.tools.topics import create_topics
 
 ORGANIZATION = "org_bench"

@@ -18,11 +18,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
-from worker.devstack import embedded_stack
 from worker.errors import ConfigurationError
 from worker.security import SigningKeys
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
+from worker.tools.devstack import embedded_stack
 from worker.tools.publish import publish_values
 from worker.tools.topics import create_topics
 from worker.transport.options import client_options
