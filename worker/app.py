@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 from aiokafka import TopicPartition
 
+from worker.contract.codes import DlqReason
 from worker.contract.connections import Connection, ProviderRegistry, load_registry
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
@@ -317,7 +318,7 @@ class Worker:
                 metrics.command(outcome, count)  # type: ignore[arg-type]
         for reason, count in report.dead_letters.items():
             metrics.command("dead_lettered", count)
-            metrics.dead_lettered(reason, count)  # type: ignore[arg-type]
+            metrics.dead_lettered(DlqReason(reason), count)
         if summary.unknown_fields:
             metrics.unknown_fields_total.inc(summary.unknown_fields)
 

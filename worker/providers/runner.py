@@ -18,7 +18,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal, TypeVar, get_args
+from typing import Final, Literal, Protocol, TypeVar, get_args
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -26,12 +26,12 @@ from aiolimiter import AsyncLimiter
 from worker.contract.connections import Connection, ProviderName, ProviderRegistry
 from worker.domain.customer import CustomerState
 from worker.domain.jobs import ClaimedJob, InlineResult, JobResult, skip_reason
-from worker.observability import Metrics
 from worker.outages import OUTAGES
 from worker.providers.base import (
     CONFIGURATION_ERROR,
     UNAUTHORIZED,
     ProviderAdapter,
+    ProviderCallOutcome,
     ProviderError,
     network_error,
     utc_now,
@@ -53,6 +53,17 @@ from worker.store.jobs import (
 from worker.tracing import provider_call, provider_job
 
 log = structlog.get_logger("worker.providers")
+
+
+class CallMetrics(Protocol):
+    """The runner's view of `worker.observability.Metrics`: provider calls and the runner's own state."""
+
+    def provider_call(self, provider: ProviderName, outcome: ProviderCallOutcome, seconds: float) -> None: ...
+
+    def provider_call_counted(self, provider: ProviderName, outcome: ProviderCallOutcome) -> None: ...
+
+    def provider_runner_running(self, running: bool) -> None: ...
+
 
 T = TypeVar("T")
 Admission = Literal["call", "probe", "refuse"]
@@ -133,7 +144,7 @@ class ProviderCaller:
     def __init__(
         self,
         factory: AdapterFactory,
-        metrics: Metrics,
+        metrics: CallMetrics,
         *,
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         backoff_base: float = 1.0,
@@ -235,7 +246,7 @@ class ProviderCaller:
                 delay = self.backoff(attempt, error.retry_after)
                 if loop.time() + delay >= deadline:
                     # Counted, not timed: the call itself was already measured (as a retryable error).
-                    self._metrics.provider_calls_total.labels(provider=connection.provider, outcome="timeout").inc()
+                    self._metrics.provider_call_counted(connection.provider, "timeout")
                     log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
                     return InlineResult(retry_after=error.retry_after)
                 await asyncio.sleep(delay)
@@ -278,7 +289,7 @@ class ProviderJobRunner:
         pool: Pool,
         registry: ProviderRegistry,
         factory: AdapterFactory,
-        metrics: Metrics,
+        metrics: CallMetrics,
         *,
         concurrency: int = 8,
         max_attempts: int = 6,
@@ -342,7 +353,7 @@ class ProviderJobRunner:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
         outage_delay = 0.0
-        self.caller.metrics.provider_runner_up.set(1)
+        self.caller.metrics.provider_runner_running(True)
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -378,7 +389,7 @@ class ProviderJobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
-            self.caller.metrics.provider_runner_up.set(0)
+            self.caller.metrics.provider_runner_running(False)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
