@@ -202,7 +202,7 @@ async def test_servers_pick_another_port_when_the_picked_one_is_taken(
             ports = iter([taken])
             return lambda: next(ports, None) or free_port()
 
-        monkeypatch.setattr(devstack, "free_port", taken_first())
+        monkeypatch.setattr(devstack.postgres, "free_port", taken_first())
         server = EmbeddedPostgres(pg_folder / "pg", fast=True)
         assert server.port == taken
         dsn = await asyncio.to_thread(server.start)
@@ -213,7 +213,7 @@ async def test_servers_pick_another_port_when_the_picked_one_is_taken(
         finally:
             await asyncio.to_thread(server.stop)
 
-        monkeypatch.setattr(devstack, "free_port", taken_first())
+        monkeypatch.setattr(devstack.tansu, "free_port", taken_first())
         broker = EmbeddedTansu()
         assert broker.port == taken
         try:
