@@ -21,9 +21,9 @@ from worker.contract.connections import Connection, ConnectionConfig, ProviderNa
 from worker.domain.customer import CustomerState, stripe_setup_methods
 from worker.observability import Metrics
 from worker.providers.base import ProviderError, parse_retry_after
+from worker.providers.caller import ConnectionGate, ProviderCaller, backoff_delay
 from worker.providers.factory import AdapterFactory
 from worker.providers.idempotency import MAX_KEY_LENGTH, derived_key, idempotency_key
-from worker.providers.runner import ConnectionGate, ProviderCaller, backoff_delay
 from worker.providers.stripe import create_params, update_params
 
 pytestmark = [
