@@ -200,7 +200,7 @@ class Worker:
             started = time.perf_counter()
             report = await service.handle(records)
             relay.notify()
-            if report.summary.jobs:
+            if report.summary.enqueued_jobs:
                 runner.notify()
             self._record(report, time.perf_counter() - started)
 

@@ -141,7 +141,7 @@ class BatchService:
             try:
                 report.summary = await self._apply([answer for _, answer in answers])
             except PoisonError:
-                report.summary, poisoned = await self._apply_one_by_one(answers)
+                report.summary, poisoned = await self._apply_bisecting(answers)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
@@ -190,7 +190,7 @@ class BatchService:
                 conn.terminate()
                 raise
 
-    async def _apply_one_by_one(
+    async def _apply_bisecting(
         self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""

@@ -33,8 +33,9 @@ async def create_inline(
     inline: InlineCreate,
     now: datetime,
 ) -> dict[int, OutboxEvent]:
-    """Runs the batch's inline creates concurrently and rewrites `outcomes` with their results. Returns the
-    `customer.payment_provider_created` events, by command, to be written after each command's primary event."""
+    """Runs the batch's inline creates concurrently and rewrites `outcomes` (keyed by command position) with their
+    results. Returns the `customer.payment_provider_created` events, by command position, to be written after each
+    command's primary event."""
     targets: list[tuple[int, Applied, ProviderJob, Connection]] = []
     for key, outcome in outcomes.items():
         job = _inline_create(outcome)
