@@ -67,10 +67,10 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from worker.tools.topics import create_topics
+    from worker.tools.topics import create_worker_topics
 
     settings = _settings(KafkaSettings)
-    created = asyncio.run(create_topics(settings, partitions=args.partitions, replication=args.replication))
+    created = asyncio.run(create_worker_topics(settings, partitions=args.partitions, replication=args.replication))
     names = (settings.commands_topic, settings.events_topic, settings.dlq_topic)
     for name in names:
         print(f"{name}: {'created' if name in created else 'exists'}")

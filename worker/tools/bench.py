@@ -42,7 +42,7 @@ from worker.tools.bench_load import (
     servers,
 )
 from worker.tools.devstack import free_port
-from worker.tools.topics import create_topics
+from worker.tools.topics import create_worker_topics
 
 
 def _spawn(module: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -271,7 +271,7 @@ async def run(args: argparse.Namespace) -> int:
                     "dlq_topic": names["dlq"],
                 }
             )
-            await create_topics(settings, partitions=partitions, replication=1)
+            await create_worker_topics(settings, partitions=partitions, replication=1)
             return names
 
         print(f"customer-worker bench: {args.count} commands, {args.partitions} partitions, run {run_id}")
