@@ -16,15 +16,16 @@ import asyncpg
 import structlog
 from aiokafka import TopicPartition
 
+from worker.contract.codes import DlqReason
+from worker.contract.connections import Connection, ProviderRegistry, load_registry
 from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
+from worker.domain.jobs import InlineResult
 from worker.errors import ConfigurationError
 from worker.observability import Health, HealthServer, Metrics, export_readiness
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
-from worker.providers.jobs import InlineResult, prune_finished
-from worker.providers.registry import Connection, ProviderRegistry, load_registry
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.runtime import limit_malloc_arenas, tune_garbage_collector
@@ -33,6 +34,7 @@ from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
+from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
 from worker.transport.consumer import CommandConsumer, start_broker
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
@@ -42,7 +44,6 @@ EXIT_OK: Final = 0
 EXIT_CONFIG: Final = 2
 EXIT_PENDING_MIGRATIONS: Final = 3
 _MAINTENANCE_INTERVAL: Final = 5.0
-_PRUNE_CHUNK: Final = 10_000
 # Kept free at the end of SHUTDOWN_TIMEOUT for the HTTP server and the interpreter's own exit.
 _EXIT_MARGIN: Final = 0.5
 
@@ -62,7 +63,9 @@ def load_configuration(settings: Settings) -> Configuration:
         registry=load_registry(settings.providers_file),
         signing_keys=load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures),
     )
-    unsigned = unsigned_provider_organizations(configuration.signing_keys, configuration.registry)
+    unsigned = unsigned_provider_organizations(
+        configuration.signing_keys, (c.organization_id for c in configuration.registry.connections)
+    )
     if unsigned:
         log.warning(
             "provider_organizations_without_signing_keys",
@@ -196,7 +199,7 @@ class Worker:
             started = time.perf_counter()
             report = await service.handle(records)
             relay.notify()
-            if report.summary.jobs:
+            if report.summary.enqueued_jobs:
                 runner.notify()
             self._record(report, time.perf_counter() - started)
 
@@ -314,7 +317,7 @@ class Worker:
                 metrics.command(outcome, count)  # type: ignore[arg-type]
         for reason, count in report.dead_letters.items():
             metrics.command("dead_lettered", count)
-            metrics.dead_lettered(reason, count)  # type: ignore[arg-type]
+            metrics.dead_lettered(DlqReason(reason), count)
         if summary.unknown_fields:
             metrics.unknown_fields_total.inc(summary.unknown_fields)
 
@@ -322,42 +325,16 @@ class Worker:
         retention = timedelta(days=self._settings.inbox_retention_days)
         while True:
             try:
-                await self._prune_inbox(pool, retention)
-                await prune_finished(pool, retention)
-                row = await pool.fetchrow(
-                    "SELECT count(*) AS backlog, "
-                    "coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age FROM outbox"
-                )
-                assert row is not None
-                self.metrics.set_outbox(row["backlog"], row["age"])
-                await self._count_provider_jobs(pool)
+                await prune_retained(pool, retention)
+                backlog = await outbox_backlog(pool)
+                self.metrics.set_outbox(backlog.rows, backlog.oldest_seconds)
+                self.metrics.set_provider_jobs(await open_provider_jobs(pool, statement_timeout=_MAINTENANCE_INTERVAL))
                 self.health.database_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.health.database_ok = False
                 log.warning("maintenance_failed", error_type=type(exc).__name__)
             await self._update_lag(consumer)
             await asyncio.sleep(_MAINTENANCE_INTERVAL)
-
-    async def _count_provider_jobs(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        # Open jobs only: both statuses have a partial index, so the cost follows the backlog, not the table, and
-        # stays small with many replicas each asking every few seconds. Finished jobs are counted by the provider
-        # call counters.
-        rows = await pool.fetch(
-            "SELECT status, count(*) AS n FROM provider_jobs WHERE status IN ('pending', 'running') GROUP BY status",
-            timeout=_MAINTENANCE_INTERVAL,
-        )
-        self.metrics.set_provider_jobs({row["status"]: row["n"] for row in rows})
-
-    async def _prune_inbox(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
-        while True:
-            deleted = await pool.execute(
-                "DELETE FROM processed_messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM processed_messages "
-                "WHERE processed_at < now() - $1::interval LIMIT $2))",
-                retention,
-                _PRUNE_CHUNK,
-            )
-            if int(deleted.split()[-1]) < _PRUNE_CHUNK:
-                return
 
     async def _update_lag(self, consumer: CommandConsumer) -> None:
         kafka = consumer.subscriber.consumer

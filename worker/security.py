@@ -5,13 +5,12 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
 from worker.errors import ConfigurationError
-from worker.providers.registry import ProviderRegistry
 
 SIGNATURE_HEADER = "x-signature"
 _PREFIX = b"sha256="
@@ -66,13 +65,13 @@ class SigningKeys:
         return False
 
 
-def unsigned_provider_organizations(keys: SigningKeys, registry: ProviderRegistry) -> list[str]:
+def unsigned_provider_organizations(keys: SigningKeys, provider_organizations: Iterable[str]) -> list[str]:
     """Organizations with provider connections (they can make the worker call a payment provider) whose commands
     are accepted unsigned: no keys of their own while `REQUIRE_SIGNATURES` is false. Sorted; empty when signatures
     are required."""
     if keys.require_signatures:
         return []
-    return sorted({c.organization_id for c in registry.connections} - keys.organizations())
+    return sorted(set(provider_organizations) - keys.organizations())
 
 
 def sign(key: bytes, value: bytes) -> bytes:

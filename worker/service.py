@@ -20,10 +20,10 @@ import stamina
 import structlog
 
 from worker.contract.codes import DlqReason
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.observability import record_context, safe_message
 from worker.outages import Dependency, is_outage
-from worker.providers.registry import ProviderRegistry
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
 from worker.tracing import consumed_batch, traced
@@ -141,7 +141,7 @@ class BatchService:
             try:
                 report.summary = await self._apply([answer for _, answer in answers])
             except PoisonError:
-                report.summary, poisoned = await self._apply_one_by_one(answers)
+                report.summary, poisoned = await self._apply_bisecting(answers)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
@@ -190,7 +190,7 @@ class BatchService:
                 conn.terminate()
                 raise
 
-    async def _apply_one_by_one(
+    async def _apply_bisecting(
         self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""

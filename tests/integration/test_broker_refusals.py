@@ -23,17 +23,17 @@ from structlog.testing import capture_logs
 
 from tests.faults.proxy import ProxiedTansu, RefusingProxy
 from tests.integration.helpers import RecordFactory, header_dict, migrate_database, payload, read_topic
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
-from worker.devstack import create_topics, free_port
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
-from worker.providers.registry import ProviderRegistry
 from worker.relay import OutboxRelay
 from worker.security import SigningKeys
 from worker.service import BatchService
 from worker.settings import KafkaSettings
 from worker.store.db import create_pool
 from worker.store.outbox import write_events
+from worker.tools.devstack import create_topics, free_port
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 MARKER = b"REFUSE-ME-8d1f"

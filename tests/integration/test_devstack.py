@@ -15,8 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker import devstack
-from worker.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port, wait_for_kafka
+from worker.tools import devstack
+from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port, wait_for_kafka
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,7 +202,7 @@ async def test_servers_pick_another_port_when_the_picked_one_is_taken(
             ports = iter([taken])
             return lambda: next(ports, None) or free_port()
 
-        monkeypatch.setattr(devstack, "free_port", taken_first())
+        monkeypatch.setattr(devstack.postgres, "free_port", taken_first())
         server = EmbeddedPostgres(pg_folder / "pg", fast=True)
         assert server.port == taken
         dsn = await asyncio.to_thread(server.start)
@@ -213,7 +213,7 @@ async def test_servers_pick_another_port_when_the_picked_one_is_taken(
         finally:
             await asyncio.to_thread(server.stop)
 
-        monkeypatch.setattr(devstack, "free_port", taken_first())
+        monkeypatch.setattr(devstack.tansu, "free_port", taken_first())
         broker = EmbeddedTansu()
         assert broker.port == taken
         try:

@@ -24,9 +24,9 @@ from tests.integration.helpers import (
     new_traceparent,
 )
 from worker.app import EXIT_PENDING_MIGRATIONS, Configuration, Worker
+from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerSkipped, CustomerUpdated
-from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 from worker.service import BatchReport, BatchService
 from worker.settings import Settings

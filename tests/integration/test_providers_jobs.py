@@ -26,18 +26,19 @@ from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
 from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database, new_traceparent
+from worker.contract.connections import Connection, ConnectionConfig, ProviderName, ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.contract.events import AnyEvent
 from worker.domain.customer import CustomerState, columns_of
+from worker.domain.jobs import JobResult
 from worker.observability import Metrics
 from worker.providers.factory import AdapterFactory
-from worker.providers.ids import idempotency_key
-from worker.providers.jobs import JobResult, LeaseLostError, claim_due, claim_expired, record_success
-from worker.providers.registry import Connection, ConnectionConfig, ProviderName, ProviderRegistry
+from worker.providers.idempotency import idempotency_key
 from worker.providers.runner import ProviderJobRunner
 from worker.security import SigningKeys
 from worker.service import BatchService
 from worker.store.db import create_pool
+from worker.store.jobs import LeaseLostError, claim_due, claim_expired, record_success
 
 pytestmark = [
     pytest.mark.timeout(60),

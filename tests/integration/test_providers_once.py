@@ -19,13 +19,13 @@ from tests.fakes.stripe_fake import FakeStripe
 from tests.integration import test_providers_jobs
 from tests.integration.helpers import command, encode
 from tests.integration.test_providers_jobs import ORG, ProviderHarness
+from worker.contract.connections import Connection
 from worker.contract.decode import Command, DecodeContext, decode
-from worker.providers.ids import idempotency_key
-from worker.providers.jobs import claim_due
-from worker.providers.registry import Connection
+from worker.providers.idempotency import idempotency_key
 from worker.security import SigningKeys
 from worker.store.batch import apply_batch
 from worker.store.inline import InlineCreate
+from worker.store.jobs import claim_due
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -9,8 +9,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
-from worker.providers.registry import ProviderRegistry
 from worker.security import SigningKeys
 from worker.service import BatchService
 from worker.store.db import create_pool

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from worker.contract.codes import DlqReason, ErrorCode
+from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
 from worker.contract.customer import BILLING_FIELDS, CUSTOMER_FIELDS, METADATA_FIELDS, SHIPPING_FIELDS
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.events import CustomerCreated
 from worker.domain.customer import new_customer, patch_of
 from worker.domain.events import build_event
-from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
 from worker.security import SigningKeys
 
 ORG: Final = "org_props"

@@ -10,10 +10,10 @@ from typing import Any, Final
 import orjson
 from pydantic import SecretStr
 
+from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
 from worker.contract.decode import Command, DecodeContext, decode
 from worker.domain.fold import Applied, Outcome, ProviderJob, fold_customer
-from worker.providers.jobs import InlineResult
-from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
+from worker.domain.jobs import InlineResult
 from worker.security import SigningKeys
 from worker.store.inline import create_inline
 

@@ -16,12 +16,12 @@ import orjson
 import pytest
 
 from worker.contract.codes import BASE, DlqReason, ErrorCode
+from worker.contract.connections import ProviderRegistry
 from worker.contract.customer import MAX_EMAIL, MAX_TAX_CODES, MAX_TEXT, MAX_URL
 from worker.contract.decode import MAX_VALUE_BYTES, Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.rules import MAX_ERROR_PATHS
 from worker.domain.customer import new_customer, patch_of
 from worker.domain.events import build_event
-from worker.providers.registry import ProviderRegistry
 from worker.security import SigningKeys
 
 ONE_MIB: Final = 1024 * 1024

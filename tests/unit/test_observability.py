@@ -630,7 +630,7 @@ def test_outcome10_email_scrubbing_is_linear(text: str) -> None:
     itself, without truncation, is now linear: a generous bound, far from both."""
     import time
 
-    from worker.observability import _scrub_text
+    from worker.observability.redaction import _scrub_text
 
     started = time.perf_counter()
     _scrub_text(text)

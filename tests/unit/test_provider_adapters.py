@@ -17,13 +17,13 @@ from tests.fakes.adyen_fake import DEFAULT_ADYEN_KEY, DEFAULT_MERCHANT_ACCOUNT, 
 from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
+from worker.contract.connections import Connection, ConnectionConfig, ProviderName
 from worker.domain.customer import CustomerState, stripe_setup_methods
 from worker.observability import Metrics
 from worker.providers.base import ProviderError, parse_retry_after
+from worker.providers.caller import ConnectionGate, ProviderCaller, backoff_delay
 from worker.providers.factory import AdapterFactory
-from worker.providers.ids import MAX_KEY_LENGTH, derived_key, idempotency_key
-from worker.providers.registry import Connection, ConnectionConfig, ProviderName
-from worker.providers.runner import ConnectionGate, ProviderCaller, backoff_delay
+from worker.providers.idempotency import MAX_KEY_LENGTH, derived_key, idempotency_key
 from worker.providers.stripe import create_params, update_params
 
 pytestmark = [

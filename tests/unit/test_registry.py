@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from worker.contract.codes import ErrorCode
+from worker.contract.connections import Connection, ConnectionConfig, LookupFailure, ProviderRegistry, load_registry
 from worker.errors import ConfigurationError
-from worker.providers.registry import Connection, ConnectionConfig, LookupFailure, ProviderRegistry, load_registry
 
 STRIPE_SECRET: Final = "sk_test_51HxStripeSecretValue"
 ADYEN_SECRET: Final = "AQEyhmfxAdyenSecretValue"

@@ -16,9 +16,9 @@ import pytest
 
 from worker.cli import main
 from worker.contract.codes import DlqReason
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.framing import frame, unframe
-from worker.providers.registry import ProviderRegistry
 from worker.security import SigningKeys
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

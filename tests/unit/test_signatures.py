@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from worker.contract.codes import DlqReason
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Decoded, Rejection, decode
 from worker.errors import ConfigurationError
-from worker.providers.registry import ProviderRegistry
 from worker.security import SIGNATURE_HEADER, SigningKeys, load_signing_keys, sign
 
 SIGNED_ORG: Final = "org_signed"

@@ -16,10 +16,10 @@ import pytest
 from pydantic import SecretStr
 
 from worker.contract.codes import DlqReason, ErrorCode, Errors
+from worker.contract.connections import Connection, ConnectionConfig, LookupFailure, ProviderRegistry
 from worker.contract.decode import MAX_VALUE_BYTES, Command, DeadLetter, DecodeContext, Decoded, Rejection, decode
 from worker.contract.links import LinkRequest, resolve_connection
 from worker.domain.customer import MetadataEntry, patch_of
-from worker.providers.registry import Connection, ConnectionConfig, LookupFailure, ProviderRegistry
 from worker.security import SigningKeys
 
 ORG: Final = "org_acme"

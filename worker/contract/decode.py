@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from worker.contract.codes import BASE, DlqReason, ErrorCode, Errors
+from worker.contract.connections import ProviderRegistry
 from worker.contract.customer import (
     BILLING_FIELDS,
     CUSTOMER,
@@ -36,7 +37,6 @@ from worker.contract.duplicates import duplicate_names
 from worker.contract.framing import unframe
 from worker.contract.links import LinkRequest, link_request, precheck
 from worker.contract.rules import add_error, bound_lists, capped, cross_field_errors, pydantic_errors
-from worker.providers.registry import ProviderRegistry
 from worker.security import SIGNATURE_HEADER, SigningKeys
 
 MAX_VALUE_BYTES: Final = 1024 * 1024

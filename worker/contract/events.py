@@ -1,7 +1,8 @@
 """Result events (SPEC §6): the payloads downstream consumers read from `customers.events.v1`.
 
-These models are the published schema. The worker writes event payloads from the same field lists
-(`worker.domain.events`), and a test validates every payload it writes against these models.
+These models are the published schema. The worker does not build payloads through them: `worker.domain.events`
+writes plain dicts (the hot path), and a test validates every payload it writes against these models, so the two
+cannot drift apart unnoticed.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from worker.contract.codes import ErrorCode
+from worker.contract.connections import Connection, LookupFailure, ProviderRegistry
 from worker.contract.customer import BillingConfiguration
-from worker.providers.registry import Connection, LookupFailure, ProviderRegistry
 
 
 class LinkRequest(NamedTuple):

@@ -7,13 +7,14 @@ every payload validates against the published models in `worker.contract.events`
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 from uuid import UUID
 
 import orjson
 
 from worker.contract.codes import Errors
 from worker.domain.customer import CustomerState
+from worker.ids import new_id
 
 _JSON_OPTIONS: Final = orjson.OPT_UTC_Z
 
@@ -120,4 +121,30 @@ def build_event(
         traceparent=traceparent,
         payload=orjson.dumps(body, option=_JSON_OPTIONS),
         schema_id=schema_id,
+    )
+
+
+class Cause(Protocol):
+    """What a provider event answers: a claimed job, or the command whose inline create it reports."""
+
+    @property
+    def message_id(self) -> str: ...
+
+    @property
+    def traceparent(self) -> str | None: ...
+
+
+def provider_event(
+    cause: Cause, state: CustomerState, event_type: str, now: datetime, extra: dict[str, Any] | None = None
+) -> OutboxEvent:
+    return build_event(
+        event_id=new_id(),
+        event_type=event_type,
+        organization_id=state.organization_id,
+        message_id=cause.message_id,
+        external_id=state.external_id,
+        occurred_at=now,
+        traceparent=cause.traceparent,
+        customer=state,
+        extra=extra,
     )

@@ -6,7 +6,7 @@ ids and the clock are passed in so the function stays deterministic under test.
 
 At most one create per customer and connection (SPEC §12): a command that asks for a create while one is already in
 hand for that connection (`active_creates`, or an earlier command of the same fold) adds no second create. It merges
-into the pending one, whose success pushes whatever changed since its snapshot (`worker.providers.jobs`).
+into the pending one, whose success pushes whatever changed since its snapshot (`worker.domain.jobs`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Literal
 from uuid import UUID
 
 from worker.contract.codes import BASE, Errors
+from worker.contract.connections import LookupFailure, ProviderRegistry
 from worker.contract.decode import Command
 from worker.contract.links import resolve_connection
 from worker.domain.customer import (
@@ -31,7 +32,6 @@ from worker.domain.customer import (
     patch_of,
     stripe_setup_methods,
 )
-from worker.providers.registry import LookupFailure, ProviderRegistry
 
 JobKind = Literal["create", "update", "checkout"]
 

@@ -23,6 +23,7 @@ import Adyen
 import requests
 from Adyen.exceptions import AdyenEndpointInvalidFormat
 
+from worker.contract.connections import Connection, ProviderName
 from worker.domain.customer import CustomerState
 from worker.providers.base import (
     DEFAULT_TIMEOUT,
@@ -35,7 +36,6 @@ from worker.providers.base import (
     response_error,
     status_error,
 )
-from worker.providers.registry import Connection, ProviderName
 
 _PROVIDER: Final[ProviderName] = "adyen"
 _RECENT_LINKS: Final = 1024

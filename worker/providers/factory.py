@@ -11,10 +11,10 @@ from typing import Final
 
 import structlog
 
+from worker.contract.connections import Connection
 from worker.providers.adyen import AdyenAdapter
 from worker.providers.base import DEFAULT_TIMEOUT, ProviderAdapter
 from worker.providers.gocardless import GoCardlessAdapter
-from worker.providers.registry import Connection
 from worker.providers.stripe import StripeAdapter
 
 log = structlog.get_logger("worker.providers")

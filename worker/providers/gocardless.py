@@ -25,6 +25,7 @@ from gocardless_pro import errors as gc_errors
 from gocardless_pro import services as gc_services
 from gocardless_pro.api_client import ApiClient
 
+from worker.contract.connections import Connection, ProviderName
 from worker.contract.email import first_email
 from worker.domain.customer import CustomerState
 from worker.providers.base import (
@@ -36,8 +37,7 @@ from worker.providers.base import (
     response_error,
     status_error,
 )
-from worker.providers.ids import derived_key
-from worker.providers.registry import Connection, ProviderName
+from worker.providers.idempotency import derived_key
 
 LIVE_URL: Final = "https://api.gocardless.com"
 SANDBOX_URL: Final = "https://api-sandbox.gocardless.com"
@@ -53,7 +53,12 @@ T = TypeVar("T")
 
 
 class _HeaderKeepingApiClient(ApiClient):  # type: ignore[misc]
-    """The SDK's API client, plus: a failed answer's `Retry-After` is kept on the exception it raises."""
+    """The SDK's API client, plus: a failed answer's `Retry-After` is kept on the exception it raises.
+
+    Not public API: gocardless_pro 3.22.0 has no public way to read a failed answer's headers (its `ApiError` keeps
+    only the JSON body) nor to give `Client` another `ApiClient`, so this overrides `_handle_errors`, and the
+    services are built on it directly (`gocardless_pro.services`, keyword arguments as their constructors name
+    them). Revisit when the SDK exposes the response or its headers on errors."""
 
     def _handle_errors(self, response: requests.Response) -> None:
         try:
@@ -117,9 +122,14 @@ class GoCardlessAdapter:
         url = base_url(config.api_base) or (LIVE_URL if config.environment == "live" else SANDBOX_URL)
         api = _HeaderKeepingApiClient(url, connection.secret.get_secret_value(), timeout=timeout)
         # One attempt each (`max_network_retries` counts attempts, not retries), no SDK-side sleeping.
-        self._customers: Any = gc_services.CustomersService(api, 1, 0, False)
-        self._billing_requests: Any = gc_services.BillingRequestsService(api, 1, 0, False)
-        self._flows: Any = gc_services.BillingRequestFlowsService(api, 1, 0, False)
+        single: dict[str, Any] = {
+            "max_network_retries": 1,
+            "retry_delay_in_seconds": 0,
+            "raise_on_idempotency_conflict": False,
+        }
+        self._customers: Any = gc_services.CustomersService(api, **single)
+        self._billing_requests: Any = gc_services.BillingRequestsService(api, **single)
+        self._flows: Any = gc_services.BillingRequestFlowsService(api, **single)
         self._redirect_url = str(config.success_url) if config.success_url else DEFAULT_REDIRECT_URL
 
     async def _run(self, call: Callable[[], T]) -> T:

@@ -1,248 +1,63 @@
-"""Provider calls: the background job runner, and the inline entry point of `sync: true` (SPEC §9, §11).
-
-`ProviderCaller` is what every provider call goes through, in the background or inline: the per-connection rate
-limit, the broken-connection gate (below), the adapter and the call metrics. `ProviderJobRunner` claims due jobs
-(`worker.providers.jobs`), runs them with bounded concurrency, retries retryable failures with exponential backoff
-and jitter (honouring `Retry-After`), and records each outcome with its events in one transaction.
-
-Broken connections: after a 401 a connection is marked broken, in the memory of this process (each replica learns
-it from its own first 401; a restart forgets it). While broken, its jobs fail at once with `http_status: 401`
-without a call, except one call per `probe_interval` (60 s) that tests the credentials; the first success clears
-the mark.
+"""Provider jobs in the background (SPEC §9, §11): `ProviderJobRunner` claims due jobs (`worker.store.jobs`), runs
+them through `worker.providers.caller.ProviderCaller` with bounded concurrency, retries retryable failures with
+exponential backoff and jitter (honouring `Retry-After`), and records each outcome with its events in one
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal, TypeVar, get_args
+from typing import Final
 
 import structlog
-from aiolimiter import AsyncLimiter
 
+from worker.contract.connections import Connection, ProviderRegistry
 from worker.domain.customer import CustomerState
-from worker.observability import Metrics
+from worker.domain.jobs import ClaimedJob, InlineResult, JobResult, skip_reason
 from worker.outages import OUTAGES
 from worker.providers.base import (
     CONFIGURATION_ERROR,
-    UNAUTHORIZED,
     ProviderAdapter,
     ProviderError,
     network_error,
     utc_now,
 )
+from worker.providers.caller import (
+    DEFAULT_INLINE_BUDGET,
+    DEFAULT_PROBE_INTERVAL,
+    PROVIDERS,
+    CallMetrics,
+    ProviderCaller,
+    provider_name,
+)
 from worker.providers.factory import AdapterFactory
-from worker.providers.ids import derived_key, idempotency_key
-from worker.providers.jobs import (
-    ClaimedJob,
-    InlineResult,
-    JobResult,
+from worker.providers.idempotency import derived_key, key_for
+from worker.store.jobs import (
     LeaseLostError,
     Pool,
     claim_due,
     claim_expired,
-    key_for,
     load_customer,
     record_failure,
     record_retry,
     record_skip,
     record_success,
     release,
-    skip_reason,
 )
-from worker.providers.registry import Connection, ProviderName, ProviderRegistry
-from worker.tracing import provider_call, provider_job
+from worker.tracing import provider_job
 
 log = structlog.get_logger("worker.providers")
 
-T = TypeVar("T")
-Admission = Literal["call", "probe", "refuse"]
-
-DEFAULT_INLINE_BUDGET: Final = 5.0
-DEFAULT_PROBE_INTERVAL: Final = 60.0
-LATENCY_ALLOWANCE: Final = 0.1
-"""Seconds of calls kept out of the rate limiter's burst (at least one call): slack for uneven network latency."""
 ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
 INTERNAL_ERROR: Final = "internal_error"
-_PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 DEAD_END_UNRESOLVED: Final = "dead_end_unresolved"
 DEFAULT_SEARCH_SETTLE: Final = 60.0
 """Seconds a dead end waits before the customer is looked up a second time and, still not found, created under a
 derived key: Stripe's search is eventually consistent (a customer is typically searchable within a minute)."""
 DERIVED_STEPS: Final = ("r1", "r2", "r3")
 """Keys a create tries after a dead end, in order; each is looked up first, so at most one customer results."""
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    retry_after: float | None = None,
-    rng: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Seconds before retry number `attempt` (1 = the first retry): exponential, capped, with "equal jitter" (half
-    fixed, half random, so replicas that failed together do not retry together), and never before `Retry-After`."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
-    delay = rng(ceiling / 2, ceiling)
-    return max(delay, retry_after or 0.0)
-
-
-def _provider(name: str) -> ProviderName:
-    for provider in _PROVIDERS:
-        if provider == name:
-            return provider
-    raise ValueError("unknown provider in provider_jobs")
-
-
-class ConnectionGate:
-    """Which connections answered 401 lately (this process only), and when the next test call may go out."""
-
-    def __init__(self, probe_interval: float = DEFAULT_PROBE_INTERVAL, clock: Callable[[], float] = time.monotonic):
-        self._interval = probe_interval
-        self._clock = clock
-        self._next_probe: dict[tuple[str, str], float] = {}
-        self._probing: set[tuple[str, str]] = set()
-
-    def is_broken(self, key: tuple[str, str]) -> bool:
-        return key in self._next_probe
-
-    def admit(self, key: tuple[str, str]) -> Admission:
-        next_probe = self._next_probe.get(key)
-        if next_probe is None:
-            return "call"
-        now = self._clock()
-        if key in self._probing or now < next_probe:
-            return "refuse"
-        self._probing.add(key)
-        self._next_probe[key] = now + self._interval
-        return "probe"
-
-    def unauthorized(self, key: tuple[str, str]) -> None:
-        self._next_probe[key] = self._clock() + self._interval
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        self._next_probe.pop(key, None)
-
-    def probe_over(self, key: tuple[str, str]) -> None:
-        self._probing.discard(key)
-
-
-class ProviderCaller:
-    """Every provider call, background or inline: rate limit per connection, broken-connection gate, metrics."""
-
-    def __init__(
-        self,
-        factory: AdapterFactory,
-        metrics: Metrics,
-        *,
-        probe_interval: float = DEFAULT_PROBE_INTERVAL,
-        backoff_base: float = 1.0,
-        backoff_max: float = 300.0,
-    ) -> None:
-        self._factory = factory
-        self._metrics = metrics
-        self.metrics = metrics
-        self.gate = ConnectionGate(probe_interval)
-        self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-
-    def limiter(self, connection: Connection) -> AsyncLimiter:
-        """`rate_limit_per_second` calls a second, sustained. The burst is the rate less a latency allowance: the
-        provider counts arrivals, we count departures, and the first calls of a burst arrive late (new connections)
-        while later ones catch up; with a burst of exactly the rate, they would land in an empty bucket (429)."""
-        key = (connection.organization_id, connection.code)
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            rate = connection.config.rate_limit_per_second
-            burst = max(1.0, rate - max(1.0, rate * LATENCY_ALLOWANCE))
-            limiter = AsyncLimiter(burst, burst / rate)
-            self._limiters[key] = limiter
-        return limiter
-
-    @provider_call
-    async def call(
-        self, connection: Connection, operation: Callable[[ProviderAdapter], Awaitable[T]], *, cost: int = 1
-    ) -> T:
-        """Run `operation` on the connection's adapter once, after its rate limiter lets `cost` requests through.
-        Raises ProviderError (refused without a call when the connection is broken)."""
-        key = (connection.organization_id, connection.code)
-        provider = connection.provider
-        admission = self.gate.admit(key)
-        try:
-            if admission == "refuse":
-                raise _refused(provider)
-            limiter = self.limiter(connection)
-            await limiter.acquire(min(float(cost), limiter.max_rate))
-            if admission == "call" and self.gate.is_broken(key):
-                raise _refused(provider)  # a 401 arrived while this call waited for the rate limiter
-            adapter = self._factory.adapter_for(connection)
-            started = time.perf_counter()
-            try:
-                result = await operation(adapter)
-            except ProviderError as error:
-                outcome: Literal["retryable_error", "permanent_error"] = (
-                    "retryable_error" if error.retryable else "permanent_error"
-                )
-                self._metrics.provider_call(provider, outcome, time.perf_counter() - started)
-                if error.http_status == 401:
-                    self.gate.unauthorized(key)
-                    log.warning("provider_connection_unauthorized", provider=provider, connection=connection.code)
-                raise
-            self._metrics.provider_call(provider, "success", time.perf_counter() - started)
-            if self.gate.is_broken(key):
-                log.info("provider_connection_recovered", provider=provider, connection=connection.code)
-            self.gate.succeeded(key)
-            return result
-        finally:
-            if admission == "probe":
-                self.gate.probe_over(key)
-
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        return backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, retry_after=retry_after)
-
-    async def create_inline(
-        self,
-        connection: Connection,
-        customer: CustomerState,
-        message_id: str,
-        budget_seconds: float = DEFAULT_INLINE_BUDGET,
-    ) -> InlineResult:
-        """The create call of `sync: true`, retried within `budget_seconds`. `customer` is the create job's request
-        snapshot, so the background job, if it has to take over, sends the very same request under the same key
-        (no second provider customer) and reports the outcome. Returns the provider customer id, or the
-        `Retry-After` the background job must wait first. Never raises ProviderError; a dead end (SPEC §12) is
-        left to the job, which resolves it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget_seconds
-        key = idempotency_key(customer.organization_id, message_id, "create")
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    created = await self.call(connection, lambda adapter: adapter.create_customer(customer, key))
-                    return InlineResult(created)
-            except TimeoutError:
-                self._metrics.provider_call(connection.provider, "timeout", time.perf_counter() - started)
-                log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
-                return InlineResult()
-            except ProviderError as error:
-                if not error.retryable:
-                    log.info("provider_inline_failed", provider=connection.provider, error_code=error.error_code)
-                    return InlineResult()
-                delay = self.backoff(attempt, error.retry_after)
-                if loop.time() + delay >= deadline:
-                    # Counted, not timed: the call itself was already measured (as a retryable error).
-                    self._metrics.provider_calls_total.labels(provider=connection.provider, outcome="timeout").inc()
-                    log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
-                    return InlineResult(retry_after=error.retry_after)
-                await asyncio.sleep(delay)
 
 
 def _creator(sent: CustomerState, key: str) -> Callable[[ProviderAdapter], Awaitable[JobResult]]:
@@ -255,15 +70,6 @@ def _creator(sent: CustomerState, key: str) -> Callable[[ProviderAdapter], Await
     return create
 
 
-def _refused(provider: ProviderName) -> ProviderError:
-    return ProviderError(
-        provider,
-        UNAUTHORIZED,
-        "not called: the connection's credentials were refused (HTTP 401) within the last minute",
-        http_status=401,
-    )
-
-
 class _Skip:
     __slots__ = ("reason",)
 
@@ -271,7 +77,7 @@ class _Skip:
         self.reason = reason
 
 
-Outcome = JobResult | ProviderError | _Skip
+AttemptResult = JobResult | ProviderError | _Skip
 
 
 class ProviderJobRunner:
@@ -282,7 +88,7 @@ class ProviderJobRunner:
         pool: Pool,
         registry: ProviderRegistry,
         factory: AdapterFactory,
-        metrics: Metrics,
+        metrics: CallMetrics,
         *,
         concurrency: int = 8,
         max_attempts: int = 6,
@@ -346,7 +152,7 @@ class ProviderJobRunner:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
         outage_delay = 0.0
-        self.caller.metrics.provider_runner_up.set(1)
+        self.caller.metrics.provider_runner_running(True)
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -382,7 +188,7 @@ class ProviderJobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
-            self.caller.metrics.provider_runner_up.set(0)
+            self.caller.metrics.provider_runner_running(False)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -439,17 +245,20 @@ class ProviderJobRunner:
                 # Retried like a provider failure, so a lasting bug ends as a failed job with an error event.
                 # (`_attempt` has returned a skip for an unknown provider before anything that can raise.)
                 outcome = ProviderError(
-                    _provider(job.provider), INTERNAL_ERROR, "the worker failed while running the job", retryable=True
+                    provider_name(job.provider),
+                    INTERNAL_ERROR,
+                    "the worker failed while running the job",
+                    retryable=True,
                 )
             try:
                 await self._record(job, outcome)
             except Exception as exc:  # the job stays leased; once the lease runs out it is run again
                 log.error("provider_job_unrecorded", error_type=type(exc).__name__, exc_info=True)
 
-    async def _attempt(self, job: ClaimedJob) -> Outcome:
-        if job.provider not in _PROVIDERS:
+    async def _attempt(self, job: ClaimedJob) -> AttemptResult:
+        if job.provider not in PROVIDERS:
             return _Skip("unknown_provider")
-        provider = _provider(job.provider)
+        provider = provider_name(job.provider)
         connection = self._registry.get(job.organization_id, job.connection_code)
         if connection is None or connection.provider != provider:
             return ProviderError(
@@ -539,7 +348,7 @@ class ProviderJobRunner:
             self._search_settle > 0 and job.last_error_code != DEAD_END_UNRESOLVED and job.attempts < self._max_attempts
         )
 
-    async def _record(self, job: ClaimedJob, outcome: Outcome) -> None:
+    async def _record(self, job: ClaimedJob, outcome: AttemptResult) -> None:
         """Write the outcome; PostgreSQL outages are retried while the lease lasts (after that, another runner
         repeats the job under the same idempotency key)."""
         loop = asyncio.get_running_loop()
@@ -559,7 +368,7 @@ class ProviderJobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _write(self, job: ClaimedJob, outcome: Outcome) -> None:
+    async def _write(self, job: ClaimedJob, outcome: AttemptResult) -> None:
         fields = {"kind": job.kind, "provider": job.provider, "attempts": job.attempts}
         if isinstance(outcome, _Skip):
             await record_skip(self._pool, job, outcome.reason)

@@ -15,6 +15,7 @@ import stripe
 from stripe.params import CustomerCreateParams, CustomerUpdateParams
 from stripe.params.checkout import SessionCreateParams
 
+from worker.contract.connections import Connection, ProviderName
 from worker.contract.email import first_email
 from worker.domain.customer import STRIPE_DEFAULT_PAYMENT_METHODS, CustomerState, stripe_setup_methods
 from worker.providers.base import (
@@ -28,8 +29,7 @@ from worker.providers.base import (
     response_error,
     status_error,
 )
-from worker.providers.ids import derived_key
-from worker.providers.registry import Connection, ProviderName
+from worker.providers.idempotency import derived_key
 
 DEFAULT_SUCCESS_URL: Final = "https://stripe.com/"
 """Where Stripe's hosted setup page sends the customer back when the connection sets no `success_url` (Lago's

@@ -19,12 +19,12 @@ from datetime import datetime
 from typing import Any, Final
 
 from worker.contract.codes import Errors
+from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
 from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
 from worker.ids import customer_id, new_id
-from worker.providers.registry import ProviderRegistry
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
 from worker.store.outbox import write_events
@@ -73,7 +73,8 @@ class BatchSummary:
     skipped: int = 0
     duplicates: int = 0
     unknown_fields: int = 0
-    jobs: list[tuple[CustomerState, ProviderJob, str | None]] = field(default_factory=list)
+    enqueued_jobs: list[tuple[CustomerState, ProviderJob, str | None]] = field(default_factory=list)
+    """The provider jobs the batch writes (customer, job, traceparent); not a count like the fields above."""
     events: int = 0
 
     def add(self, other: BatchSummary) -> None:
@@ -85,7 +86,7 @@ class BatchSummary:
         self.skipped += other.skipped
         self.duplicates += other.duplicates
         self.unknown_fields += other.unknown_fields
-        self.jobs.extend(other.jobs)
+        self.enqueued_jobs.extend(other.enqueued_jobs)
         self.events += other.events
 
 
@@ -100,9 +101,11 @@ async def apply_batch(
     summary = BatchSummary()
     async with conn.transaction():
         fresh = await _record_in_inbox(conn, answers, summary)
+        # Outcomes and inline-create events are keyed by the command's position among the batch's fresh commands.
         outcomes = await _fold(conn, [answer for answer in fresh if isinstance(answer, Command)], registry, now)
         provider_events = await create_inline(outcomes, registry, inline, now) if inline is not None else {}
         events: list[OutboxEvent] = []
+        position = 0
         for answer in fresh:
             summary.unknown_fields += answer.unknown_fields
             if isinstance(answer, Rejection):
@@ -112,9 +115,10 @@ async def apply_batch(
                 else:
                     summary.invalid_signature += 1
                 continue
-            events.append(_answer(outcomes[id(answer)], now, summary))
-            if id(answer) in provider_events:
-                events.append(provider_events[id(answer)])  # after the command's primary event (SPEC §11)
+            events.append(_answer(outcomes[position], now, summary))
+            if position in provider_events:
+                events.append(provider_events[position])  # after the command's primary event (SPEC §11)
+            position += 1
         await _write(conn, outcomes.values(), events, summary)
         summary.events = len(events)
     return summary
@@ -149,9 +153,13 @@ async def _record_in_inbox(conn: Conn, answers: Sequence[Answer], summary: Batch
 
 
 async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry, now: datetime) -> dict[int, Outcome]:
+    """Each command's outcome, keyed by its position in `commands`; grouped per customer, in fold order."""
     by_customer: dict[tuple[str, str], list[Command]] = {}
-    for command in commands:
-        by_customer.setdefault((command.organization_id, command.external_id), []).append(command)
+    positions: dict[tuple[str, str], list[int]] = {}
+    for position, command in enumerate(commands):
+        key = (command.organization_id, command.external_id)
+        by_customer.setdefault(key, []).append(command)
+        positions.setdefault(key, []).append(position)
     if not by_customer:
         return {}
     organizations, external_ids = zip(*by_customer, strict=True)
@@ -184,8 +192,8 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
             new_id=lago_id,
             active_creates=active.get(state.id, frozenset()) if state is not None else frozenset(),
         )
-        for command, outcome in zip(customer_commands, result.outcomes, strict=True):
-            outcomes[id(command)] = outcome
+        for position, outcome in zip(positions[key], result.outcomes, strict=True):
+            outcomes[position] = outcome
     return outcomes
 
 
@@ -227,7 +235,7 @@ def _answer(outcome: Outcome, now: datetime, summary: BatchSummary) -> OutboxEve
         summary.created += 1
     else:
         summary.updated += 1
-    summary.jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
+    summary.enqueued_jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
     event_type = "customer.created" if outcome.created else "customer.updated"
     return _command_event(command, now, event_type, customer=outcome.state)
 
@@ -266,16 +274,16 @@ async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEve
         if len(written) != len(final):
             raise IdentityConflictError("a customer id is taken by another organization or external id")
     await write_events(conn, events)
-    if summary.jobs:
+    if summary.enqueued_jobs:
         await conn.execute(
             _JOBS,
-            [state.organization_id for state, _, _ in summary.jobs],
-            [state.id for state, _, _ in summary.jobs],
-            [job.message_id for _, job, _ in summary.jobs],
-            [job.kind for _, job, _ in summary.jobs],
-            [job.provider for _, job, _ in summary.jobs],
-            [job.connection_code for _, job, _ in summary.jobs],
-            [traceparent for _, _, traceparent in summary.jobs],
-            [None if job.request is None else state_json(job.request) for _, job, _ in summary.jobs],
-            [job.delay for _, job, _ in summary.jobs],
+            [state.organization_id for state, _, _ in summary.enqueued_jobs],
+            [state.id for state, _, _ in summary.enqueued_jobs],
+            [job.message_id for _, job, _ in summary.enqueued_jobs],
+            [job.kind for _, job, _ in summary.enqueued_jobs],
+            [job.provider for _, job, _ in summary.enqueued_jobs],
+            [job.connection_code for _, job, _ in summary.enqueued_jobs],
+            [traceparent for _, _, traceparent in summary.enqueued_jobs],
+            [None if job.request is None else state_json(job.request) for _, job, _ in summary.enqueued_jobs],
+            [job.delay for _, job, _ in summary.enqueued_jobs],
         )

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from uuid import UUID
 
+from worker.contract.connections import Connection, ProviderRegistry
 from worker.domain.customer import CustomerState
-from worker.domain.events import OutboxEvent
+from worker.domain.events import OutboxEvent, provider_event
 from worker.domain.fold import Applied, Outcome, ProviderJob
-from worker.providers.jobs import InlineResult, needs_checkout_after_create, needs_push, provider_event
-from worker.providers.registry import Connection, ProviderRegistry
+from worker.domain.jobs import InlineResult, needs_checkout_after_create, needs_push
 
 InlineCreate = Callable[[Connection, CustomerState, str], Awaitable[InlineResult]]
 """(connection, the create's request snapshot, message id) -> the provider customer id, or why not."""
@@ -33,8 +33,9 @@ async def create_inline(
     inline: InlineCreate,
     now: datetime,
 ) -> dict[int, OutboxEvent]:
-    """Runs the batch's inline creates concurrently and rewrites `outcomes` with their results. Returns the
-    `customer.payment_provider_created` events, by command, to be written after each command's primary event."""
+    """Runs the batch's inline creates concurrently and rewrites `outcomes` (keyed by command position) with their
+    results. Returns the `customer.payment_provider_created` events, by command position, to be written after each
+    command's primary event."""
     targets: list[tuple[int, Applied, ProviderJob, Connection]] = []
     for key, outcome in outcomes.items():
         job = _inline_create(outcome)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -25,128 +23,26 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
-from worker.bench_validation import MUTATIONS, valid_customer
-from worker.devstack import embedded_stack, free_port
 from worker.settings import KafkaSettings, Settings
-from worker.store import migrations
-from worker.tools.topics import create_topics
-
-ORGANIZATION = "org_bench"
-INVALID_SHARE = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Servers:
-    admin_dsn: str
-    bootstrap: str
-
-
-@contextlib.contextmanager
-def servers(data_dir: str | None) -> Iterator[Servers]:
-    dsn, bootstrap = os.environ.get("DATABASE_URL"), os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if dsn and bootstrap:
-        yield Servers(dsn, bootstrap)
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="cw-bench-", dir=data_dir) as folder,
-        embedded_stack(Path(folder)) as (dsn, bootstrap),
-    ):
-        yield Servers(dsn, bootstrap)
-
-
-def _with_database(dsn: str, name: str) -> str:
-    base, _, query = dsn.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
-async def fresh_database(admin_dsn: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = _with_database(admin_dsn, name)
-    await migrations.migrate_dsn(dsn)
-    return dsn
-
-
-def _customer_body(rng: random.Random, index: int, *, providers: bool) -> dict[str, Any]:
-    body = valid_customer(rng, index)
-    if not providers:
-        billing = body["billing_configuration"]
-        for name in ("payment_provider", "payment_provider_code", "provider_customer_id", "sync", "sync_with_provider"):
-            billing.pop(name, None)
-        billing.pop("provider_payment_methods", None)
-    return body
-
-
-def build_commands(count: int, *, seed: int, providers: bool, prefix: str) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs: a create for each customer, then updates, with 5% invalid commands mixed in."""
-    rng = random.Random(seed)
-    customers = max(count // 2, 1)
-    base = datetime(2026, 1, 1, tzinfo=UTC)
-    commands = []
-    for index in range(count):
-        customer_index = index % customers
-        body = _customer_body(rng, customer_index, providers=providers)
-        body["external_id"] = f"{prefix}_{customer_index:08d}"
-        if providers:
-            # Linked to the same provider customer on every command: connection lookups and links are exercised,
-            # and no command needs a provider call (the figures stay one event per command).
-            body["billing_configuration"]["provider_customer_id"] = f"cus_{prefix}_{customer_index:08d}"
-        if rng.random() < INVALID_SHARE:
-            rng.choice(MUTATIONS)(body)
-        document = {
-            "message_id": f"{prefix}-{index:09d}",
-            "organization_id": ORGANIZATION,
-            "occurred_at": (base + timedelta(milliseconds=index)).isoformat(),
-            "customer": body,
-        }
-        commands.append((f"{ORGANIZATION}:{body['external_id']}".encode(), orjson.dumps(document)))
-    return commands
-
-
-@contextlib.asynccontextmanager
-async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    kafka = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024, max_request_size=2 << 20
-    )
-    await kafka.start()
-    try:
-        yield kafka
-    finally:
-        await kafka.stop()
-
-
-async def fill(bootstrap: str, topic: str, commands: list[tuple[bytes, bytes]]) -> None:
-    async with producer(bootstrap) as kafka:
-        for start in range(0, len(commands), 5000):
-            chunk = commands[start : start + 5000]
-            sends = [await kafka.send(topic, value=value, key=key) for key, value in chunk]
-            await asyncio.gather(*sends)
-            _progress(f"filling {topic}: {start + len(chunk)}/{len(commands)}")
-    _progress_done()
-
-
-def _progress(line: str) -> None:
-    sys.stderr.write(f"\r\x1b[2K{line}")
-    sys.stderr.flush()
-
-
-def _progress_done() -> None:
-    sys.stderr.write("\n")
-    sys.stderr.flush()
+from worker.tools.bench_load import (
+    ORGANIZATION,
+    Servers,
+    build_commands,
+    fill,
+    fresh_database,
+    producer,
+    progress,
+    progress_done,
+    servers,
+)
+from worker.tools.devstack import free_port
+from worker.tools.topics import create_worker_topics
 
 
 def _spawn(module: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -189,7 +85,7 @@ async def measure_drain(dsn: str, total: int, label: str, process: subprocess.Po
             for fraction in (0.1, 0.9):
                 if fraction not in marks and published >= total * fraction:
                     marks[fraction] = now
-            _progress(f"{label}: {published}/{total} answered and published, {now - started:.0f} s")
+            progress(f"{label}: {published}/{total} answered and published, {now - started:.0f} s")
             if published >= total:
                 break
             if process.poll() is not None:
@@ -197,7 +93,7 @@ async def measure_drain(dsn: str, total: int, label: str, process: subprocess.Po
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
-        _progress_done()
+        progress_done()
     if marks[0.9] <= marks[0.1]:
         raise RuntimeError(f"{label}: the drain ended within one progress poll, too short to measure; raise --count")
     return 0.8 * total / (marks[0.9] - marks[0.1])
@@ -375,7 +271,7 @@ async def run(args: argparse.Namespace) -> int:
                     "dlq_topic": names["dlq"],
                 }
             )
-            await create_topics(settings, partitions=partitions, replication=1)
+            await create_worker_topics(settings, partitions=partitions, replication=1)
             return names
 
         print(f"customer-worker bench: {args.count} commands, {args.partitions} partitions, run {run_id}")
@@ -414,7 +310,7 @@ async def run(args: argparse.Namespace) -> int:
             worker = _spawn(["worker", "run"], env, logs / f"worker-{rate}.log")
             try:
                 await _wait_ready(port, worker)
-                _progress(f"latency at {rate}/s for {args.latency_seconds:.0f} s")
+                progress(f"latency at {rate}/s for {args.latency_seconds:.0f} s")
                 latency[rate] = await measure_latency(
                     stack.bootstrap,
                     latency_topics,
@@ -423,7 +319,7 @@ async def run(args: argparse.Namespace) -> int:
                     seed=rate,
                     providers=args.with_providers,
                 )
-                _progress_done()
+                progress_done()
                 rss_peak = max(rss_peak, peak_rss_mb(worker.pid))
             finally:
                 _stop(worker)

@@ -18,13 +18,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
-from worker.devstack import embedded_stack
 from worker.errors import ConfigurationError
 from worker.security import SigningKeys
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
+from worker.tools.devstack import embedded_stack
 from worker.tools.publish import publish_values
-from worker.tools.topics import create_topics
+from worker.tools.topics import create_worker_topics
 from worker.transport.options import client_options
 
 
@@ -38,7 +38,7 @@ def default_data_dir() -> Path:
 
 async def prepare(settings: Settings, partitions: int) -> None:
     await migrations.migrate_dsn(settings.database_url)
-    await create_topics(settings, partitions=partitions, replication=1)
+    await create_worker_topics(settings, partitions=partitions, replication=1)
 
 
 def dev_environment(dsn: str, bootstrap: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from worker.settings import KafkaSettings
 from worker.transport.options import client_options
 
 
-async def create_topics(settings: KafkaSettings, *, partitions: int, replication: int) -> list[str]:
+async def create_worker_topics(settings: KafkaSettings, *, partitions: int, replication: int) -> list[str]:
     """Create the commands, events and DLQ topics; returns the names that were created (not already there)."""
     names = [settings.commands_topic, settings.events_topic, settings.dlq_topic]
     admin = AIOKafkaAdminClient(**{**client_options(settings), "client_id": "customer-worker-admin"})

@@ -1,6 +1,6 @@
 """The commands consumer: a FastStream batch subscriber with manual commits (the only FastStream code).
 
-FastStream 0.7 traps this module avoids (see INFRA.md):
+FastStream 0.7 traps this module avoids:
 * aiokafka raises, forever, on a record it cannot parse (a header key that is not UTF-8, a corrupt batch): see
   `salvage`, which makes placeholders of them that are dead-lettered as `unreadable_record`;
 * its batch parser decodes every header as UTF-8 and fails the whole batch on one bad header: a raw parser and
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -25,7 +25,6 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.message import FAKE_CONSUMER
 from faststream.kafka.message import KafkaMessage as KafkaMessageClass
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -42,12 +41,27 @@ BatchHandler = Callable[[Sequence[RawRecord]], Awaitable[None]]
 AssignmentHook = Callable[[set[int]], None]
 
 
+class _NoCommitConsumer:
+    """The consumer handle a message carries. FastStream's ack would commit through it; with `AckPolicy.MANUAL` the
+    ack is never used (`CommandConsumer` commits per partition itself), so it commits and seeks nothing. Ours, not
+    FastStream's internal `FAKE_CONSUMER` (faststream 0.7.8 exports no public one)."""
+
+    async def commit(self) -> None:
+        return None
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        return None
+
+
+_NO_COMMIT: Final = _NoCommitConsumer()
+
+
 def _raw_parser(records: tuple[ConsumerRecord[Any, Any], ...]) -> KafkaMessageClass:
     return KafkaMessageClass(
         raw_message=records,
         body=b"",
         message_id=f"{records[0].partition}-{records[0].offset}" if records else None,
-        consumer=FAKE_CONSUMER,
+        consumer=_NO_COMMIT,
     )
 
 

@@ -13,13 +13,13 @@ writes nothing (no second link, no duplicate event), whatever it got back from t
 Statuses: `pending` (due at `next_attempt_at`), `running` (leased), then one of `done`, `skipped` (nothing left to do
 when it ran, e.g. the customer was unlinked meanwhile; reason in `last_error.skipped`) or `failed` (final failure,
 error in `last_error`). Finished rows are kept for inspection; `prune_finished` deletes old ones.
+The rules deciding what a job still has to do are in `worker.domain.jobs`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypeAlias
 
@@ -27,11 +27,9 @@ import asyncpg
 import orjson
 import structlog
 
-from worker.domain.customer import COLUMNS, PROVIDER_PUSHED_FIELDS, CustomerState, stripe_setup_methods
-from worker.domain.events import OutboxEvent, build_event
-from worker.ids import new_id
-from worker.providers.base import ProviderError
-from worker.providers.ids import idempotency_key
+from worker.domain.customer import COLUMNS, CustomerState
+from worker.domain.events import OutboxEvent, provider_event
+from worker.domain.jobs import ClaimedJob, JobResult, needs_checkout_after_create, needs_push, superseded_reason
 from worker.store.db import Conn
 from worker.store.outbox import write_events
 from worker.store.rows import state_from_json, state_from_row
@@ -91,120 +89,17 @@ _PRUNE: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    id: int
-    organization_id: str
-    customer_id: uuid.UUID
-    message_id: str
-    kind: str
-    provider: str
-    connection_code: str
-    traceparent: str | None
-    attempts: int
-    """Claims so far, this one included; also the fencing token of this claim."""
-    request: CustomerState | None = None
-    """A create's request snapshot (the customer as the command left it); None for other kinds and older jobs."""
-    last_error_code: str | None = None
-    """The error code the previous attempt ended with, if any."""
+class FailureReport(Protocol):
+    """What a final failure writes: the job's `last_error` record and the event's `provider_error` (a
+    `worker.providers.base.ProviderError`; a protocol here, so the store does not depend on the adapters)."""
 
+    def as_record(self) -> dict[str, Any]: ...
 
-@dataclass(frozen=True, slots=True)
-class JobResult:
-    """What a successful job brings back: the provider customer id it created or used, and a checkout URL."""
-
-    provider_customer_id: str | None = None
-    checkout_url: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InlineResult:
-    """What an inline create (`sync: true`) brings back: the provider customer id, or the `Retry-After` the
-    background job must honour before its first call."""
-
-    provider_customer_id: str | None = None
-    retry_after: float | None = None
+    def as_event(self) -> dict[str, Any]: ...
 
 
 class LeaseLostError(Exception):
     """Another runner re-claimed the job (this one's lease ran out): nothing was written."""
-
-
-# ------------------------------------------------------------------------------------------------- pure rules
-
-
-def key_for(job: ClaimedJob) -> str:
-    """The job's idempotency key. An Adyen `checkout` job reuses the create's key: Adyen replays the payment link the
-    create made, which is the customer's checkout link, instead of making a second one."""
-    kind = "create" if job.provider == "adyen" and job.kind == "checkout" else job.kind
-    return idempotency_key(job.organization_id, job.message_id, kind)
-
-
-def linked_to(job: ClaimedJob, state: CustomerState) -> bool:
-    return state.payment_provider == job.provider and state.payment_provider_code == job.connection_code
-
-
-def needs_checkout_after_create(provider: str, state: CustomerState) -> bool:
-    """SPEC §9/§11: Stripe when a payment method needs setup; GoCardless always (a billing request flow); Adyen
-    always, its link coming with the create itself."""
-    if provider == "stripe":
-        return bool(stripe_setup_methods(state))
-    return provider in ("gocardless", "adyen")
-
-
-def needs_push(provider: str, sent: CustomerState, current: CustomerState) -> bool:
-    """True when the fields pushed to a linked customer (Stripe: name, e-mail, address, phone) differ from what
-    the create sent: an update job then brings the provider up to date (SPEC §12)."""
-    if provider != "stripe":
-        return False
-    return any(getattr(sent, field) != getattr(current, field) for field in PROVIDER_PUSHED_FIELDS)
-
-
-def skip_reason(job: ClaimedJob, state: CustomerState | None) -> str | None:
-    """Why the job has nothing left to do now, or None. Checked before the provider call, and again (for the write)
-    under the customer's row lock."""
-    if state is None:
-        return "customer_missing"
-    if not linked_to(job, state):
-        return "connection_unlinked"  # a later command unlinked the customer or moved it to another connection
-    if job.kind == "create":
-        return "already_linked" if state.provider_customer_id else None
-    if not state.provider_customer_id:
-        return "no_provider_customer"
-    if job.kind == "update" and job.provider == "adyen":
-        return "nothing_to_push"
-    if job.kind == "checkout" and job.provider == "stripe" and not stripe_setup_methods(state):
-        return "no_setup_needed"
-    return None
-
-
-class Cause(Protocol):
-    """What a provider event answers: a claimed job, or the command whose inline create it reports."""
-
-    @property
-    def message_id(self) -> str: ...
-
-    @property
-    def traceparent(self) -> str | None: ...
-
-
-def provider_event(
-    cause: Cause, state: CustomerState, event_type: str, now: datetime, extra: dict[str, Any] | None = None
-) -> OutboxEvent:
-    return build_event(
-        event_id=new_id(),
-        event_type=event_type,
-        organization_id=state.organization_id,
-        message_id=cause.message_id,
-        external_id=state.external_id,
-        occurred_at=now,
-        traceparent=cause.traceparent,
-        customer=state,
-        extra=extra,
-    )
-
-
-# ------------------------------------------------------------------------------------------------- statements
 
 
 def _job(row: asyncpg.Record) -> ClaimedJob:
@@ -258,7 +153,7 @@ async def record_success(pool: Pool, job: ClaimedJob, result: JobResult, now: da
         row = await conn.fetchrow(_CUSTOMER_FOR_UPDATE, job.customer_id)
         state = None if row is None else state_from_row(row)
         # Re-checked under the lock: a command may have unlinked or relinked the customer during the call.
-        reason = _superseded(job, state, result)
+        reason = superseded_reason(job, state, result)
         if reason is None:
             await _fenced(conn, job, "done", None)
         else:
@@ -301,27 +196,7 @@ def _checkout_event(job: ClaimedJob, state: CustomerState, url: str, now: dateti
     return provider_event(job, state, "customer.checkout_url_generated", now, {"checkout_url": url})
 
 
-def _superseded(job: ClaimedJob, state: CustomerState | None, result: JobResult) -> str | None:
-    """Why a successful call's result is no longer wanted (nothing linked, no event), or None.
-
-    An update was pushed whatever happened since; a create's customer is linked, and a checkout URL announced, only
-    while the customer is still linked to the same connection (and, for a checkout, the same provider customer)."""
-    if job.kind == "update":
-        return None
-    if state is None:
-        return "customer_missing"
-    if not linked_to(job, state):
-        return "connection_unlinked"
-    if job.kind == "checkout":
-        return None if state.provider_customer_id == result.provider_customer_id else "provider_customer_changed"
-    if state.provider_customer_id is None:
-        return None
-    if state.provider_customer_id == result.provider_customer_id:
-        return "already_linked_same"  # e.g. the inline path of `sync: true` linked it and answered already
-    return "already_linked"
-
-
-async def record_failure(pool: Pool, job: ClaimedJob, error: ProviderError, now: datetime) -> list[OutboxEvent]:
+async def record_failure(pool: Pool, job: ClaimedJob, error: FailureReport, now: datetime) -> list[OutboxEvent]:
     """Final failure: the job fails (fenced) and `customer.payment_provider_error` is written, in one transaction."""
     events: list[OutboxEvent] = []
     async with pool.acquire() as conn, conn.transaction():
@@ -335,7 +210,7 @@ async def record_failure(pool: Pool, job: ClaimedJob, error: ProviderError, now:
     return events
 
 
-async def record_retry(pool: Pool, job: ClaimedJob, error: ProviderError, delay: float) -> None:
+async def record_retry(pool: Pool, job: ClaimedJob, error: FailureReport, delay: float) -> None:
     if await pool.fetchval(_RESCHEDULE, job.id, job.attempts, delay, _json(error.as_record())) is None:
         raise LeaseLostError
 

@@ -13,6 +13,8 @@ from typing import Final
 
 import orjson
 
+from worker.domain.jobs import ClaimedJob
+
 MAX_KEY_LENGTH: Final = 64
 _PREFIX: Final = "cw"
 _DIGEST_CHARS: Final = 32  # 128 bits: collisions across all jobs ever are out of reach
@@ -42,3 +44,10 @@ def derived_key(key: str, step: str, params: object = None) -> str:
     if len(derived) > MAX_KEY_LENGTH:
         raise ValueError("derived idempotency key too long")
     return derived
+
+
+def key_for(job: ClaimedJob) -> str:
+    """The job's idempotency key. An Adyen `checkout` job reuses the create's key: Adyen replays the payment link the
+    create made, which is the customer's checkout link, instead of making a second one."""
+    kind = "create" if job.provider == "adyen" and job.kind == "checkout" else job.kind
+    return idempotency_key(job.organization_id, job.message_id, kind)

@@ -27,8 +27,8 @@ from typing import Any, Final
 import orjson
 from pydantic import SecretStr
 
+from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
 from worker.contract.decode import Command, DecodeContext, Rejection, decode
-from worker.providers.registry import Connection, ConnectionConfig, ProviderRegistry
 from worker.runtime import tune_garbage_collector
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 
