@@ -22,7 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.faults.proxy import ProxiedTansu, RefusingProxy
-from tests.integration.helpers import RecordFactory, header_dict, migrate_database, payload, read_topic
+from tests.integration.helpers import RecordFactory, header_dict, payload, read_topic
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.domain.events import OutboxEvent
@@ -31,7 +31,6 @@ from worker.relay import OutboxRelay
 from worker.security import SigningKeys
 from worker.service import BatchService
 from worker.settings import KafkaSettings
-from worker.store.db import create_pool
 from worker.store.outbox import write_events
 from worker.tools.devstack import create_topics, free_port
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
@@ -75,16 +74,6 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     finally:
         await proxy.stop()
         await asyncio.to_thread(tansu.stop)
-
-
-@pytest.fixture
-async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
-    await migrate_database(fresh_database)
-    pool = await create_pool(fresh_database, size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def _event(label: str, text: bytes = b"") -> OutboxEvent:

@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
-import pytest
 
-from tests.integration.helpers import header_dict, migrate_database, payload, read_topic, run_cli
+from tests.integration.helpers import header_dict, payload, read_topic, run_cli
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay
 from worker.settings import KafkaSettings
-from worker.store.db import create_pool
 from worker.store.outbox import write_events
 from worker.transport.producers import KafkaProducer
 
@@ -29,16 +26,6 @@ def _event(size: int, label: str, schema_id: int | None = None) -> OutboxEvent:
     return OutboxEvent(
         uuid.UUID(body["event_id"]), "customer.updated", f"org_p:{label}", None, orjson.dumps(body), schema_id
     )
-
-
-@pytest.fixture
-async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
-    await migrate_database(fresh_database)
-    pool = await create_pool(fresh_database, size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def _cli(dsn: str, *args: str) -> tuple[int, str, str]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 import orjson
 import pytest
 
-from tests.integration.helpers import migrate_database
 from worker.domain.events import OutboxEvent
 from worker.relay import OutboxRelay
-from worker.store.db import create_pool
 from worker.store.outbox import write_events
 from worker.transport.records import Message
 
@@ -43,16 +41,6 @@ class GatedSender:
         self.sent.extend(value for _, value, _ in messages)
         if len(self.sent) >= 2:
             self.both_sent.set()
-
-
-@pytest.fixture
-async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
-    await migrate_database(fresh_database)
-    pool = await create_pool(fresh_database, size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_rows_committed_during_a_round_are_published_without_waiting_for_the_idle_poll(
