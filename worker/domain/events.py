@@ -37,7 +37,7 @@ def event_key(organization_id: str, external_id: str | None) -> str:
     return f"{organization_id}:{external_id or ''}"
 
 
-# Fields whose event value is a rule rather than the column as stored.
+# Fields whose event value is a rule rather than the column as stored (by name: no name here is in two places).
 _COMPUTED: Final = {
     "applicable_timezone": 'state.timezone or "UTC"',
     "provider_payment_methods": 'state.provider_payment_methods if state.payment_provider == "stripe" else None',
@@ -66,13 +66,14 @@ def _customer_literal() -> str:
 
 
 LAGO_CUSTOMER_SOURCE: Final = f"def lago_customer(state):\n    return {_customer_literal()}\n"
-"""The generated body of `lago_customer`, for reading and for tests."""
+"""The generated source of `lago_customer`, for reading (tracebacks show `<worker.domain.events.lago_customer>`)."""
 
 
 def _compile_lago_customer() -> Callable[[CustomerState], dict[str, Any]]:
     # Generated once at import, like `collections.namedtuple` and `dataclasses` do: a dict display over attribute
-    # reads is the fastest way CPython builds this object (about twice as fast as `dict(zip(keys, itemgetter(...)))`,
-    # and `lago_customer` runs for every event on the hot path), and the keys still come from one table.
+    # reads is the fastest way CPython builds this object (`dict(zip(keys, itemgetter(...)(state)))` measured about
+    # 1.4 times slower, and `lago_customer` runs for every event on the hot path), and the keys still come from one
+    # table.
     namespace: dict[str, Any] = {}
     exec(compile(LAGO_CUSTOMER_SOURCE, f"<{__name__}.lago_customer>", "exec"), namespace)
     function: Callable[[CustomerState], dict[str, Any]] = namespace["lago_customer"]
