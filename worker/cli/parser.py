@@ -20,6 +20,7 @@ from worker.cli.commands import (
     cmd_schema_register,
     cmd_topics_create,
 )
+from worker.contract.codes import DlqReason
 from worker.settings import Settings
 
 DESCRIPTION = "The `customer-worker` command (SPEC §10). Each subcommand reads only the settings it needs."
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--reason",
-        choices=["invalid_json", "invalid_envelope", "too_large", "processing_error", "unreadable_record"],
+        choices=[reason.value for reason in DlqReason],
         help="only records dead-lettered for this reason",
     )
     replay.add_argument("--organization", help="only records whose value names this organization_id")

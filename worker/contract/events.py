@@ -1,8 +1,10 @@
 """Result events (SPEC §6): the payloads downstream consumers read from `customers.events.v1`.
 
-These models are the published schema. The worker does not build payloads through them: `worker.domain.events`
-writes plain dicts (the hot path), and a test validates every payload it writes against these models, so the two
-cannot drift apart unnoticed.
+These models are the published schema (`customer-worker schema` writes `schemas/` from them). The worker does not
+build payloads through them: `worker.domain.events` writes plain dicts (the hot path) whose keys come from the field
+table, `worker.contract.fields`. The customer models are written out for pydantic and the type checker (their types
+say more than the table does); tests hold their fields, and the generated JSON Schema's, equal to the table
+(tests/unit/test_field_source.py) and validate every payload the worker writes against these models.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple, TypedDict
 from uuid import UUID
 
-from worker.contract.customer import SHIPPING_FIELDS, CustomerInput
+from worker.contract.customer import CustomerInput
 from worker.contract.datasets import STRIPE_METHODS_WITHOUT_SETUP
+from worker.contract.fields import Place, Source, column_of, in_place
 
 
 class MetadataEntry(TypedDict):
@@ -19,7 +20,9 @@ class MetadataEntry(TypedDict):
 
 
 class CustomerState(NamedTuple):
-    """One row of `customers` (its metadata included); field names are the column names, in column order.
+    """One row of `customers` (its metadata included); field names are the column names, in column order. The
+    columns are those of `worker.contract.fields.FIELDS` (a test holds them equal); they are written out here for
+    the type checker. The order is the positional layout of rows and stored job snapshots: append, never reorder.
 
     A named tuple rather than a dataclass: a state is built for every command, and a tuple is built in one C call
     (`_make`), where a 43-field dataclass runs 43 attribute assignments in Python."""
@@ -72,42 +75,14 @@ _POSITION: Final = {name: index for index, name in enumerate(COLUMNS)}
 _UPDATED_AT: Final = _POSITION["updated_at"]
 _DEFAULTS: Final = tuple(CustomerState._field_defaults.get(name) for name in COLUMNS)
 
-# Top-level body fields that map one to one onto a column.
-_PLAIN_FIELDS: Final = (
-    "name",
-    "firstname",
-    "lastname",
-    "legal_name",
-    "legal_number",
-    "tax_identification_number",
-    "phone",
-    "url",
-    "logo_url",
-    "email",
-    "address_line1",
-    "address_line2",
-    "city",
-    "zipcode",
-    "state",
-    "country",
-    "currency",
-    "timezone",
-    "customer_type",
-    "net_payment_term",
-)
-_PLAIN_FIELD_SET: Final = frozenset(_PLAIN_FIELDS)
-_ADDRESS_FIELDS: Final = tuple(sorted(SHIPPING_FIELDS))  # the contract's six address fields
-_ADDRESS_FIELD_SET: Final = frozenset(_ADDRESS_FIELDS)
-_SHIPPING_COLUMNS: Final = tuple((name, f"shipping_{name}") for name in _ADDRESS_FIELDS)
-_BILLING_FIELDS: Final = (
-    "invoice_grace_period",
-    "document_locale",
-    "payment_provider",
-    "payment_provider_code",
-    "provider_customer_id",
-)
+# How a command's body becomes columns, from the field table (derived once: `patch_of` runs per command). Top-level
+# and billing fields are named as their columns; shipping fields carry the `shipping_` prefix.
+_PLAIN_FIELD_SET: Final = frozenset(column_of(field) for field in in_place(Place.TOP, Source.PLAIN, Source.ADDRESS))
+_ADDRESS_FIELD_SET: Final = frozenset(column_of(field) for field in in_place(Place.TOP, Source.ADDRESS))
+_SHIPPING_COLUMNS: Final = tuple((field.name, column_of(field)) for field in in_place(Place.SHIPPING, Source.ADDRESS))
+_BILLING_FIELDS: Final = tuple(field.name for field in in_place(Place.BILLING, Source.PLAIN))
 _BILLING_FIELD_SET: Final = frozenset(_BILLING_FIELDS)
-PROVIDER_PUSHED_FIELDS: Final = frozenset({"name", "firstname", "lastname", "email", "phone", *_ADDRESS_FIELDS})
+PROVIDER_PUSHED_FIELDS: Final = frozenset({"name", "firstname", "lastname", "email", "phone", *_ADDRESS_FIELD_SET})
 """Changes that are pushed to a linked Stripe customer (SPEC §9)."""
 STRIPE_DEFAULT_PAYMENT_METHODS: Final = ("card",)
 """What a Stripe-linked customer without payment methods gets (Lago's default)."""

@@ -6,6 +6,7 @@ every payload validates against the published models in `worker.contract.events`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, NamedTuple, Protocol
 from uuid import UUID
@@ -13,6 +14,7 @@ from uuid import UUID
 import orjson
 
 from worker.contract.codes import Errors
+from worker.contract.fields import FIELDS, Place, column_of
 from worker.domain.customer import CustomerState
 from worker.ids import new_id
 
@@ -35,55 +37,56 @@ def event_key(organization_id: str, external_id: str | None) -> str:
     return f"{organization_id}:{external_id or ''}"
 
 
-def lago_customer(state: CustomerState) -> dict[str, Any]:
-    """Lago's customer object: every field present, unset ones null, lists as arrays (SPEC §6 and §11)."""
-    return {
-        "lago_id": state.id,
-        "external_id": state.external_id,
-        "name": state.name,
-        "firstname": state.firstname,
-        "lastname": state.lastname,
-        "customer_type": state.customer_type,
-        "email": state.email,
-        "phone": state.phone,
-        "url": state.url,
-        "logo_url": state.logo_url,
-        "legal_name": state.legal_name,
-        "legal_number": state.legal_number,
-        "tax_identification_number": state.tax_identification_number,
-        "address_line1": state.address_line1,
-        "address_line2": state.address_line2,
-        "city": state.city,
-        "zipcode": state.zipcode,
-        "state": state.state,
-        "country": state.country,
-        "currency": state.currency,
-        "timezone": state.timezone,
-        "applicable_timezone": state.timezone or "UTC",
-        "net_payment_term": state.net_payment_term,
-        "finalize_zero_amount_invoice": state.finalize_zero_amount_invoice,
-        "billing_configuration": {
-            "invoice_grace_period": state.invoice_grace_period,
-            "payment_provider": state.payment_provider,
-            "payment_provider_code": state.payment_provider_code,
-            "provider_customer_id": state.provider_customer_id,
-            # orjson writes tuples as arrays: no copies into lists.
-            "provider_payment_methods": state.provider_payment_methods if state.payment_provider == "stripe" else None,
-            "document_locale": state.document_locale,
-        },
-        "shipping_address": {
-            "address_line1": state.shipping_address_line1,
-            "address_line2": state.shipping_address_line2,
-            "city": state.shipping_city,
-            "zipcode": state.shipping_zipcode,
-            "state": state.shipping_state,
-            "country": state.shipping_country,
-        },
-        "metadata": state.metadata,
-        "tax_codes": state.tax_codes,
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-    }
+# Fields whose event value is a rule rather than the column as stored (by name: no name here is in two places).
+_COMPUTED: Final = {
+    "applicable_timezone": 'state.timezone or "UTC"',
+    "provider_payment_methods": 'state.provider_payment_methods if state.payment_provider == "stripe" else None',
+}
+
+
+def _customer_literal() -> str:
+    """The customer object as a Python dict display over `state`, from the field table: keys in table order, nested
+    objects where their first field is."""
+    top: dict[str, str | dict[str, str]] = {}
+    for field in FIELDS:
+        if not field.in_event:
+            continue
+        value = _COMPUTED.get(field.name) or f"state.{column_of(field)}"
+        if field.place is Place.TOP:
+            top[field.name] = value
+        else:
+            nested = top.setdefault(field.place.value, {})
+            assert isinstance(nested, dict)
+            nested[field.name] = value
+
+    def display(items: dict[str, str], indent: str) -> str:
+        return "{\n" + "".join(f"{indent}    {key!r}: {value},\n" for key, value in items.items()) + indent + "}"
+
+    return display({key: display(v, "        ") if isinstance(v, dict) else v for key, v in top.items()}, "    ")
+
+
+LAGO_CUSTOMER_SOURCE: Final = f"def lago_customer(state):\n    return {_customer_literal()}\n"
+"""The generated source of `lago_customer`, for reading (tracebacks show `<worker.domain.events.lago_customer>`)."""
+
+
+def _compile_lago_customer() -> Callable[[CustomerState], dict[str, Any]]:
+    # Generated once at import, like `collections.namedtuple` and `dataclasses` do: a dict display over attribute
+    # reads is the fastest way CPython builds this object (`dict(zip(keys, itemgetter(...)(state)))` measured about
+    # 1.4 times slower, and `lago_customer` runs for every event on the hot path), and the keys still come from one
+    # table.
+    namespace: dict[str, Any] = {}
+    exec(compile(LAGO_CUSTOMER_SOURCE, f"<{__name__}.lago_customer>", "exec"), namespace)
+    function: Callable[[CustomerState], dict[str, Any]] = namespace["lago_customer"]
+    function.__module__ = __name__
+    function.__qualname__ = "lago_customer"
+    function.__doc__ = (
+        "Lago's customer object: every field present, unset ones null, lists as arrays (SPEC §6 and §11); keys, "
+        "order and nesting from `worker.contract.fields.FIELDS`. orjson writes the tuples as arrays: no copies."
+    )
+    return function
+
+
+lago_customer: Final = _compile_lago_customer()
 
 
 def build_event(

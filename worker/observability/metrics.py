@@ -170,16 +170,16 @@ class Metrics:
             registry=reg,
         )
         # Known label values start at 0, so rates and absent-series alerts work from the first scrape.
-        for outcome in COMMAND_OUTCOMES:
-            self.commands_total.labels(outcome=outcome)
-        for reason in DLQ_REASONS:
-            self.dlq_total.labels(reason=reason)
-        for dependency in DEPENDENCIES:
-            self.dependency_retries_total.labels(dependency=dependency)
-        for refusal in PARK_REASONS:
-            self.events_parked_total.labels(reason=refusal)
-        for skip in SKIP_REASONS:
-            self.records_skipped_total.labels(reason=skip)
+        primed: tuple[tuple[Counter, str, tuple[str, ...]], ...] = (
+            (self.commands_total, "outcome", COMMAND_OUTCOMES),
+            (self.dlq_total, "reason", DLQ_REASONS),
+            (self.dependency_retries_total, "dependency", DEPENDENCIES),
+            (self.events_parked_total, "reason", PARK_REASONS),
+            (self.records_skipped_total, "reason", SKIP_REASONS),
+        )
+        for counter, label, values in primed:
+            for value in values:
+                counter.labels(**{label: value})
         for provider in PROVIDERS:
             self.provider_call_seconds.labels(provider=provider)
             for call_outcome in PROVIDER_CALL_OUTCOMES:

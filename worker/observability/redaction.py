@@ -15,31 +15,12 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-#: Event-dict keys dropped by `redact` (compared lower-cased, ``-`` read as ``_``), at any depth.
+from worker.contract.fields import PERSONAL_NAMES
+
+#: Event-dict keys dropped by `redact` (compared lower-cased, ``-`` read as ``_``), at any depth: the customer fields
+#: that the field table flags as personal, and secrets.
 REDACTED_KEYS: Final[frozenset[str]] = frozenset(
-    {
-        "email",
-        "phone",
-        "name",
-        "firstname",
-        "lastname",
-        "legal_name",
-        "legal_number",
-        "tax_identification_number",
-        "address_line1",
-        "address_line2",
-        "city",
-        "zipcode",
-        "state",
-        "url",
-        "logo_url",
-        "secret",
-        "api_key",
-        "password",
-        "signature",
-        "token",
-        "authorization",
-    }
+    {*PERSONAL_NAMES, "secret", "api_key", "password", "signature", "token", "authorization"}
 )
 # Keys ending like these are dropped too (``sasl_password``, ``access_token``, ``billing_email``, ``x_signature``).
 _REDACTED_SUFFIXES: Final[tuple[str, ...]] = (

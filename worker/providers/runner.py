@@ -15,7 +15,7 @@ import structlog
 
 from worker.contract.connections import Connection, ProviderRegistry
 from worker.domain.customer import CustomerState
-from worker.domain.jobs import ClaimedJob, InlineResult, JobResult, skip_reason
+from worker.domain.jobs import ClaimedJob, JobResult, skip_reason
 from worker.outages import OUTAGES
 from worker.providers.base import (
     CONFIGURATION_ERROR,
@@ -25,7 +25,6 @@ from worker.providers.base import (
     utc_now,
 )
 from worker.providers.caller import (
-    DEFAULT_INLINE_BUDGET,
     DEFAULT_PROBE_INTERVAL,
     PROVIDERS,
     CallMetrics,
@@ -111,6 +110,8 @@ class ProviderJobRunner:
         self.caller = ProviderCaller(
             factory, metrics, probe_interval=probe_interval, backoff_base=backoff_base, backoff_max=backoff_max
         )
+        # The create call of `sync: true` (the service's InlineCreate port) shares the caller's gate and limits.
+        self.create_inline = self.caller.create_inline
         self._concurrency = concurrency
         self._max_attempts = max_attempts
         self._lease = lease_seconds
@@ -135,15 +136,6 @@ class ProviderJobRunner:
         """Stop claiming; `run()` then waits up to `drain_timeout` for jobs in hand, gives the rest back, returns."""
         self._stopping = True
         self._wake.set()
-
-    async def create_inline(
-        self,
-        connection: Connection,
-        customer: CustomerState,
-        message_id: str,
-        budget_seconds: float = DEFAULT_INLINE_BUDGET,
-    ) -> InlineResult:
-        return await self.caller.create_inline(connection, customer, message_id, budget_seconds)
 
     async def run(self) -> None:
         """Until `stop()`. Cancelling the task instead abandons the jobs in hand like a crash would: their leases

@@ -10,26 +10,12 @@ from typing import Final
 import asyncpg
 import orjson
 
+from worker.contract.fields import SQL_TYPES
 from worker.domain.customer import COLUMNS, CustomerState
-
-_JSON_COLUMNS: Final = frozenset({"provider_payment_methods", "tax_codes", "metadata"})
-_SQL_TYPES: Final = {
-    "id": "uuid",
-    "net_payment_term": "int4",
-    "invoice_grace_period": "int4",
-    "high_water_mark": "timestamptz",
-    "created_at": "timestamptz",
-    "updated_at": "timestamptz",
-    **dict.fromkeys(_JSON_COLUMNS, "jsonb"),
-}
-
-
-def _sql_type(column: str) -> str:
-    return _SQL_TYPES.get(column, "text")
 
 
 def _element(index: int, column: str) -> str:
-    kind = _sql_type(column)
+    kind = SQL_TYPES[column]
     # `->>` reads JSON null as SQL NULL; `->` would keep a jsonb 'null', hence the NULLIF.
     return f"NULLIF(r->{index}, 'null'::jsonb)" if kind == "jsonb" else f"(r->>{index})::{kind}"
 
