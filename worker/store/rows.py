@@ -52,8 +52,11 @@ def state_json(state: CustomerState) -> str:
 
 
 def state_from_json(text: str) -> CustomerState:
-    """The inverse of `state_json`."""
+    """The inverse of `state_json`, also for a snapshot queued before a field was added: fields are only ever
+    appended to `CustomerState` (docs/architecture.md), so the missing ones are the trailing defaults."""
     values = orjson.loads(text)
+    if len(values) < len(COLUMNS):
+        values.extend(_DEFAULTS[len(values) :])
     values[_ID] = uuid.UUID(values[_ID])
     for index in _TIMES:
         if values[index] is not None:
@@ -74,6 +77,7 @@ SELECT_FOR_UPDATE: Final = (
 
 
 _ID: Final = COLUMNS.index("id")
+_DEFAULTS: Final = tuple(CustomerState._field_defaults.get(column) for column in COLUMNS)
 _METHODS: Final = COLUMNS.index("provider_payment_methods")
 _TAX_CODES: Final = COLUMNS.index("tax_codes")
 _METADATA: Final = COLUMNS.index("metadata")
