@@ -86,14 +86,18 @@ class KafkaProducer:
     def fits(self, message: Message) -> bool:
         return record_size(*message) <= self.max_record_size
 
-    async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
+    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> None:
         """Send (key, value, headers) in order and return when the broker acknowledged every one of them.
 
         Raises `RecordRefusedError` when a record is over `KAFKA_MAX_REQUEST_SIZE` (nothing is sent then) or the
-        broker refuses one for good; `DependencyUnavailableError` for every other failure."""
-        for message in messages:
-            if not self.fits(message):
-                raise RecordRefusedError("too_large", f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})")
+        broker refuses one for good; `DependencyUnavailableError` for every other failure. `sizes_checked=True`
+        (the relay, which sizes each row to park the oversized ones) skips sizing the records a second time."""
+        if not sizes_checked:
+            for message in messages:
+                if not self.fits(message):
+                    raise RecordRefusedError(
+                        "too_large", f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})"
+                    )
         try:
             await self._send_all(topic, messages)
         except KafkaError as exc:
