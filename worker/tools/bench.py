@@ -39,6 +39,7 @@ from worker.tools.bench_load import (
     servers,
 )
 from worker.tools.bench_start import (
+    PROBE_FETCH_WAIT_MS,
     StartFigures,
     measure_cold_start,
     measure_restart_after_crash,
@@ -117,14 +118,24 @@ def _worker_env(servers: Servers, dsn: str, topics: dict[str, str], group: str, 
 async def measure_latency(
     bootstrap: str, topics: dict[str, str], rate: int, seconds: float, *, seed: int, providers: bool
 ) -> dict[str, float]:
-    """Publish at `rate` per second for `seconds`; percentiles of publish-to-event latency, first second excluded."""
+    """Publish at `rate` per second for `seconds`; percentiles of publish-to-event latency at the consumer (arrival),
+    first second excluded. Each latency is split at the event's record timestamp (set by the worker's producer when
+    the relay appends it): publish to event (the worker's part) and event to arrival (the broker and this consumer).
+
+    The publisher does not linger (`linger_ms=0`): a batching delay of the measuring client is not the worker's."""
     commands = build_commands(int(rate * seconds), seed=seed, providers=providers, prefix=f"lat{rate}-{seed}")
     # Parsed before the timed loop: the send loop shares the event loop that timestamps arriving events.
     message_ids = [orjson.loads(value)["message_id"] for _, value in commands]
     sent: dict[str, float] = {}
+    sent_wall: dict[str, float] = {}
     latencies: list[float] = []
+    stages: list[tuple[float, float]] = []  # (publish to event, event to arrival), seconds
     consumer = AIOKafkaConsumer(
-        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10
+        topics["events"],
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=PROBE_FETCH_WAIT_MS,
     )
     await consumer.start()
     done = asyncio.Event()
@@ -132,19 +143,21 @@ async def measure_latency(
     async def collect() -> None:
         while not done.is_set() or len(latencies) < len(sent):
             batches = await consumer.getmany(timeout_ms=100)
-            arrived = time.monotonic()
+            arrived, arrived_wall = time.monotonic(), time.time()
             for records in batches.values():
                 for record in records:
                     message_id = orjson.loads(record.value).get("message_id")
                     if message_id in sent:
                         latencies.append(arrived - sent[message_id])
+                        created = record.timestamp / 1000
+                        stages.append((created - sent_wall[message_id], arrived_wall - created))
             if done.is_set() and time.monotonic() - finished > 15:
                 return
 
     finished = 0.0
     collector = asyncio.create_task(collect())
     try:
-        async with producer(bootstrap) as kafka:
+        async with producer(bootstrap, linger_ms=0) as kafka:
             tick = 0.01
             per_tick = rate * tick
             start = time.monotonic()
@@ -156,6 +169,7 @@ async def measure_latency(
                 while budget >= 1 and index < len(commands):
                     key, value = commands[index]
                     sent[message_ids[index]] = time.monotonic()
+                    sent_wall[message_ids[index]] = time.time()
                     sends.append(await kafka.send(topics["commands"], value=value, key=key))
                     index += 1
                     budget -= 1
@@ -170,7 +184,10 @@ async def measure_latency(
         collector.cancel()
         await consumer.stop()
     warm = latencies[rate:] if len(latencies) > rate * 2 else latencies
-    quantiles = statistics.quantiles(warm, n=100) if len(warm) >= 2 else [float("nan")] * 99
+    warm_stages = stages[rate:] if len(stages) > rate * 2 else stages
+    quantiles = _percentiles(warm)
+    worker_part = _percentiles([worker for worker, _ in warm_stages])
+    delivery_part = _percentiles([delivery for _, delivery in warm_stages])
     return {
         "received": len(latencies),
         "sent": len(sent),
@@ -178,7 +195,15 @@ async def measure_latency(
         "p95_ms": quantiles[94] * 1000,
         "p99_ms": quantiles[98] * 1000,
         "max_ms": max(warm) * 1000 if warm else float("nan"),
+        "worker_p50_ms": worker_part[49] * 1000,
+        "worker_p99_ms": worker_part[98] * 1000,
+        "delivery_p50_ms": delivery_part[49] * 1000,
+        "delivery_p99_ms": delivery_part[98] * 1000,
     }
+
+
+def _percentiles(values: list[float]) -> list[float]:
+    return statistics.quantiles(values, n=100) if len(values) >= 2 else [float("nan")] * 99
 
 
 def _providers_file(folder: Path) -> dict[str, str]:
@@ -311,6 +336,11 @@ async def run(args: argparse.Namespace) -> int:
                 f"latency at {rate:>5}/s offered:   p50 {figures['p50_ms']:7.1f} ms   p95 {figures['p95_ms']:7.1f} ms"
                 f"   p99 {figures['p99_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms"
                 f"   ({int(figures['received'])}/{int(figures['sent'])} events)"
+            )
+            print(
+                f"  of which publish to event:   p50 {figures['worker_p50_ms']:7.1f} ms   p99"
+                f" {figures['worker_p99_ms']:7.1f} ms;  event to arrival: p50 {figures['delivery_p50_ms']:7.1f} ms"
+                f"   p99 {figures['delivery_p99_ms']:7.1f} ms"
             )
         print(f"worker peak RSS (VmHWM):     {rss_peak:10.1f} MB (one process; {rss_drain:.1f} MB in the drain)")
         session = args.start_session_timeout_ms
