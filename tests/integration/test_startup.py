@@ -1,21 +1,26 @@
 """Issue 12, cold start: the worker readies PostgreSQL and Kafka side by side, joins the group only once both are
-ready, and an untraced worker without provider connections imports neither the tracing SDK nor a provider SDK."""
+ready, logs where its start-up went (which the bench reads), and an untraced worker without provider connections
+imports neither the tracing SDK nor a provider SDK."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from tests.integration.worker_stack import RunningWorker, running_worker
 from worker.app import EXIT_PENDING_MIGRATIONS, Configuration, Worker
 from worker.contract.connections import ProviderRegistry
 from worker.security import SigningKeys
 from worker.settings import Settings
+from worker.tools.bench_start import start_breakdown
 
 
 class _GatedPool:
@@ -99,3 +104,25 @@ def test_untraced_worker_without_connections_loads_no_sdk() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "['stripe']"
+
+
+async def test_start_up_logs_where_its_time_went_and_the_bench_reads_it(
+    pg_dsn: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    with capture_logs() as logs:
+        async with running_worker(
+            pg_dsn, kafka_bootstrap, "startup", kind=RunningWorker, extra_env={"KAFKA_SESSION_TIMEOUT_MS": "2000"}
+        ):
+            pass
+    starting = next(entry for entry in logs if entry["event"] == "worker_starting")
+    started = next(entry for entry in logs if entry["event"] == "worker_started")
+    assert starting["seconds_since_process_start"] > 0
+    assert started["prepare_ms"] >= 0 and started["join_ms"] >= 0
+    # The bench's cold-start breakdown reads the same lines from a worker's JSON log.
+    log_path = tmp_path / "worker.log"
+    log_path.write_bytes(b"not json\n" + b"\n".join(orjson.dumps(entry, default=str) for entry in logs) + b"\n")
+    assert start_breakdown(log_path) == (
+        starting["seconds_since_process_start"],
+        started["prepare_ms"] / 1000,
+        started["join_ms"] / 1000,
+    )
