@@ -12,11 +12,13 @@ import functools
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from worker.contract.decode import DeadLetter
 from worker.outages import DependencyUnavailableError
@@ -126,7 +128,7 @@ class KafkaProducer:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is not None:
                     continue
                 if batch.record_count():
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    pending.append(await _send_closed(producer, batch, topic, partition))
                     batch = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # Larger than a batch (a big DLQ copy): the regular path sizes one for it.
@@ -134,8 +136,15 @@ class KafkaProducer:
                         await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
                     )
             if batch.record_count():
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                pending.append(await _send_closed(producer, batch, topic, partition))
         await asyncio.gather(*pending)
+
+
+async def _send_closed(producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int) -> Any:
+    """Hands a finished batch to aiokafka, closed: aiokafka holds an open batch for `linger_ms` in case `send` adds
+    to it, which nothing here does; closed, it goes out with the sender's next request."""
+    batch.close()
+    return await producer.send_batch(batch, topic, partition=partition)
 
 
 class DeadLetterProducer:
