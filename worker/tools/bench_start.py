@@ -98,7 +98,8 @@ async def wait_ready(
 
 def start_breakdown(log_path: Path) -> tuple[float, float, float]:
     """(process, prepare, join) seconds from the worker's JSON log lines; NaN where a line is missing."""
-    process = prepare = join = float("nan")
+    nan = float("nan")
+    process = prepare = join = nan
     for line in log_path.read_bytes().splitlines():
         if not line.startswith(b"{"):
             continue
@@ -107,9 +108,9 @@ def start_breakdown(log_path: Path) -> tuple[float, float, float]:
         except orjson.JSONDecodeError:
             continue
         if entry.get("event") == "worker_starting":
-            process = float(entry["seconds_since_process_start"])
+            process = float(entry.get("seconds_since_process_start", nan))
         elif entry.get("event") == "worker_started":
-            prepare, join = entry["prepare_ms"] / 1000, entry["join_ms"] / 1000
+            prepare, join = entry.get("prepare_ms", nan) / 1000, entry.get("join_ms", nan) / 1000
     return process, prepare, join
 
 
