@@ -42,8 +42,9 @@ _DELETE: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 class EventSender(Protocol):
     max_record_size: int
 
-    async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
-        """Raises RecordRefusedError for a refusal for good, anything else for an outage."""
+    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> None:
+        """Raises RecordRefusedError for a refusal for good, anything else for an outage. `sizes_checked`: the
+        caller already held every record to `max_record_size`, so the sender does not size them again."""
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class OutboxRelay:
                 if row["schema_id"] is not None:
                     headers.append(("schema-id", str(row["schema_id"]).encode()))
                 message = (row["event_key"].encode(), bytes(row["payload"]), headers)
+                # Sized once, here: too large is parked with its size, and the sender is told not to size it again.
                 size = record_size(*message)
                 if size > self._sender.max_record_size:
                     refused.append(Refusal(row["id"], "too_large", f"{size} bytes over KAFKA_MAX_REQUEST_SIZE"))
@@ -157,14 +159,14 @@ class OutboxRelay:
         try:
             batch = [message for _, message in messages]
             with publish_span(self._topic, batch):
-                await self._sender.send_all(self._topic, batch)
+                await self._sender.send_all(self._topic, batch, sizes_checked=True)
             return []
         except RecordRefusedError:
             pass
         refused = []
         for outbox_id, message in messages:
             try:
-                await self._sender.send_all(self._topic, [message])
+                await self._sender.send_all(self._topic, [message], sizes_checked=True)
             except RecordRefusedError as exc:
                 refused.append(Refusal(outbox_id, exc.reason, exc.detail))
         return refused

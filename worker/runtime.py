@@ -5,12 +5,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Final
 
 _YOUNG_THRESHOLD: Final = 50_000
 _M_ARENA_MAX: Final = -8
 _ARENAS: Final = 2
+_IMPORTED_AT: Final = time.monotonic()
+_START_TIME_FIELD: Final = 19  # of /proc/self/stat, counted after the command name: start time in clock ticks
 
 
 def tune_garbage_collector() -> None:
@@ -37,3 +42,15 @@ def limit_malloc_arenas() -> None:
         ctypes.CDLL(name).mallopt(_M_ARENA_MAX, _ARENAS)
     except (OSError, AttributeError):
         return
+
+
+def seconds_since_process_start() -> float:
+    """Seconds since this process started (interpreter start-up and imports included): `/proc/self/stat` gives
+    the start in clock ticks since boot, the monotonic clock's origin on Linux. Elsewhere, since this module's
+    import."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[_START_TIME_FIELD]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        started = _IMPORTED_AT
+    return max(time.monotonic() - started, 0.0)

@@ -19,15 +19,16 @@ import functools
 import os
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    # The SDK (about 50 ms of imports) is loaded only when tracing is turned on: an untraced worker starts without it.
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -53,6 +54,9 @@ def enabled() -> bool:
 
 def install(processor: SpanProcessor) -> TracerProvider:
     """Turn tracing on with `processor` (tests: a SimpleSpanProcessor over an InMemorySpanExporter)."""
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
     provider.add_span_processor(processor)
     _state.provider = provider
@@ -76,6 +80,7 @@ def configure_from_env() -> bool:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor  # noqa: PLC0415
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     provider = install(BatchSpanProcessor(OTLPSpanExporter()))
     AsyncPGInstrumentor().instrument(  # type: ignore[no-untyped-call]

@@ -34,8 +34,10 @@ class GatedSender:
         self.sending = asyncio.Event()
         self.gate = asyncio.Event()
         self.both_sent = asyncio.Event()
+        self.sizes_checked: list[bool] = []
 
-    async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
+    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> None:
+        self.sizes_checked.append(sizes_checked)
         self.sending.set()
         await self.gate.wait()
         self.sent.extend(value for _, value, _ in messages)
@@ -63,3 +65,5 @@ async def test_rows_committed_during_a_round_are_published_without_waiting_for_t
         relay.stop()
         await asyncio.wait_for(running, timeout=10)
     assert [orjson.loads(value or b"null")["label"] for value in sender.sent] == ["first", "second"]
+    # The relay sized each row itself (to park the oversized ones): the sender is told not to size them again.
+    assert sender.sizes_checked and all(sender.sizes_checked)

@@ -2,6 +2,9 @@
 
 The synchronous SDKs (Adyen, GoCardless) share one bounded thread pool, so a burst of jobs can never start more
 threads than the runner has call slots.
+
+Each adapter module (and its SDK: about 100 ms of imports for the three) is imported when the first adapter of its
+provider is built: a worker without provider connections never loads them, and one with them loads only its own.
 """
 
 from __future__ import annotations
@@ -12,10 +15,7 @@ from typing import Final
 import structlog
 
 from worker.contract.connections import Connection
-from worker.providers.adyen import AdyenAdapter
 from worker.providers.base import DEFAULT_TIMEOUT, ProviderAdapter
-from worker.providers.gocardless import GoCardlessAdapter
-from worker.providers.stripe import StripeAdapter
 
 log = structlog.get_logger("worker.providers")
 
@@ -48,10 +48,16 @@ class AdapterFactory:
     def _build(self, connection: Connection) -> ProviderAdapter:
         provider = connection.provider
         if provider == "stripe":
+            from worker.providers.stripe import StripeAdapter  # noqa: PLC0415
+
             return StripeAdapter(connection, timeout=self._timeout)
         if provider == "adyen":
+            from worker.providers.adyen import AdyenAdapter  # noqa: PLC0415
+
             return AdyenAdapter(connection, executor=self._executor, timeout=self._timeout)
         if provider == "gocardless":
+            from worker.providers.gocardless import GoCardlessAdapter  # noqa: PLC0415
+
             return GoCardlessAdapter(connection, executor=self._executor, timeout=self._timeout)
         raise ValueError(f"unknown provider {provider!r}")
 

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -41,13 +38,17 @@ from worker.tools.bench_load import (
     progress_done,
     servers,
 )
+from worker.tools.bench_start import (
+    PROBE_FETCH_WAIT_MS,
+    StartFigures,
+    measure_cold_start,
+    measure_restart_after_crash,
+    spawn,
+    stop,
+    wait_ready,
+)
 from worker.tools.devstack import free_port
 from worker.tools.topics import create_worker_topics
-
-
-def _spawn(module: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("wb")
-    return subprocess.Popen([sys.executable, "-m", *module], env={**os.environ, **env}, stdout=log, stderr=log)
 
 
 async def _settle(dsn: str) -> None:
@@ -114,49 +115,27 @@ def _worker_env(servers: Servers, dsn: str, topics: dict[str, str], group: str, 
     }
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
-async def _wait_ready(
-    port: int, process: subprocess.Popen[bytes], wait_seconds: float = 60.0, poll: float = 0.2
-) -> float:
-    """The monotonic time at which the worker answered ready."""
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}")
-        if await asyncio.to_thread(_ready, port):
-            return time.monotonic()
-        await asyncio.sleep(poll)
-    raise TimeoutError("worker not ready")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 async def measure_latency(
     bootstrap: str, topics: dict[str, str], rate: int, seconds: float, *, seed: int, providers: bool
 ) -> dict[str, float]:
-    """Publish at `rate` per second for `seconds`; percentiles of publish-to-event latency, first second excluded."""
+    """Publish at `rate` per second for `seconds`; percentiles of publish-to-event latency at the consumer (arrival),
+    first second excluded. Each latency is split at the event's record timestamp (set by the worker's producer when
+    the relay appends it): publish to event (the worker's part) and event to arrival (the broker and this consumer).
+
+    The publisher does not linger (`linger_ms=0`): a batching delay of the measuring client is not the worker's."""
     commands = build_commands(int(rate * seconds), seed=seed, providers=providers, prefix=f"lat{rate}-{seed}")
     # Parsed before the timed loop: the send loop shares the event loop that timestamps arriving events.
     message_ids = [orjson.loads(value)["message_id"] for _, value in commands]
     sent: dict[str, float] = {}
+    sent_wall: dict[str, float] = {}
     latencies: list[float] = []
+    stages: list[tuple[float, float]] = []  # (publish to event, event to arrival), seconds
     consumer = AIOKafkaConsumer(
-        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10
+        topics["events"],
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=PROBE_FETCH_WAIT_MS,
     )
     await consumer.start()
     done = asyncio.Event()
@@ -164,19 +143,21 @@ async def measure_latency(
     async def collect() -> None:
         while not done.is_set() or len(latencies) < len(sent):
             batches = await consumer.getmany(timeout_ms=100)
-            arrived = time.monotonic()
+            arrived, arrived_wall = time.monotonic(), time.time()
             for records in batches.values():
                 for record in records:
                     message_id = orjson.loads(record.value).get("message_id")
                     if message_id in sent:
                         latencies.append(arrived - sent[message_id])
+                        created = record.timestamp / 1000
+                        stages.append((created - sent_wall[message_id], arrived_wall - created))
             if done.is_set() and time.monotonic() - finished > 15:
                 return
 
     finished = 0.0
     collector = asyncio.create_task(collect())
     try:
-        async with producer(bootstrap) as kafka:
+        async with producer(bootstrap, linger_ms=0) as kafka:
             tick = 0.01
             per_tick = rate * tick
             start = time.monotonic()
@@ -188,6 +169,7 @@ async def measure_latency(
                 while budget >= 1 and index < len(commands):
                     key, value = commands[index]
                     sent[message_ids[index]] = time.monotonic()
+                    sent_wall[message_ids[index]] = time.time()
                     sends.append(await kafka.send(topics["commands"], value=value, key=key))
                     index += 1
                     budget -= 1
@@ -202,7 +184,10 @@ async def measure_latency(
         collector.cancel()
         await consumer.stop()
     warm = latencies[rate:] if len(latencies) > rate * 2 else latencies
-    quantiles = statistics.quantiles(warm, n=100) if len(warm) >= 2 else [float("nan")] * 99
+    warm_stages = stages[rate:] if len(stages) > rate * 2 else stages
+    quantiles = _percentiles(warm)
+    worker_part = _percentiles([worker for worker, _ in warm_stages])
+    delivery_part = _percentiles([delivery for _, delivery in warm_stages])
     return {
         "received": len(latencies),
         "sent": len(sent),
@@ -210,38 +195,15 @@ async def measure_latency(
         "p95_ms": quantiles[94] * 1000,
         "p99_ms": quantiles[98] * 1000,
         "max_ms": max(warm) * 1000 if warm else float("nan"),
+        "worker_p50_ms": worker_part[49] * 1000,
+        "worker_p99_ms": worker_part[98] * 1000,
+        "delivery_p50_ms": delivery_part[49] * 1000,
+        "delivery_p99_ms": delivery_part[98] * 1000,
     }
 
 
-async def measure_cold_start(
-    bootstrap: str, topics: dict[str, str], env: dict[str, str], log_path: Path
-) -> tuple[float, float]:
-    """Seconds from spawning a worker to its `/readyz` answering 200, and to the first event arriving at a consumer
-    for a command published at spawn time."""
-    key, value = build_commands(1, seed=7, providers=False, prefix="cold")[0]
-    consumer = AIOKafkaConsumer(
-        topics["events"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10
-    )
-    await consumer.start()
-    try:
-        async with producer(bootstrap) as kafka:
-            await kafka.send_and_wait(topics["commands"], value=value, key=key)
-        started = time.monotonic()
-        worker = _spawn(["worker", "run"], env, log_path)
-        try:
-            ready = asyncio.create_task(_wait_ready(int(env["HTTP_PORT"]), worker, poll=0.05))
-            while True:
-                batches = await consumer.getmany(timeout_ms=50)
-                if any(batches.values()):
-                    first_event = time.monotonic() - started
-                    break
-                if time.monotonic() - started > 60:
-                    raise TimeoutError("no event within 60 s of start")
-            return await ready - started, first_event
-        finally:
-            _stop(worker)
-    finally:
-        await consumer.stop()
+def _percentiles(values: list[float]) -> list[float]:
+    return statistics.quantiles(values, n=100) if len(values) >= 2 else [float("nan")] * 99
 
 
 def _providers_file(folder: Path) -> dict[str, str]:
@@ -288,14 +250,14 @@ async def run(args: argparse.Namespace) -> int:
             port = free_port()
             env = {**_worker_env(stack, dsn, drain_topics, f"bench-{run_id}-worker{processes}", port), **extra_env}
             env["WORKER_PROCESSES"] = str(processes)
-            worker = _spawn(["worker", "run"], env, logs / f"worker{processes}.log")
+            worker = spawn(["worker", "run"], env, logs / f"worker{processes}.log")
             try:
                 scaling[processes] = await measure_drain(dsn, args.count, f"worker x{processes}", worker)
                 if not worker_dsn:
                     rss_drain = rss_peak = peak_rss_mb(worker.pid)
                     worker_dsn = dsn
             finally:
-                _stop(worker)
+                stop(worker)
         results["worker"] = scaling[args.process_counts[0]]
 
         # The drain leaves 100,000 fresh rows and as many deleted outbox rows: settle PostgreSQL's own maintenance
@@ -307,9 +269,9 @@ async def run(args: argparse.Namespace) -> int:
             port = free_port()
             env = {**_worker_env(stack, worker_dsn, latency_topics, f"bench-{run_id}-lat{rate}", port), **extra_env}
             env["WORKER_PROCESSES"] = "1"
-            worker = _spawn(["worker", "run"], env, logs / f"worker-{rate}.log")
+            worker = spawn(["worker", "run"], env, logs / f"worker-{rate}.log")
             try:
-                await _wait_ready(port, worker)
+                await wait_ready(port, worker)
                 progress(f"latency at {rate}/s for {args.latency_seconds:.0f} s")
                 latency[rate] = await measure_latency(
                     stack.bootstrap,
@@ -322,7 +284,7 @@ async def run(args: argparse.Namespace) -> int:
                 progress_done()
                 rss_peak = max(rss_peak, peak_rss_mb(worker.pid))
             finally:
-                _stop(worker)
+                stop(worker)
 
         if not args.skip_yardsticks:
             yardsticks = (("strong", args.count), ("lean", args.count), ("naive", min(args.naive_count, args.count)))
@@ -331,7 +293,7 @@ async def run(args: argparse.Namespace) -> int:
                 env = _worker_env(stack, dsn, {**drain_topics, "events": f"bench-{run_id}-{mode}-events"}, "", 0)
                 env["KAFKA_GROUP_ID"] = f"bench-{run_id}-{mode}"
                 env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", str(Settings.model_fields["batch_size"].default))
-                process = _spawn(
+                process = spawn(
                     ["worker.tools.bench_reference", "--mode", mode, "--count", str(count)], env, logs / f"{mode}.log"
                 )
                 try:
@@ -340,10 +302,21 @@ async def run(args: argparse.Namespace) -> int:
                     process.kill()
                     process.wait()
 
-        cold_topics = await topics("cold", args.partitions)
-        env = {**_worker_env(stack, worker_dsn, cold_topics, f"bench-{run_id}-cold", free_port()), **extra_env}
-        env["WORKER_PROCESSES"] = "1"
-        ready, first_event = await measure_cold_start(stack.bootstrap, cold_topics, env, logs / "worker-cold.log")
+        starts: dict[str, list[StartFigures]] = {"cold": [], "restart": []}
+        for attempt in range(args.start_runs):
+            for kind in ("cold", "restart"):
+                start_topics = await topics(f"{kind}{attempt}", args.partitions)
+                group = f"bench-{run_id}-{kind}{attempt}"
+                env = {**_worker_env(stack, worker_dsn, start_topics, group, free_port()), **extra_env}
+                env["WORKER_PROCESSES"] = "1"
+                env["KAFKA_SESSION_TIMEOUT_MS"] = str(args.start_session_timeout_ms)
+                progress(f"{kind} start {attempt + 1}/{args.start_runs}")
+                if kind == "cold":
+                    start = await measure_cold_start(stack.bootstrap, start_topics, env, logs / f"cold{attempt}.log")
+                else:
+                    start = await measure_restart_after_crash(stack.bootstrap, start_topics, env, logs)
+                starts[kind].append(start)
+        progress_done()
 
         print()
         print(f"load average at the end:     {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -364,9 +337,30 @@ async def run(args: argparse.Namespace) -> int:
                 f"   p99 {figures['p99_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms"
                 f"   ({int(figures['received'])}/{int(figures['sent'])} events)"
             )
+            print(
+                f"  of which publish to event:   p50 {figures['worker_p50_ms']:7.1f} ms   p99"
+                f" {figures['worker_p99_ms']:7.1f} ms;  event to arrival: p50 {figures['delivery_p50_ms']:7.1f} ms"
+                f"   p99 {figures['delivery_p99_ms']:7.1f} ms"
+            )
         print(f"worker peak RSS (VmHWM):     {rss_peak:10.1f} MB (one process; {rss_drain:.1f} MB in the drain)")
-        print(f"cold start: ready after      {ready:10.2f} s, first event after {first_event:.2f} s")
+        session = args.start_session_timeout_ms
+        for kind, label in (("cold", "cold start"), ("restart", "restart after kill -9")):
+            if starts[kind]:
+                median = _median_start(starts[kind])
+                print(
+                    f"{label} (median of {len(starts[kind])}, KAFKA_SESSION_TIMEOUT_MS={session}): {median.describe()}"
+                )
     return 0
+
+
+def _median_start(runs: list[StartFigures]) -> StartFigures:
+    """Each figure's own median: a breakdown of medians, robust to one slow run."""
+    return StartFigures(
+        *(
+            statistics.median(getattr(run, name) for run in runs)
+            for name in ("ready", "first_event", "process", "prepare", "join")
+        )
+    )
 
 
 def main(args: argparse.Namespace) -> int:

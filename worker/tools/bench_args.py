@@ -17,6 +17,19 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--skip-yardsticks", action="store_true", help="skip the reference and naive pipelines")
     parser.add_argument("--naive-count", type=int, default=3_000, help="commands for the naive mode (default 3000)")
+    parser.add_argument(
+        "--start-runs",
+        type=int,
+        default=3,
+        help="cold starts and restarts after kill -9 to take the median of (default 3)",
+    )
+    parser.add_argument(
+        "--start-session-timeout-ms",
+        type=int,
+        default=4000,
+        help="KAFKA_SESSION_TIMEOUT_MS of the start runs (default 4000): Tansu holds a join for half of it, and a"
+        " dead member is expired after it",
+    )
     parser.add_argument("--with-providers", action="store_true", help="configure provider connections")
     parser.add_argument(
         "--data-dir", default=None, help="folder for the temporary embedded stack (default: the system temp folder)"

@@ -100,9 +100,13 @@ def build_commands(count: int, *, seed: int, providers: bool, prefix: str) -> li
 
 
 @contextlib.asynccontextmanager
-async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(bootstrap: str, *, linger_ms: int = 5) -> AsyncIterator[AIOKafkaProducer]:
     kafka = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024, max_request_size=2 << 20
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=512 * 1024,
+        max_request_size=2 << 20,
     )
     await kafka.start()
     try:

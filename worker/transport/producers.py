@@ -12,11 +12,13 @@ import functools
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from worker.contract.decode import DeadLetter
 from worker.outages import DependencyUnavailableError
@@ -86,14 +88,18 @@ class KafkaProducer:
     def fits(self, message: Message) -> bool:
         return record_size(*message) <= self.max_record_size
 
-    async def send_all(self, topic: str, messages: Sequence[Message]) -> None:
+    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> None:
         """Send (key, value, headers) in order and return when the broker acknowledged every one of them.
 
         Raises `RecordRefusedError` when a record is over `KAFKA_MAX_REQUEST_SIZE` (nothing is sent then) or the
-        broker refuses one for good; `DependencyUnavailableError` for every other failure."""
-        for message in messages:
-            if not self.fits(message):
-                raise RecordRefusedError("too_large", f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})")
+        broker refuses one for good; `DependencyUnavailableError` for every other failure. `sizes_checked=True`
+        (the relay, which sizes each row to park the oversized ones) skips sizing the records a second time."""
+        if not sizes_checked:
+            for message in messages:
+                if not self.fits(message):
+                    raise RecordRefusedError(
+                        "too_large", f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})"
+                    )
         try:
             await self._send_all(topic, messages)
         except KafkaError as exc:
@@ -122,7 +128,7 @@ class KafkaProducer:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is not None:
                     continue
                 if batch.record_count():
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    pending.append(await _send_closed(producer, batch, topic, partition))
                     batch = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # Larger than a batch (a big DLQ copy): the regular path sizes one for it.
@@ -130,8 +136,15 @@ class KafkaProducer:
                         await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
                     )
             if batch.record_count():
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                pending.append(await _send_closed(producer, batch, topic, partition))
         await asyncio.gather(*pending)
+
+
+async def _send_closed(producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int) -> Any:
+    """Hands a finished batch to aiokafka, closed: aiokafka holds an open batch for `linger_ms` in case `send` adds
+    to it, which nothing here does; closed, it goes out with the sender's next request."""
+    batch.close()
+    return await producer.send_batch(batch, topic, partition=partition)
 
 
 class DeadLetterProducer:
