@@ -123,6 +123,9 @@ def _announce(settings: Settings, data_dir: Path) -> None:
 async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
     with embedded_stack(data_dir) as (dsn, bootstrap):
         os.environ.update(dev_environment(dsn, bootstrap))
+        # Tansu holds a forming group's joins for half the session timeout: 2 s here instead of the default's 5 s
+        # before the first command is read. A single local worker has no pauses to tolerate.
+        os.environ.setdefault("KAFKA_SESSION_TIMEOUT_MS", "4000")
         settings = Settings()
         await prepare(settings, partitions)
         worker = Worker(load_configuration(settings))
