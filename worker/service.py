@@ -26,7 +26,7 @@ from worker.observability import record_context, safe_message
 from worker.outages import Dependency, is_outage
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
-from worker.tracing import consumed_batch, traced
+from worker.tracing import consume_span, traced
 
 log = structlog.get_logger("worker.service")
 # stamina's default hooks log `repr(exc)` (an asyncpg DETAIL can quote a row); `until_done` logs retries itself.
@@ -45,6 +45,15 @@ class RawRecord(NamedTuple):
     headers: tuple[tuple[str, bytes], ...]
     # Set for an offset the Kafka client could not read (SPEC §12): why, without content; key, value, headers empty.
     unreadable: str | None = None
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """A batch after the first stage: each record's command or rejection (in order), and its dead letters."""
+
+    records: Sequence[RawRecord]
+    answers: list[tuple[RawRecord, Command | Rejection]] = field(default_factory=list)
+    letters: list[tuple[RawRecord, DeadLetter]] = field(default_factory=list)
 
 
 class DeadLetterSink(Protocol):
@@ -123,20 +132,34 @@ class BatchService:
         self._poison_max_attempts = poison_max_attempts
         self._clock = clock
 
-    @consumed_batch
     async def handle(self, records: Sequence[RawRecord]) -> BatchReport:
-        report = BatchReport(records=len(records))
-        letters: list[tuple[RawRecord, DeadLetter]] = []
-        answers: list[tuple[RawRecord, Command | Rejection]] = []
-        # Off the event loop: a batch of worst-case records costs seconds of CPU, and the consumer's heartbeats and
-        # the relay must go on meanwhile. One thread per batch, one record at a time.
+        """Both stages at once (tests, tools); the consumer runs them apart, see `decode`."""
+        return await self.apply(await self.decode(records))
+
+    async def decode(self, records: Sequence[RawRecord]) -> DecodedBatch:
+        """The first stage: decode and validate, touching no dependency. The consumer runs it for the next batch
+        while the previous one is applied (`apply`), so it must not depend on what `apply` writes."""
+        batch = DecodedBatch(records)
+        # Off the event loop: a batch of worst-case records costs seconds of CPU, and the consumer's heartbeats, the
+        # relay and the previous batch's transaction must go on meanwhile. One thread per batch.
         for record, decoded in zip(records, await asyncio.to_thread(self._decode_all, records), strict=True):
             if isinstance(decoded, DeadLetter):
-                letters.append((record, decoded))
+                batch.letters.append((record, decoded))
             else:
-                answers.append((record, decoded))
+                batch.answers.append((record, decoded))
                 if isinstance(decoded, Rejection):
                     _log_rejection(record, decoded)
+        return batch
+
+    async def apply(self, batch: DecodedBatch) -> BatchReport:
+        """The second stage: answer every record of a decoded batch, durably (one transaction, the DLQ)."""
+        with consume_span(batch.records):
+            return await self._answer(batch)
+
+    async def _answer(self, batch: DecodedBatch) -> BatchReport:
+        report = BatchReport(records=len(batch.records))
+        answers = batch.answers
+        letters = list(batch.letters)
         if answers:
             try:
                 report.summary = await self._apply([answer for _, answer in answers])
