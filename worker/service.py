@@ -10,10 +10,11 @@ No framework imports: tests drive this without Kafka.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import asyncpg
 import stamina
@@ -22,6 +23,8 @@ import structlog
 from worker.contract.codes import DlqReason
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
+from worker.domain.customer import patch_of
+from worker.domain.fold import Patches
 from worker.observability import record_context, safe_message
 from worker.outages import Dependency, is_outage
 from worker.store.batch import BatchSummary, apply_batch
@@ -54,6 +57,8 @@ class DecodedBatch:
     records: Sequence[RawRecord]
     answers: list[tuple[RawRecord, Command | Rejection]] = field(default_factory=list)
     letters: list[tuple[RawRecord, DeadLetter]] = field(default_factory=list)
+    patches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """The commands' patches, made in the first stage (see `worker.domain.fold.Patches`)."""
 
 
 class DeadLetterSink(Protocol):
@@ -142,7 +147,8 @@ class BatchService:
         batch = DecodedBatch(records)
         # Off the event loop: a batch of worst-case records costs seconds of CPU, and the consumer's heartbeats, the
         # relay and the previous batch's transaction must go on meanwhile. One thread per batch.
-        for record, decoded in zip(records, await asyncio.to_thread(self._decode_all, records), strict=True):
+        decoded_all = await asyncio.to_thread(self._decode_all, records, batch.patches)
+        for record, decoded in zip(records, decoded_all, strict=True):
             if isinstance(decoded, DeadLetter):
                 batch.letters.append((record, decoded))
             else:
@@ -162,9 +168,9 @@ class BatchService:
         letters = list(batch.letters)
         if answers:
             try:
-                report.summary = await self._apply([answer for _, answer in answers])
+                report.summary = await self._apply([answer for _, answer in answers], batch.patches)
             except PoisonError:
-                report.summary, poisoned = await self._apply_bisecting(answers)
+                report.summary, poisoned = await self._apply_bisecting(answers, batch.patches)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
@@ -175,20 +181,32 @@ class BatchService:
                     log.warning("dead_lettered", reason=letter.reason.value, error=letter.error)
         return report
 
-    def _decode_all(self, records: Sequence[RawRecord]) -> list[Command | Rejection | DeadLetter]:
-        return [
+    def _decode_all(
+        self, records: Sequence[RawRecord], patches: dict[int, dict[str, Any]]
+    ) -> list[Command | Rejection | DeadLetter]:
+        decoded_all = [
             DeadLetter(DlqReason.UNREADABLE_RECORD, record.unreadable)
             if record.unreadable is not None
             else decode(record.value, record.headers, self._decode_context)
             for record in records
         ]
+        # Each command's patch too, in this thread: it depends on the command alone, and the apply stage is the one
+        # the batches queue behind.
+        for decoded in decoded_all:
+            if isinstance(decoded, Command):
+                # A failure is left to the apply stage, which makes the patch again and treats the record as poison.
+                with contextlib.suppress(Exception):
+                    patches[id(decoded)] = patch_of(decoded.customer)
+        return decoded_all
 
-    async def _apply(self, answers: Sequence[Command | Rejection], attempts: int | None = None) -> BatchSummary:
+    async def _apply(
+        self, answers: Sequence[Command | Rejection], patches: Patches, attempts: int | None = None
+    ) -> BatchSummary:
         limit = attempts or self._poison_max_attempts
         failures = 0
         while True:
             try:
-                return await until_done(lambda: self._apply_once(answers), "postgres", self._on_outage)
+                return await until_done(lambda: self._apply_once(answers, patches), "postgres", self._on_outage)
             except Exception as exc:  # anything but an outage counts towards the poison limit
                 failures += 1
                 log.error(
@@ -203,10 +221,12 @@ class BatchService:
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
 
     @traced("apply")
-    async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
+    async def _apply_once(self, answers: Sequence[Command | Rejection], patches: Patches) -> BatchSummary:
         async with self._pool.acquire() as conn:
             try:
-                return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
+                return await apply_batch(
+                    conn, answers, registry=self._registry, now=self._clock(), inline=self._inline, patches=patches
+                )
             except asyncpg.ReadOnlySQLTransactionError:
                 # A demoted primary keeps answering read-only on this connection: drop it, so that the next
                 # attempt connects again (to the new primary, once the DSN's name or host list leads there).
@@ -214,7 +234,7 @@ class BatchService:
                 raise
 
     async def _apply_bisecting(
-        self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
+        self, answers: Sequence[tuple[RawRecord, Command | Rejection]], patches: Patches
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
         total = BatchSummary()
@@ -225,7 +245,7 @@ class BatchService:
             single = len(part) == 1
             try:
                 summary = await self._apply(
-                    [answer for _, answer in part], attempts=self._poison_max_attempts if single else 1
+                    [answer for _, answer in part], patches, attempts=self._poison_max_attempts if single else 1
                 )
             except PoisonError as exc:
                 if single:

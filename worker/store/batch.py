@@ -24,7 +24,7 @@ from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
-from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
+from worker.domain.fold import Applied, Outcome, Patches, ProviderJob, Refused, Skipped, fold_customer
 from worker.ids import customer_id, new_ids
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
@@ -100,12 +100,14 @@ async def apply_batch(
     registry: ProviderRegistry,
     now: datetime,
     inline: InlineCreate | None = None,
+    patches: Patches | None = None,
 ) -> BatchSummary:
     summary = BatchSummary()
     async with conn.transaction():
         fresh = await _record_in_inbox(conn, answers, summary)
         # Outcomes and inline-create events are keyed by the command's position among the batch's fresh commands.
-        outcomes = await _fold(conn, [answer for answer in fresh if isinstance(answer, Command)], registry, now)
+        commands = [answer for answer in fresh if isinstance(answer, Command)]
+        outcomes = await _fold(conn, commands, registry, now, patches)
         provider_events = await create_inline(outcomes, registry, inline, now) if inline is not None else {}
         events: list[OutboxEvent] = []
         position = 0
@@ -155,7 +157,9 @@ async def _record_in_inbox(conn: Conn, answers: Sequence[Answer], summary: Batch
     return fresh
 
 
-async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry, now: datetime) -> dict[int, Outcome]:
+async def _fold(
+    conn: Conn, commands: list[Command], registry: ProviderRegistry, now: datetime, patches: Patches | None
+) -> dict[int, Outcome]:
     """Each command's outcome, keyed by its position in `commands`; grouped per customer, in fold order."""
     by_customer: dict[tuple[str, str], list[Command]] = {}
     positions: dict[tuple[str, str], list[int]] = {}
@@ -194,6 +198,7 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
             now=now,
             new_id=lago_id,
             active_creates=active.get(state.id, frozenset()) if state is not None else frozenset(),
+            patches=patches,
         )
         for position, outcome in zip(positions[key], result.outcomes, strict=True):
             outcomes[position] = outcome
