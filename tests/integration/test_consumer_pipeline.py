@@ -6,6 +6,7 @@ flight and commits it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -106,7 +107,9 @@ async def _consuming(
         kafka_session_timeout_ms=6000,
         shutdown_timeout=20.0,
     )
-    consumer = CommandConsumer(settings, handler, lambda partitions: None)
+    consumer = CommandConsumer(
+        settings, handler, lambda partitions: stages.steps.append(("partitions", len(partitions)))
+    )
     await start_broker(consumer)
     try:
         yield stages, consumer
@@ -222,3 +225,61 @@ async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT):
         while not condition():  # noqa: ASYNC110 - conditions on captured logs, which signal nothing
             await asyncio.sleep(0.01)
+
+
+class _RevocationSeen(logging.Handler):
+    """aiokafka logs this line just before it calls the rebalance listener's `on_partitions_revoked` (with an empty
+    set at a consumer's first join, which is not a revocation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        revoked = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if record.getMessage().startswith("Revoking previously assigned partitions") and revoked:
+            self.seen.set()
+
+
+@pytest.mark.parametrize("unique_topics", [1], indirect=True)
+async def test_a_revocation_waits_for_the_batch_in_flight_which_commits_and_is_not_answered_twice(
+    kafka_bootstrap: str, unique_topics: dict[str, str]
+) -> None:
+    topic, group = unique_topics["commands"], _group()
+    await _publish(kafka_bootstrap, topic)
+    revocation = _RevocationSeen()
+    coordinator_log = logging.getLogger("aiokafka.consumer.group_coordinator")
+    coordinator_log.addHandler(revocation)
+    level = coordinator_log.level
+    coordinator_log.setLevel(logging.INFO)
+    held: list[int] = []
+    answered: list[int] = []  # by either consumer
+
+    async def first(stages: Stages, records: Sequence[RawRecord]) -> None:
+        if not held:
+            held.append(records[0].offset)
+            # Held until the group rebalances around it (a second consumer joins): the revocation must wait.
+            await asyncio.wait_for(revocation.seen.wait(), WAIT)
+        answered.extend(record.offset for record in records)
+
+    async def second(stages: Stages, records: Sequence[RawRecord]) -> None:
+        answered.extend(record.offset for record in records)
+
+    try:
+        with capture_logs() as logs:
+            async with _consuming(kafka_bootstrap, topic, group, first) as (stages, _):
+                await _until(lambda: bool(held))
+                async with _consuming(kafka_bootstrap, topic, group, second):
+                    await _until(lambda: len(answered) >= RECORDS)
+                    await _until(lambda: stages.answering == 0)
+    finally:
+        coordinator_log.removeHandler(revocation)
+        coordinator_log.setLevel(level)
+    assert revocation.seen.is_set()
+    # The held batch was answered (and committed) before the revocation gave its partition up.
+    # (The group's first join reports an empty revocation too, before the held batch.)
+    began = stages.steps.index(("answer", held[0]))
+    assert stages.steps.index(("answered", held[0]), began) < stages.steps.index(("partitions", 0), began)
+    assert sorted(answered) == list(range(RECORDS)), "each record answered once across the two consumers"
+    assert not [entry for entry in logs if entry["event"] == "commit_skipped_after_rebalance"]
+    assert await _committed(kafka_bootstrap, topic, group) == RECORDS
