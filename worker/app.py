@@ -35,7 +35,7 @@ from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
 from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
-from worker.transport.consumer import CommandConsumer, start_broker
+from worker.transport.consumer import CommandConsumer, Finish, start_broker
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 log = structlog.get_logger("worker.app")
@@ -187,13 +187,20 @@ class Worker:
             inline=inline if registry.connections else None,
         )
 
-        async def on_batch(records: Sequence[RawRecord]) -> None:
+        async def on_batch(records: Sequence[RawRecord]) -> Finish:
             started = time.perf_counter()
-            report = await service.handle(records)
-            relay.notify()
-            if report.summary.enqueued_jobs:
-                runner.notify()
-            self._record(report, time.perf_counter() - started)
+            decoded = await service.decode(records)
+            decoding = time.perf_counter() - started
+
+            async def finish() -> None:
+                started = time.perf_counter()
+                report = await service.apply(decoded)
+                relay.notify()
+                if report.summary.enqueued_jobs:
+                    runner.notify()
+                self._record(report, decoding + time.perf_counter() - started)
+
+            return finish
 
         consumer = CommandConsumer(settings, on_batch, self._on_assignment)
         if not await self._until_or_stopped(lambda: start_broker(consumer), "kafka"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import uuid
 
 import orjson
@@ -23,6 +24,13 @@ import orjson
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def new_ids(count: int) -> list[uuid.UUID]:
+    """`count` random version 4 UUIDs, as `new_id` makes them, from one read of the kernel's CSPRNG instead of one
+    per id (a batch's event ids)."""
+    entropy = os.urandom(16 * count)
+    return [uuid.UUID(bytes=entropy[start : start + 16], version=4) for start in range(0, 16 * count, 16)]
 
 
 def customer_id(key: bytes, organization_id: str, message_id: str) -> uuid.UUID:

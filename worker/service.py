@@ -10,10 +10,11 @@ No framework imports: tests drive this without Kafka.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import asyncpg
 import stamina
@@ -22,11 +23,13 @@ import structlog
 from worker.contract.codes import DlqReason
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
+from worker.domain.customer import patch_of
+from worker.domain.fold import Patches
 from worker.observability import record_context, safe_message
 from worker.outages import Dependency, is_outage
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
-from worker.tracing import consumed_batch, traced
+from worker.tracing import consume_span, traced
 
 log = structlog.get_logger("worker.service")
 # stamina's default hooks log `repr(exc)` (an asyncpg DETAIL can quote a row); `until_done` logs retries itself.
@@ -45,6 +48,17 @@ class RawRecord(NamedTuple):
     headers: tuple[tuple[str, bytes], ...]
     # Set for an offset the Kafka client could not read (SPEC §12): why, without content; key, value, headers empty.
     unreadable: str | None = None
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """A batch after the first stage: each record's command or rejection (in order), and its dead letters."""
+
+    records: Sequence[RawRecord]
+    answers: list[tuple[RawRecord, Command | Rejection]] = field(default_factory=list)
+    letters: list[tuple[RawRecord, DeadLetter]] = field(default_factory=list)
+    patches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """The commands' patches, made in the first stage (see `worker.domain.fold.Patches`)."""
 
 
 class DeadLetterSink(Protocol):
@@ -123,25 +137,40 @@ class BatchService:
         self._poison_max_attempts = poison_max_attempts
         self._clock = clock
 
-    @consumed_batch
     async def handle(self, records: Sequence[RawRecord]) -> BatchReport:
-        report = BatchReport(records=len(records))
-        letters: list[tuple[RawRecord, DeadLetter]] = []
-        answers: list[tuple[RawRecord, Command | Rejection]] = []
-        # Off the event loop: a batch of worst-case records costs seconds of CPU, and the consumer's heartbeats and
-        # the relay must go on meanwhile. One thread per batch, one record at a time.
-        for record, decoded in zip(records, await asyncio.to_thread(self._decode_all, records), strict=True):
+        """Both stages at once (tests, tools); the consumer runs them apart, see `decode`."""
+        return await self.apply(await self.decode(records))
+
+    async def decode(self, records: Sequence[RawRecord]) -> DecodedBatch:
+        """The first stage: decode and validate, touching no dependency. The consumer runs it for the next batch
+        while the previous one is applied (`apply`), so it must not depend on what `apply` writes."""
+        batch = DecodedBatch(records)
+        # Off the event loop: a batch of worst-case records costs seconds of CPU, and the consumer's heartbeats, the
+        # relay and the previous batch's transaction must go on meanwhile. One thread per batch.
+        decoded_all = await asyncio.to_thread(self._decode_all, records, batch.patches)
+        for record, decoded in zip(records, decoded_all, strict=True):
             if isinstance(decoded, DeadLetter):
-                letters.append((record, decoded))
+                batch.letters.append((record, decoded))
             else:
-                answers.append((record, decoded))
+                batch.answers.append((record, decoded))
                 if isinstance(decoded, Rejection):
                     _log_rejection(record, decoded)
+        return batch
+
+    async def apply(self, batch: DecodedBatch) -> BatchReport:
+        """The second stage: answer every record of a decoded batch, durably (one transaction, the DLQ)."""
+        with consume_span(batch.records):
+            return await self._answer(batch)
+
+    async def _answer(self, batch: DecodedBatch) -> BatchReport:
+        report = BatchReport(records=len(batch.records))
+        answers = batch.answers
+        letters = list(batch.letters)
         if answers:
             try:
-                report.summary = await self._apply([answer for _, answer in answers])
+                report.summary = await self._apply([answer for _, answer in answers], batch.patches)
             except PoisonError:
-                report.summary, poisoned = await self._apply_bisecting(answers)
+                report.summary, poisoned = await self._apply_bisecting(answers, batch.patches)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
@@ -152,20 +181,32 @@ class BatchService:
                     log.warning("dead_lettered", reason=letter.reason.value, error=letter.error)
         return report
 
-    def _decode_all(self, records: Sequence[RawRecord]) -> list[Command | Rejection | DeadLetter]:
-        return [
+    def _decode_all(
+        self, records: Sequence[RawRecord], patches: dict[int, dict[str, Any]]
+    ) -> list[Command | Rejection | DeadLetter]:
+        decoded_all = [
             DeadLetter(DlqReason.UNREADABLE_RECORD, record.unreadable)
             if record.unreadable is not None
             else decode(record.value, record.headers, self._decode_context)
             for record in records
         ]
+        # Each command's patch too, in this thread: it depends on the command alone, and the apply stage is the one
+        # the batches queue behind.
+        for decoded in decoded_all:
+            if isinstance(decoded, Command):
+                # A failure is left to the apply stage, which makes the patch again and treats the record as poison.
+                with contextlib.suppress(Exception):
+                    patches[id(decoded)] = patch_of(decoded.customer)
+        return decoded_all
 
-    async def _apply(self, answers: Sequence[Command | Rejection], attempts: int | None = None) -> BatchSummary:
+    async def _apply(
+        self, answers: Sequence[Command | Rejection], patches: Patches, attempts: int | None = None
+    ) -> BatchSummary:
         limit = attempts or self._poison_max_attempts
         failures = 0
         while True:
             try:
-                return await until_done(lambda: self._apply_once(answers), "postgres", self._on_outage)
+                return await until_done(lambda: self._apply_once(answers, patches), "postgres", self._on_outage)
             except Exception as exc:  # anything but an outage counts towards the poison limit
                 failures += 1
                 log.error(
@@ -180,10 +221,12 @@ class BatchService:
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
 
     @traced("apply")
-    async def _apply_once(self, answers: Sequence[Command | Rejection]) -> BatchSummary:
+    async def _apply_once(self, answers: Sequence[Command | Rejection], patches: Patches) -> BatchSummary:
         async with self._pool.acquire() as conn:
             try:
-                return await apply_batch(conn, answers, registry=self._registry, now=self._clock(), inline=self._inline)
+                return await apply_batch(
+                    conn, answers, registry=self._registry, now=self._clock(), inline=self._inline, patches=patches
+                )
             except asyncpg.ReadOnlySQLTransactionError:
                 # A demoted primary keeps answering read-only on this connection: drop it, so that the next
                 # attempt connects again (to the new primary, once the DSN's name or host list leads there).
@@ -191,7 +234,7 @@ class BatchService:
                 raise
 
     async def _apply_bisecting(
-        self, answers: Sequence[tuple[RawRecord, Command | Rejection]]
+        self, answers: Sequence[tuple[RawRecord, Command | Rejection]], patches: Patches
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
         total = BatchSummary()
@@ -202,7 +245,7 @@ class BatchService:
             single = len(part) == 1
             try:
                 summary = await self._apply(
-                    [answer for _, answer in part], attempts=self._poison_max_attempts if single else 1
+                    [answer for _, answer in part], patches, attempts=self._poison_max_attempts if single else 1
                 )
             except PoisonError as exc:
                 if single:

@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-S = TypeVar("S")
-R = TypeVar("R")
 Headers = Iterable[tuple[str, bytes]]
 
 SERVICE_NAME: Final = "customer-worker"
@@ -126,28 +124,19 @@ def _batch_span(
         yield
 
 
-def consumed_batch(
-    func: Callable[[S, Sequence[R]], Coroutine[Any, Any, T]],
-) -> Callable[[S, Sequence[R]], Coroutine[Any, Any, T]]:
-    """Decorates a method taking a batch of records (with `.headers` and `.topic`): one `consume` span per batch."""
-
-    @functools.wraps(func)
-    async def wrapper(self: S, records: Sequence[R]) -> T:
-        tracer = _state.tracer
-        if tracer is None:
-            return await func(self, records)
-        topic = getattr(records[0], "topic", "") if records else ""
-        traceparents = [_header(getattr(r, "headers", ()), "traceparent") for r in records]
-        with _batch_span(
-            tracer,
-            f"{topic} process",
-            SpanKind.CONSUMER,
-            traceparents,
-            **{"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
-        ):
-            return await func(self, records)
-
-    return wrapper
+def consume_span(records: Sequence[Any]) -> Any:
+    """Context manager around answering a batch of records (with `.headers` and `.topic`): one `consume` span."""
+    tracer = _state.tracer
+    if tracer is None:
+        return _noop()
+    topic = getattr(records[0], "topic", "") if records else ""
+    return _batch_span(
+        tracer,
+        f"{topic} process",
+        SpanKind.CONSUMER,
+        [_header(getattr(r, "headers", ()), "traceparent") for r in records],
+        **{"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+    )
 
 
 def traced(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from worker.ids import customer_id, new_id
+from worker.ids import customer_id, new_id, new_ids
 
 
 def test_ids_differ_between_a_process_and_its_fork() -> None:
@@ -31,3 +31,17 @@ def test_customer_ids_are_stable_per_command_and_depend_on_the_key() -> None:
     assert first.version == 4
     assert len({first, customer_id(key, "org", "msg-2"), customer_id(key, "org2", "msg-1")}) == 3
     assert customer_id(other_key, "org", "msg-1") != first  # unpredictable without the database's key
+
+
+def test_a_batch_of_ids_is_random_version_4_and_each_distinct() -> None:
+    ids = new_ids(1000)
+    assert len(set(ids)) == 1000
+    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}
+    # Each id keeps 122 random bits: the two batches share nothing, and every random bit varies within one.
+    assert not set(ids) & set(new_ids(1000))
+    ored = anded = ids[0].int
+    for i in ids[1:]:
+        ored, anded = ored | i.int, anded & i.int
+    fixed = ~(ored ^ anded) & ((1 << 128) - 1)
+    assert bin(fixed).count("1") == 6  # the version and variant bits only
+    assert new_ids(0) == []

@@ -11,10 +11,10 @@ into the pending one, whose success pushes whatever changed since its snapshot (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from worker.contract.codes import BASE, Errors
@@ -34,6 +34,9 @@ from worker.domain.customer import (
 )
 
 JobKind = Literal["create", "update", "checkout"]
+Patches = Mapping[int, dict[str, Any]]
+"""Commands' patches made ahead (`patch_of`, off the critical path), keyed by `id()` of the command object, which the
+caller keeps alive; a command without one gets its patch made when folded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ def fold_customer(
     now: datetime,
     new_id: Callable[[Command], UUID],
     active_creates: frozenset[str] = frozenset(),
+    patches: Patches | None = None,
 ) -> FoldResult:
     """`new_id(command)`: the id of a customer that `command` creates (the same on every retry, see worker.ids).
     `active_creates`: connection codes with a create job pending or running for the stored customer."""
@@ -97,7 +101,8 @@ def fold_customer(
     outcomes: list[Outcome] = []
     creates = set(active_creates)
     for command in commands:
-        outcome = apply_command(state, command, registry=registry, now=now, new_id=new_id)
+        patch = patches.get(id(command)) if patches else None
+        outcome = apply_command(state, command, registry=registry, now=now, new_id=new_id, patch=patch)
         if isinstance(outcome, Applied):
             state = outcome.state
             changed = True
@@ -117,11 +122,13 @@ def apply_command(
     registry: ProviderRegistry,
     now: datetime,
     new_id: Callable[[Command], UUID],
+    patch: dict[str, Any] | None = None,
 ) -> Outcome:
+    """`patch`: `patch_of(command.customer)` if made ahead; copied, since a retried batch folds it again."""
     if is_stale(state, command.occurred_at):
         return Skipped(command)
 
-    patch = patch_of(command.customer)
+    patch = patch_of(command.customer) if patch is None else dict(patch)
     link = command.link
     linked_code: str | None = None
     if link is not None:

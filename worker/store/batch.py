@@ -5,8 +5,9 @@
 3. fold each customer's commands in partition order (pure domain code);
 4. upsert the changed customers, write the outbox events and the provider jobs.
 
-Seven statements at most, whatever the batch size (the look-up of creates in hand only when a command asks for a
-create for a stored, unlinked customer; the id key once per process); the caller commits the Kafka offsets only
+Six statements at most, whatever the batch size (the look-up of creates in hand only when a command asks for a
+create for a stored, unlinked customer; the provider jobs only when there are some; the id key once per process);
+the customers' upsert and the events' insert travel as one statement. The caller commits the Kafka offsets only
 after this returns.
 """
 
@@ -23,11 +24,11 @@ from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import Command, Rejection
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
-from worker.domain.fold import Applied, Outcome, ProviderJob, Refused, Skipped, fold_customer
-from worker.ids import customer_id, new_id
+from worker.domain.fold import Applied, Outcome, Patches, ProviderJob, Refused, Skipped, fold_customer
+from worker.ids import customer_id, new_ids
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
-from worker.store.outbox import write_events
+from worker.store.outbox import event_arrays, insert_sql
 from worker.store.rows import (
     SELECT_FOR_UPDATE,
     IdentityConflictError,
@@ -44,7 +45,9 @@ _INBOX: Final = (
     "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING "
     "RETURNING organization_id, message_id"
 )
-_UPSERT: Final = upsert_sql()
+# Data-modifying CTEs run once each, read or not: the events are written whether or not any customer is.
+_WRITE: Final = f"WITH written AS ({upsert_sql()}), events AS ({insert_sql(2)}) SELECT count(*) FROM written"
+_STALE: Final = {"reason": "stale"}
 # No conflict target: a job already recorded for the command (`provider_jobs_once`) and a second create for a
 # customer and connection whose create is in hand (`provider_jobs_one_create_idx`) are both left out.
 _JOBS: Final = (
@@ -97,25 +100,27 @@ async def apply_batch(
     registry: ProviderRegistry,
     now: datetime,
     inline: InlineCreate | None = None,
+    patches: Patches | None = None,
 ) -> BatchSummary:
     summary = BatchSummary()
     async with conn.transaction():
         fresh = await _record_in_inbox(conn, answers, summary)
         # Outcomes and inline-create events are keyed by the command's position among the batch's fresh commands.
-        outcomes = await _fold(conn, [answer for answer in fresh if isinstance(answer, Command)], registry, now)
+        commands = [answer for answer in fresh if isinstance(answer, Command)]
+        outcomes = await _fold(conn, commands, registry, now, patches)
         provider_events = await create_inline(outcomes, registry, inline, now) if inline is not None else {}
         events: list[OutboxEvent] = []
         position = 0
-        for answer in fresh:
+        for answer, event_id in zip(fresh, new_ids(len(fresh)), strict=True):
             summary.unknown_fields += answer.unknown_fields
             if isinstance(answer, Rejection):
-                events.append(_rejected(answer, now))
+                events.append(_event(answer, event_id, now, "customer.rejected", errors=answer.errors))
                 if answer.record_as_processed:
                     summary.rejected += 1
                 else:
                     summary.invalid_signature += 1
                 continue
-            events.append(_answer(outcomes[position], now, summary))
+            events.append(_answer(outcomes[position], event_id, now, summary))
             if position in provider_events:
                 events.append(provider_events[position])  # after the command's primary event (SPEC §11)
             position += 1
@@ -152,7 +157,9 @@ async def _record_in_inbox(conn: Conn, answers: Sequence[Answer], summary: Batch
     return fresh
 
 
-async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry, now: datetime) -> dict[int, Outcome]:
+async def _fold(
+    conn: Conn, commands: list[Command], registry: ProviderRegistry, now: datetime, patches: Patches | None
+) -> dict[int, Outcome]:
     """Each command's outcome, keyed by its position in `commands`; grouped per customer, in fold order."""
     by_customer: dict[tuple[str, str], list[Command]] = {}
     positions: dict[tuple[str, str], list[int]] = {}
@@ -191,6 +198,7 @@ async def _fold(conn: Conn, commands: list[Command], registry: ProviderRegistry,
             now=now,
             new_id=lago_id,
             active_creates=active.get(state.id, frozenset()) if state is not None else frozenset(),
+            patches=patches,
         )
         for position, outcome in zip(positions[key], result.outcomes, strict=True):
             outcomes[position] = outcome
@@ -209,39 +217,26 @@ async def _active_creates(conn: Conn, stored: Iterable[CustomerState]) -> dict[u
     return {customer: frozenset(codes) for customer, codes in active.items()}
 
 
-def _rejected(rejection: Rejection, now: datetime) -> OutboxEvent:
-    return build_event(
-        event_id=new_id(),
-        event_type="customer.rejected",
-        organization_id=rejection.organization_id,
-        message_id=rejection.message_id,
-        external_id=rejection.external_id,
-        occurred_at=now,
-        traceparent=rejection.traceparent,
-        errors=rejection.errors,
-        schema_id=rejection.schema_id,
-    )
-
-
-def _answer(outcome: Outcome, now: datetime, summary: BatchSummary) -> OutboxEvent:
+def _answer(outcome: Outcome, event_id: uuid.UUID, now: datetime, summary: BatchSummary) -> OutboxEvent:
     command = outcome.command
     if isinstance(outcome, Skipped):
         summary.skipped += 1
-        return _command_event(command, now, "customer.skipped", extra={"reason": "stale"})
+        return _event(command, event_id, now, "customer.skipped", extra=_STALE)
     if isinstance(outcome, Refused):
         summary.rejected += 1
-        return _command_event(command, now, "customer.rejected", errors=outcome.errors)
+        return _event(command, event_id, now, "customer.rejected", errors=outcome.errors)
     if outcome.created:
         summary.created += 1
     else:
         summary.updated += 1
     summary.enqueued_jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
     event_type = "customer.created" if outcome.created else "customer.updated"
-    return _command_event(command, now, event_type, customer=outcome.state)
+    return _event(command, event_id, now, event_type, customer=outcome.state)
 
 
-def _command_event(
-    command: Command,
+def _event(
+    answer: Answer,
+    event_id: uuid.UUID,
     now: datetime,
     event_type: str,
     *,
@@ -249,18 +244,19 @@ def _command_event(
     errors: Errors | None = None,
     extra: dict[str, Any] | None = None,
 ) -> OutboxEvent:
+    """The answer to a command or a rejection (SPEC §6)."""
     return build_event(
-        event_id=new_id(),
+        event_id=event_id,
         event_type=event_type,
-        organization_id=command.organization_id,
-        message_id=command.message_id,
-        external_id=command.external_id,
+        organization_id=answer.organization_id,
+        message_id=answer.message_id,
+        external_id=answer.external_id,
         occurred_at=now,
-        traceparent=command.traceparent,
+        traceparent=answer.traceparent,
         customer=customer,
         errors=errors,
         extra=extra,
-        schema_id=command.schema_id,
+        schema_id=answer.schema_id,
     )
 
 
@@ -269,11 +265,10 @@ async def _write(conn: Conn, outcomes: Iterable[Outcome], events: list[OutboxEve
     for outcome in outcomes:
         if isinstance(outcome, Applied):
             final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
-    if final:
-        written = await conn.fetch(_UPSERT, rows_json(list(final.values())))
-        if len(written) != len(final):
+    if final or events:
+        written = await conn.fetchval(_WRITE, rows_json(list(final.values())), *event_arrays(events))
+        if written != len(final):
             raise IdentityConflictError("a customer id is taken by another organization or external id")
-    await write_events(conn, events)
     if summary.enqueued_jobs:
         await conn.execute(
             _JOBS,

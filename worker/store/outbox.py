@@ -5,31 +5,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
 from worker.domain.events import OutboxEvent
 from worker.store.db import Conn
 
-_INSERT: Final = (
-    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload, schema_id) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[])"
-)
+_COLUMNS: Final = "event_id, event_key, event_type, traceparent, payload, schema_id"
+_TYPES: Final = ("uuid", "text", "text", "text", "bytea", "int8")
+
+
+def insert_sql(first: int = 1) -> str:
+    """The insert of `event_arrays`, its parameters numbered from `first` (to be part of a larger statement)."""
+    arrays = ", ".join(f"${first + index}::{kind}[]" for index, kind in enumerate(_TYPES))
+    return f"INSERT INTO outbox ({_COLUMNS}) SELECT * FROM unnest({arrays})"
+
+
+_INSERT: Final = insert_sql()
+
+
+def event_arrays(events: Sequence[OutboxEvent]) -> tuple[list[Any], ...]:
+    """The parameters of `insert_sql`: one array per column. Rows get increasing ids in the given order (the
+    relay's order)."""
+    return (
+        [event.event_id for event in events],
+        [event.key for event in events],
+        [event.event_type for event in events],
+        [event.traceparent for event in events],
+        [event.payload for event in events],
+        [event.schema_id for event in events],
+    )
 
 
 async def write_events(conn: Conn, events: Sequence[OutboxEvent]) -> None:
-    """One statement for all of them; rows get increasing ids in the given order (the relay's order)."""
+    """One statement for all of them, in the given order."""
     if events:
-        await conn.execute(
-            _INSERT,
-            [event.event_id for event in events],
-            [event.key for event in events],
-            [event.event_type for event in events],
-            [event.traceparent for event in events],
-            [event.payload for event in events],
-            [event.schema_id for event in events],
-        )
+        await conn.execute(_INSERT, *event_arrays(events))
 
 
 # -- parked events (SPEC §12) ----------------------------------------------------------------------------------------

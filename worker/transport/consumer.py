@@ -10,13 +10,20 @@ FastStream 0.7 traps this module avoids:
 * the default reset policy is `latest`: set to `earliest` (SPEC §11);
 * the default ack policy auto-commits: MANUAL, and offsets are committed explicitly, per partition, only after the
   batch is answered.
+
+Two stages, overlapped: the handler decodes batch N+1 (in a thread) while batch N is applied and committed by a task
+of its own, and FastStream polls again as soon as the handler returns. At most one batch is applied at a time, in
+poll order. Should the batch in flight fail, it seeks back to its first offsets and the batch decoded after it is
+dropped unapplied and uncommitted (both are read again); a revocation and a stop wait for the batch in flight first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
@@ -37,8 +44,19 @@ from worker.transport.salvage import UnreadableRecord, install
 
 log = structlog.get_logger("worker.consumer")
 
-BatchHandler = Callable[[Sequence[RawRecord]], Awaitable[None]]
+Finish = Callable[[], Awaitable[None]]
+BatchHandler = Callable[[Sequence[RawRecord]], Awaitable[Finish]]
+"""The first stage (decode) of a batch, returning its second (answer the records durably). The first stage of the
+next batch runs while the second stage of this one does, so it must not depend on what the second stage writes."""
 AssignmentHook = Callable[[set[int]], None]
+Records = tuple[ConsumerRecord[Any, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    records: Records
+    task: asyncio.Task[bool]
+    """True once the batch is answered and its offsets committed; False if it was abandoned (and rewound)."""
 
 
 class _NoCommitConsumer:
@@ -88,11 +106,13 @@ def security(settings: Settings) -> BaseSecurity | None:
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, hook: AssignmentHook) -> None:
+    def __init__(self, hook: AssignmentHook, before_revoke: Callable[[], Awaitable[None]]) -> None:
         self._hook = hook
+        self._before_revoke = before_revoke
         self._partitions: set[int] = set()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._before_revoke()
         self._partitions -= {tp.partition for tp in revoked}
         self._hook(set(self._partitions))
 
@@ -150,25 +170,36 @@ class CommandConsumer:
             heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 200),
             max_partition_fetch_bytes=settings.kafka_max_request_size,
             fetch_max_bytes=max(50 * 1024 * 1024, settings.kafka_max_request_size),
-            listener=_Assignment(on_assignment),
+            listener=_Assignment(on_assignment, self._before_revoke),
         )
         self.subscriber(self._on_batch)
         self._batch_timeout_ms = settings.batch_timeout_ms
         self._max_records = settings.batch_size
+        self._graceful_timeout = settings.shutdown_timeout * 0.5
+        self._inflight: _InFlight | None = None
+        self._stopping = False
+        self._revocations = 0
+        self._polled_after = 0  # revocations before the last poll returned
+        # Whoever stops the broker, the batch in flight is answered and committed (or abandoned after the graceful
+        # timeout) before FastStream closes the Kafka consumer.
+        self._stop_subscriber = self.subscriber.stop
+        self.subscriber.stop = self._stop  # type: ignore[method-assign]
         # FastStream's batch poll sleeps another BATCH_TIMEOUT_MS after every empty poll: up to that much latency
         # added to the first record after a quiet spell. This poll returns as soon as a record arrives.
         self.subscriber.get_msg = self._poll  # type: ignore[method-assign]
 
     async def _poll(self, consumer: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
         batches = await consumer.getmany(timeout_ms=self._batch_timeout_ms, max_records=self._max_records)
+        self._polled_after = self._revocations
         return tuple(record for records in batches.values() for record in records)
 
     async def _on_batch(self, body: Any, message: KafkaMessage) -> None:
-        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        records: Records = message.raw_message
         if not records:
             return
+        polled_after = self._polled_after
         try:
-            await self._handler(
+            finish = await self._handler(
                 [
                     RawRecord(
                         topic=record.topic,
@@ -182,13 +213,57 @@ class CommandConsumer:
                     for record in records
                 ]
             )
+        except Exception:
+            log.exception("batch_abandoned", records=len(records))
+            finish = None
+        previous = self._inflight
+        if previous is not None:
+            await asyncio.wait([previous.task])
+            self._inflight = None
+            if not _succeeded(previous.task):
+                # Polled after a batch that was not answered: dropped, and read again after it (the seek covers
+                # both, whichever was polled first on a partition).
+                self._rewind(previous.records + records)
+                return
+        if finish is None:
+            self._rewind(records)
+            return
+        if self._stopping or polled_after != self._revocations:
+            return  # not applied, not committed: read again by whoever owns the partitions next
+        self._inflight = _InFlight(records, asyncio.create_task(self._answer(records, finish)))
+
+    async def _answer(self, records: Records, finish: Finish) -> bool:
+        try:
+            await finish()
             crash_point("after_db_commit")
             await self._commit(records)
         except Exception:
             log.exception("batch_abandoned", records=len(records))
             self._rewind(records)
+            return False
+        return True
 
-    async def _commit(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+    async def _before_revoke(self) -> None:
+        """The batch in flight is answered and its offsets committed while the partitions are still ours."""
+        self._revocations += 1
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.wait([inflight.task])
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        inflight = self._inflight
+        if inflight is not None and not inflight.task.done():
+            log.info("consumer_stop_waits", records=len(inflight.records), timeout=self._graceful_timeout)
+            _, pending = await asyncio.wait([inflight.task], timeout=self._graceful_timeout)
+            if pending:
+                # Abandoned, uncommitted: the transaction rolls back and the records are read again next time.
+                log.warning("batch_abandoned_at_stop", records=len(inflight.records))
+                inflight.task.cancel()
+                await asyncio.wait([inflight.task])
+        await self._stop_subscriber()
+
+    async def _commit(self, records: Records) -> None:
         offsets: dict[TopicPartition, int] = {}
         for record in records:
             partition = TopicPartition(record.topic, record.partition)
@@ -202,7 +277,7 @@ class CommandConsumer:
             # reads it again and the inbox answers each record as a duplicate.
             log.warning("commit_skipped_after_rebalance", error_type=type(exc).__name__)
 
-    def _rewind(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+    def _rewind(self, records: Records) -> None:
         consumer = self.subscriber.consumer
         if consumer is None:
             return
@@ -215,3 +290,7 @@ class CommandConsumer:
                 consumer.seek(partition, offset)
             except IllegalStateError:
                 continue
+
+
+def _succeeded(task: asyncio.Task[bool]) -> bool:
+    return not task.cancelled() and task.result()
