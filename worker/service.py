@@ -57,7 +57,7 @@ class DecodedBatch:
     records: Sequence[RawRecord]
     answers: list[tuple[RawRecord, Command | Rejection]] = field(default_factory=list)
     letters: list[tuple[RawRecord, DeadLetter]] = field(default_factory=list)
-    patches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    patches: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """The commands' patches, made in the first stage (see `worker.domain.fold.Patches`)."""
 
 
@@ -182,7 +182,7 @@ class BatchService:
         return report
 
     def _decode_all(
-        self, records: Sequence[RawRecord], patches: dict[int, dict[str, Any]]
+        self, records: Sequence[RawRecord], patches: dict[tuple[str, str], dict[str, Any]]
     ) -> list[Command | Rejection | DeadLetter]:
         decoded_all = [
             DeadLetter(DlqReason.UNREADABLE_RECORD, record.unreadable)
@@ -195,8 +195,10 @@ class BatchService:
         for decoded in decoded_all:
             if isinstance(decoded, Command):
                 # A failure is left to the apply stage, which makes the patch again and treats the record as poison.
-                with contextlib.suppress(Exception):
-                    patches[id(decoded)] = patch_of(decoded.customer)
+                key = (decoded.organization_id, decoded.message_id)
+                if key not in patches:  # a later one is a duplicate, never folded (see `Patches`)
+                    with contextlib.suppress(Exception):
+                        patches[key] = patch_of(decoded.customer)
         return decoded_all
 
     async def _apply(

@@ -522,6 +522,16 @@ async def test_duplicate_message_ids_write_nothing_and_emit_nothing(store: Store
     report = await store.handle(command(OTHER_ORG, {"external_id": "cus_d"}, message_id=original["message_id"]))
     assert report.summary.created == 1
 
+    # In one batch, a different body under the same message_id: the first command is applied, with its own body
+    # (its patch is made ahead in the decode stage, keyed by the message id).
+    first = command(ORG, {"external_id": "cus_e", "name": "First"})
+    second = command(ORG, {"external_id": "cus_e", "name": "Second"}, message_id=first["message_id"])
+    report = await store.handle(first, second)
+    assert (report.summary.created, report.summary.duplicates) == (1, 1)
+    first_row = await store.row(ORG, "cus_e")
+    assert first_row is not None
+    assert first_row["name"] == "First"
+
 
 @STEP_MODES
 async def test_stale_guard(store: Store, same_batch: bool) -> None:

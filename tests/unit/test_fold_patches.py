@@ -39,7 +39,7 @@ def test_patches_made_ahead_fold_like_patches_made_in_the_fold_and_are_not_consu
         ),
         _command({"external_id": "cus_1", "email": "ada@example.com"}, "2026-11-25T11:00:00Z"),
     ]
-    patches = {id(command): patch_of(command.customer) for command in commands}
+    patches = {(command.organization_id, command.message_id): patch_of(command.customer) for command in commands}
     before = {key: dict(patch) for key, patch in patches.items()}
 
     def fold(with_patches: bool) -> list[Applied]:

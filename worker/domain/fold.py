@@ -34,9 +34,10 @@ from worker.domain.customer import (
 )
 
 JobKind = Literal["create", "update", "checkout"]
-Patches = Mapping[int, dict[str, Any]]
-"""Commands' patches made ahead (`patch_of`, off the critical path), keyed by `id()` of the command object, which the
-caller keeps alive; a command without one gets its patch made when folded."""
+Patches = Mapping[tuple[str, str], dict[str, Any]]
+"""Commands' patches made ahead (`patch_of`, off the critical path), keyed by (organization_id, message_id): the first
+command of a batch with that key is the only one folded (the inbox answers the others as duplicates), so its patch is
+the one kept. A command without one gets its patch made when folded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ def fold_customer(
     outcomes: list[Outcome] = []
     creates = set(active_creates)
     for command in commands:
-        patch = patches.get(id(command)) if patches else None
+        patch = patches.get((command.organization_id, command.message_id)) if patches else None
         outcome = apply_command(state, command, registry=registry, now=now, new_id=new_id, patch=patch)
         if isinstance(outcome, Applied):
             state = outcome.state

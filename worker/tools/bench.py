@@ -24,7 +24,6 @@ from pathlib import Path
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from worker.settings import KafkaSettings, Settings
 from worker.tools.bench_load import (
@@ -39,8 +38,8 @@ from worker.tools.bench_load import (
     servers,
 )
 from worker.tools.bench_start import (
-    PROBE_FETCH_WAIT_MS,
     StartFigures,
+    event_probe,
     measure_cold_start,
     measure_restart_after_crash,
     spawn,
@@ -130,13 +129,7 @@ async def measure_latency(
     sent_wall: dict[str, float] = {}
     latencies: list[float] = []
     stages: list[tuple[float, float]] = []  # (publish to event, event to arrival), seconds
-    consumer = AIOKafkaConsumer(
-        topics["events"],
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=PROBE_FETCH_WAIT_MS,
-    )
+    consumer = event_probe(bootstrap, topics["events"])
     await consumer.start()
     done = asyncio.Event()
 

@@ -36,6 +36,17 @@ from worker.tools.bench_load import build_commands, producer
 PROBE_FETCH_WAIT_MS: Final = 5
 
 
+def event_probe(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """The consumer that times arriving events: no group, from the start of the topic, the shortest fetch wait."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=PROBE_FETCH_WAIT_MS,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StartFigures:
     """Seconds from the spawn: to `/readyz` answering 200 and to the first event; and the breakdown."""
@@ -124,13 +135,7 @@ async def _first_event(
     """Publishes one command, then calls `start`; (worker, started, ready, first event) on the monotonic clock."""
     key, value = build_commands(1, seed=seed, providers=False, prefix=f"start{seed}")[0]
     message_id = orjson.loads(value)["message_id"]
-    consumer = AIOKafkaConsumer(
-        topics["events"],
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=PROBE_FETCH_WAIT_MS,
-    )
+    consumer = event_probe(bootstrap, topics["events"])
     await consumer.start()
     try:
         async with producer(bootstrap) as kafka:
