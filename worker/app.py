@@ -22,7 +22,7 @@ from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
 from worker.domain.jobs import InlineResult
 from worker.errors import ConfigurationError
-from worker.observability import Health, HealthServer, Metrics, export_readiness
+from worker.observability import CommandOutcome, Health, HealthServer, Metrics, export_readiness
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
@@ -343,29 +343,25 @@ class Worker:
         summary = report.summary
         metrics = self.metrics
         metrics.batch(report.records, seconds)
-        counts = {
+        outcomes: dict[CommandOutcome, int] = {
             "created": summary.created,
             "updated": summary.updated,
             "rejected": summary.rejected,
             "skipped": summary.skipped,
             "duplicate": summary.duplicates,
             "invalid_signature": summary.invalid_signature,
-            **{f"dlq_{reason}": n for reason, n in report.dead_letters.items()},
         }
         # One line per batch, not per record: what a person watching `dev` or a log wants to see.
         log.info(
-            "batch_applied", records=report.records, ms=round(seconds * 1000), **{k: n for k, n in counts.items() if n}
+            "batch_applied",
+            records=report.records,
+            ms=round(seconds * 1000),
+            **{outcome: n for outcome, n in outcomes.items() if n},
+            **{f"dlq_{reason}": n for reason, n in report.dead_letters.items() if n},
         )
-        for outcome, count in (
-            ("created", summary.created),
-            ("updated", summary.updated),
-            ("rejected", summary.rejected),
-            ("skipped", summary.skipped),
-            ("duplicate", summary.duplicates),
-            ("invalid_signature", summary.invalid_signature),
-        ):
+        for outcome, count in outcomes.items():
             if count:
-                metrics.command(outcome, count)  # type: ignore[arg-type]
+                metrics.command(outcome, count)
         for reason, count in report.dead_letters.items():
             metrics.command("dead_lettered", count)
             metrics.dead_lettered(DlqReason(reason), count)

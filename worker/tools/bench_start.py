@@ -133,7 +133,9 @@ async def _first_event(
     seed: int,
 ) -> tuple[subprocess.Popen[bytes], float, float, float]:
     """Publishes one command, then calls `start`; (worker, started, ready, first event) on the monotonic clock."""
-    key, value = build_commands(1, seed=seed, providers=False, prefix=f"start{seed}")[0]
+    # A message id of its own per run (the topics are fresh, the database is shared): a repeated one is a duplicate,
+    # answered without an event.
+    key, value = build_commands(1, seed=seed, providers=False, prefix=f"start{seed}-{topics['commands']}")[0]
     message_id = orjson.loads(value)["message_id"]
     consumer = event_probe(bootstrap, topics["events"])
     await consumer.start()
