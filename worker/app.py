@@ -28,7 +28,7 @@ from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
-from worker.runtime import limit_malloc_arenas, seconds_since_process_start, tune_garbage_collector
+from worker.runtime import seconds_since_process_start, tune_garbage_collector, tune_malloc
 from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
 from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
@@ -98,7 +98,7 @@ class Worker:
         self._started_at = time.monotonic()
         log.info("worker_starting", seconds_since_process_start=round(seconds_since_process_start(), 3))
         tune_garbage_collector()
-        limit_malloc_arenas()
+        tune_malloc()
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from worker.domain.customer import COLUMNS
-from worker.runtime import limit_malloc_arenas, tune_garbage_collector
+from worker.runtime import tune_garbage_collector, tune_malloc
 
 _TEXT_COLUMNS: Final = tuple(
     column
@@ -217,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     # The same collector settings as the worker's, so that the ratios compare the pipelines, not the runtime.
     tune_garbage_collector()
-    limit_malloc_arenas()
+    tune_malloc()
     asyncio.run(run(args.mode, args.count))
 
 
