@@ -1,4 +1,5 @@
-"""Composition root: builds every part from settings and runs the worker. Nothing else wires adapters."""
+"""Composition root: builds every part from settings, starts them, and stops them within one `ShutdownBudget`.
+Nothing else wires adapters; nothing here runs per batch."""
 
 from __future__ import annotations
 
@@ -7,72 +8,31 @@ import contextlib
 import errno
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
 
 import asyncpg
 import structlog
-from aiokafka import TopicPartition
 
-from worker.contract.codes import DlqReason
-from worker.contract.connections import Connection, ProviderRegistry, load_registry
+from worker import shutdown
+from worker.configuration import Configuration, load_configuration
+from worker.consumer import CommandConsumer
 from worker.contract.decode import DecodeContext
-from worker.domain.customer import CustomerState
-from worker.domain.jobs import InlineResult
-from worker.errors import ConfigurationError
-from worker.observability import CommandOutcome, Health, HealthServer, Metrics, export_readiness
-from worker.outages import Dependency, rejected_setting
-from worker.preflight import check_kafka_credentials
+from worker.errors import EXIT_OK, EXIT_PENDING_MIGRATIONS, ConfigurationError
+from worker.lag import Partitions
+from worker.maintenance import Maintenance
+from worker.observability import BatchObserver, DependencyWatch, Health, HealthServer, Metrics, export_readiness
 from worker.providers.factory import AdapterFactory
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.runtime import seconds_since_process_start, tune_garbage_collector, tune_malloc
-from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
-from worker.service import BatchReport, BatchService, RawRecord, until_done
-from worker.settings import Settings
-from worker.store import migrations
+from worker.service import BatchService
+from worker.startup import Startup
 from worker.store.db import create_pool
-from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
-from worker.transport.consumer import CommandConsumer, Finish, start_broker
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
+__all__ = ["EXIT_OK", "EXIT_PENDING_MIGRATIONS", "Configuration", "Worker", "load_configuration"]
+
 log = structlog.get_logger("worker.app")
-
-EXIT_OK: Final = 0
-EXIT_CONFIG: Final = 2
-EXIT_PENDING_MIGRATIONS: Final = 3
-_MAINTENANCE_INTERVAL: Final = 5.0
-# Kept free at the end of SHUTDOWN_TIMEOUT for the HTTP server and the interpreter's own exit.
-_EXIT_MARGIN: Final = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Configuration:
-    """What is read once at start: a bad file stops the worker before it connects to anything."""
-
-    settings: Settings
-    registry: ProviderRegistry
-    signing_keys: SigningKeys
-
-
-def load_configuration(settings: Settings) -> Configuration:
-    configuration = Configuration(
-        settings=settings,
-        registry=load_registry(settings.providers_file),
-        signing_keys=load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures),
-    )
-    unsigned = unsigned_provider_organizations(
-        configuration.signing_keys, (c.organization_id for c in configuration.registry.connections)
-    )
-    if unsigned:
-        log.warning(
-            "provider_organizations_without_signing_keys",
-            organizations=unsigned,
-            hint="their commands are accepted unsigned; set SIGNING_KEYS_FILE keys or REQUIRE_SIGNATURES=true",
-        )
-    return configuration
 
 
 class Worker:
@@ -82,27 +42,25 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.health = Health()
         export_readiness(self.metrics, self.health)
+        self._watch = DependencyWatch(self.health, self.metrics)
+        self._budget = shutdown.ShutdownBudget(self._settings.shutdown_timeout)
         self._stop = asyncio.Event()
-        self._partitions: set[int] = set()
-        self._stop_deadline: float | None = None
-        self._started_at = time.monotonic()
+        self._startup = Startup(self._settings, self.health, self._watch, self._stop)
 
     def request_stop(self) -> None:
-        if self._stop_deadline is None:
-            with contextlib.suppress(RuntimeError):
-                self._stop_deadline = asyncio.get_running_loop().time() + self._settings.shutdown_timeout
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to time
+            self._budget.start()
         self._stop.set()
 
     async def run(self, *, install_signal_handlers: bool = True) -> int:
         settings = self._settings
-        self._started_at = time.monotonic()
+        started_at = time.monotonic()
         log.info("worker_starting", seconds_since_process_start=round(seconds_since_process_start(), 3))
         tune_garbage_collector()
         tune_malloc()
-        loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self.request_stop)
+                asyncio.get_running_loop().add_signal_handler(signum, self.request_stop)
         http = HealthServer(self.health, self.metrics, host=settings.http_host, port=settings.http_port)
         try:
             await http.start()
@@ -116,59 +74,49 @@ class Worker:
         pool = await create_pool(settings.database_url, size=settings.db_pool_size)
         producer = KafkaProducer(settings)
         try:
-            return await self._serve(pool, producer)
+            exit_code = await self._startup.ready(pool, producer)
+            if exit_code is not None:
+                return exit_code
+            return await self._serve(pool, producer, started_at)
         finally:
-            await self._close(pool, producer)
+            # Within what is left of the budget whatever the dependencies' state: a producer with sends pending to a
+            # broker that is down, or a pool whose server is gone, would otherwise wait for their own timeouts.
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=self._budget.until_close(part=0.5))
+            except TimeoutError:
+                log.warning(
+                    "producer_stop_abandoned", hint="unacknowledged sends are retried from the outbox next time"
+                )
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self._budget.until_close())
+            except TimeoutError:
+                log.warning("pool_close_abandoned")
+                pool.terminate()
             await http.stop()
 
-    async def _close(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer) -> None:
-        """Within what is left of SHUTDOWN_TIMEOUT whatever the dependencies' state: a producer with sends pending
-        to a broker that is down, or a pool whose server is gone, would otherwise wait for their own timeouts."""
-        loop = asyncio.get_running_loop()
-        deadline = self._stop_deadline or loop.time() + self._settings.shutdown_timeout
-        end = deadline - _EXIT_MARGIN
-        try:
-            await asyncio.wait_for(producer.stop(), timeout=max((end - loop.time()) / 2, 0.05))
-        except TimeoutError:
-            log.warning("producer_stop_abandoned", hint="unacknowledged sends are retried from the outbox next time")
-        try:
-            await asyncio.wait_for(pool.close(), timeout=max(end - loop.time(), 0.05))
-        except TimeoutError:
-            log.warning("pool_close_abandoned")
-            pool.terminate()
-
-    async def _serve(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer) -> int:
-        settings = self._settings
-        exit_code = await self._prepare(pool, producer)
-        if exit_code is not None:
-            return exit_code
+    async def _serve(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer, started_at: float) -> int:
+        settings, budget, metrics, registry = self._settings, self._budget, self.metrics, self._config.registry
         prepared_at = time.monotonic()
-
         relay = OutboxRelay(
             pool=pool,
             sender=producer,
             topic=settings.events_topic,
             batch_size=settings.relay_batch_size,
             idle_interval=settings.relay_idle_interval,
-            on_published=self._published,
-            on_parked=self.metrics.parked,
+            on_published=metrics.events_published_total.inc,
+            on_parked=metrics.parked,
         )
-        registry = self._config.registry
         adapters = AdapterFactory(max_threads=settings.provider_concurrency)
         runner = ProviderJobRunner(
             pool,
             registry,
             adapters,
-            self.metrics,
+            metrics,
             concurrency=settings.provider_concurrency,
             max_attempts=settings.provider_max_attempts,
-            drain_timeout=settings.shutdown_timeout * 0.3,
+            drain_timeout=budget.share(shutdown.PROVIDER_JOBS),
             on_events=relay.notify,
         )
-
-        async def inline(connection: Connection, customer: CustomerState, message_id: str) -> InlineResult:
-            return await runner.create_inline(connection, customer, message_id, settings.provider_sync_budget)
-
         service = BatchService(
             pool=pool,
             decode_context=DecodeContext(
@@ -177,42 +125,32 @@ class Worker:
                 max_clock_skew=timedelta(seconds=settings.max_clock_skew),
             ),
             registry=registry,
-            dead_letters=DeadLetterProducer(
-                producer,
-                settings.dlq_topic,
-                on_dropped=lambda count: self.metrics.skipped("dead_letter_refused", count),
-            ),
+            dead_letters=DeadLetterProducer(producer, settings.dlq_topic, on_dropped=metrics.dead_letters_dropped),
             poison_max_attempts=settings.poison_max_attempts,
-            on_outage=self._on_outage,
-            inline=inline if registry.connections else None,
+            on_outage=self._watch,
+            inline=runner if registry.connections else None,
+            inline_budget=settings.provider_sync_budget,
+            observer=BatchObserver(metrics),
+            on_events=relay.notify,
+            on_jobs=runner.notify,
         )
-
-        async def on_batch(records: Sequence[RawRecord]) -> Finish:
-            started = time.perf_counter()
-            decoded = await service.decode(records)
-            decoding = time.perf_counter() - started
-
-            async def finish() -> None:
-                started = time.perf_counter()
-                report = await service.apply(decoded)
-                relay.notify()
-                if report.summary.enqueued_jobs:
-                    runner.notify()
-                self._record(report, decoding + time.perf_counter() - started)
-
-            return finish
-
-        consumer = CommandConsumer(settings, on_batch, self._on_assignment)
-        if not await self._until_or_stopped(lambda: start_broker(consumer), "kafka"):
+        partitions = Partitions(metrics, self.health)
+        consumer = CommandConsumer(settings, service, partitions.assigned, grace=budget.share(shutdown.BATCH_IN_FLIGHT))
+        if not await self._startup.until_or_stopped(consumer.start, "kafka"):
             return EXIT_OK
         self.health.broker_ok = True
-        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        loops = [
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(
+                Maintenance(pool, metrics, self.health, retention_days=settings.inbox_retention_days).run(),
+                name="maintenance",
+            ),
+            asyncio.create_task(partitions.collect_lag(consumer), name="consumer-lag"),
+        ]
         # Jobs exist only for configured connections: without any, there is nothing to poll for.
         runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if registry.connections else None
         if runner_task is not None:
             runner_task.add_done_callback(self._runner_ended)
-        maintenance = asyncio.create_task(self._maintain(pool, consumer), name="maintenance")
-        joined_at = time.monotonic()
         # Where start-up went (the bench's cold-start breakdown reads it): connecting and checking both dependencies,
         # then joining the group, which the broker holds (Tansu: half KAFKA_SESSION_TIMEOUT_MS; Kafka: its
         # group.initial.rebalance.delay.ms for an empty group, or until the members of a stable group rejoin).
@@ -220,97 +158,28 @@ class Worker:
             "worker_started",
             topic=settings.commands_topic,
             group=settings.kafka_group_id,
-            prepare_ms=round((prepared_at - self._started_at) * 1000),
-            join_ms=round((joined_at - prepared_at) * 1000),
+            prepare_ms=round((prepared_at - started_at) * 1000),
+            join_ms=round((time.monotonic() - prepared_at) * 1000),
         )
         await self._stop.wait()
 
-        # The drain ends at 0.8 x SHUTDOWN_TIMEOUT: the rest is for closing the producer and the pool (`_close`).
-        loop = asyncio.get_running_loop()
-        deadline = (self._stop_deadline or loop.time() + settings.shutdown_timeout) - settings.shutdown_timeout * 0.2
         log.info("worker_stopping")
-        maintenance.cancel()
+        for loop in loops[1:]:
+            loop.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(consumer.broker.stop(), timeout=settings.shutdown_timeout * 0.7)
+            await asyncio.wait_for(consumer.stop(), timeout=budget.until(shutdown.CONSUMER))
         if runner_task is not None:
-            runner.stop()  # finishes the jobs in hand for up to 0.3 x SHUTDOWN_TIMEOUT, gives the rest back
+            runner.stop()  # finishes the jobs in hand for up to its share, gives the rest back
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(runner_task, timeout=max(deadline - loop.time(), 0.1))
+                await asyncio.wait_for(runner_task, timeout=budget.until(shutdown.DRAIN))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(adapters.aclose_all(), timeout=max(deadline - loop.time(), 0.1))
+            await asyncio.wait_for(adapters.aclose_all(), timeout=budget.until(shutdown.DRAIN))
         relay.stop()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(relay_task, timeout=max(deadline - loop.time(), 0.1))
-        await relay.drain(deadline)
+            await asyncio.wait_for(loops[0], timeout=budget.until(shutdown.DRAIN))
+        await relay.drain(budget.deadline(shutdown.DRAIN))
         log.info("worker_stopped", events_published=relay.stats.published)
         return EXIT_OK
-
-    async def _prepare(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer) -> int | None:
-        """The database (reachable, schema current) and the broker (credentials, producer) are made ready side by side:
-        start-up costs the slower of the two, not their sum. None once both are; otherwise the exit code. The group
-        is joined only after both: a replica whose database is down or behind must not take partitions it cannot
-        serve (nor make the group rebalance twice on its way to exit 3)."""
-        database = asyncio.create_task(self._database_ready(pool), name="start-postgres")
-        broker = asyncio.create_task(self._broker_ready(producer), name="start-kafka")
-        waiting: set[asyncio.Task[int | None]] = {database, broker}
-        try:
-            while waiting:
-                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    exit_code = task.result()  # a refused setting raises ConfigurationError at once (exit 2)
-                    if exit_code is not None:
-                        return exit_code
-            return None
-        finally:
-            for task in waiting:
-                task.cancel()
-            await asyncio.gather(*waiting, return_exceptions=True)
-
-    async def _database_ready(self, pool: asyncpg.Pool[asyncpg.Record]) -> int | None:
-        if not await self._until_or_stopped(lambda: self._check_database(pool), "postgres"):
-            return EXIT_OK
-        async with pool.acquire() as conn:
-            waiting = await migrations.pending(conn)
-        if waiting:
-            log.error(
-                "migrations_pending",
-                pending=[f"{m.version:04d}_{m.name}" for m in waiting],
-                hint="run `customer-worker migrate` first",
-            )
-            return EXIT_PENDING_MIGRATIONS
-        return None
-
-    async def _broker_ready(self, producer: KafkaProducer) -> int | None:
-        if not await self._until_or_stopped(lambda: check_kafka_credentials(self._settings), "kafka"):
-            return EXIT_OK
-        if not await self._until_or_stopped(producer.start, "kafka"):
-            return EXIT_OK
-        return None
-
-    async def _until_or_stopped(self, operation: Callable[[], Awaitable[None]], dependency: Dependency) -> bool:
-        """Wait for a dependency through outages (not ready meanwhile); False when a stop came first."""
-        task = asyncio.ensure_future(until_done(operation, dependency, self._on_outage))
-        stop = asyncio.ensure_future(self._stop.wait())
-        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            stop.cancel()
-            task.result()
-            return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return False
-
-    async def _check_database(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        try:
-            await pool.fetchval("SELECT 1")
-        except Exception as exc:
-            # At start, a server that answers but refuses the settings is not waited for (SPEC §12 Settings).
-            refused = rejected_setting(exc)
-            if refused is not None:
-                raise ConfigurationError(f"configuration error: {refused}") from None
-            raise
-        self.health.database_ok = True
 
     def _runner_ended(self, task: asyncio.Task[None]) -> None:
         """The runner outlives every error; should it end anyway before shutdown, `/readyz` names it."""
@@ -319,81 +188,3 @@ class Worker:
         self.health.provider_runner_ok = False
         error = None if task.cancelled() else task.exception()
         log.error("provider_runner_stopped", error_type=type(error).__name__ if error else None)
-
-    def _on_outage(self, dependency: Dependency, available: bool) -> None:
-        if dependency == "postgres":
-            self.health.database_ok = available
-        else:
-            self.health.broker_ok = available
-        if not available:
-            self.metrics.dependency_retry(dependency)
-
-    def _published(self, count: int) -> None:
-        self.metrics.events_published_total.inc(count)
-
-    def _on_assignment(self, partitions: set[int]) -> None:
-        # Each rebalance logs this twice (revoked, then assigned): the adversarial suite counts them.
-        log.info("partitions_assigned", partitions=sorted(partitions))
-        for gone in self._partitions - partitions:
-            self.metrics.forget_partition(gone)
-        self._partitions = partitions
-        self.health.partitions_assigned = bool(partitions)
-
-    def _record(self, report: BatchReport, seconds: float) -> None:
-        summary = report.summary
-        metrics = self.metrics
-        metrics.batch(report.records, seconds)
-        outcomes: dict[CommandOutcome, int] = {
-            "created": summary.created,
-            "updated": summary.updated,
-            "rejected": summary.rejected,
-            "skipped": summary.skipped,
-            "duplicate": summary.duplicates,
-            "invalid_signature": summary.invalid_signature,
-        }
-        # One line per batch, not per record: what a person watching `dev` or a log wants to see.
-        log.info(
-            "batch_applied",
-            records=report.records,
-            ms=round(seconds * 1000),
-            **{outcome: n for outcome, n in outcomes.items() if n},
-            **{f"dlq_{reason}": n for reason, n in report.dead_letters.items() if n},
-        )
-        for outcome, count in outcomes.items():
-            if count:
-                metrics.command(outcome, count)
-        for reason, count in report.dead_letters.items():
-            metrics.command("dead_lettered", count)
-            metrics.dead_lettered(DlqReason(reason), count)
-        if summary.unknown_fields:
-            metrics.unknown_fields_total.inc(summary.unknown_fields)
-
-    async def _maintain(self, pool: asyncpg.Pool[asyncpg.Record], consumer: CommandConsumer) -> None:
-        retention = timedelta(days=self._settings.inbox_retention_days)
-        while True:
-            try:
-                await prune_retained(pool, retention)
-                backlog = await outbox_backlog(pool)
-                self.metrics.set_outbox(backlog.rows, backlog.oldest_seconds)
-                self.metrics.set_provider_jobs(await open_provider_jobs(pool, statement_timeout=_MAINTENANCE_INTERVAL))
-                self.health.database_ok = True
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.health.database_ok = False
-                log.warning("maintenance_failed", error_type=type(exc).__name__)
-            await self._update_lag(consumer)
-            await asyncio.sleep(_MAINTENANCE_INTERVAL)
-
-    async def _update_lag(self, consumer: CommandConsumer) -> None:
-        kafka = consumer.subscriber.consumer
-        if kafka is None:
-            return
-        try:
-            assigned: list[TopicPartition] = list(kafka.assignment())
-            if not assigned:
-                return
-            ends = await kafka.end_offsets(assigned)
-            for partition in assigned:
-                committed = await kafka.committed(partition)
-                self.metrics.set_consumer_lag(partition.partition, max(ends[partition] - (committed or 0), 0))
-        except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
-            log.debug("lag_unavailable", error_type=type(exc).__name__)

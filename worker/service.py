@@ -1,35 +1,61 @@
-"""The use case: answer one batch of raw records, durably, before its offsets may be committed.
+"""The use case: settle one batch of raw records, durably, before its offsets may be committed.
 
-`BatchService.handle` returns only when every record of the batch is answered: applied, rejected or skipped in one
-database transaction, or copied to the DLQ. Dependency outages (PostgreSQL, the broker) are waited out with
-backoff, without limit; a failure that is not an outage (a bug, a value PostgreSQL refuses) is retried a bounded
-number of times, then the batch is split and the records that still fail go to the DLQ as `processing_error`.
-No framework imports: tests drive this without Kafka.
+The story of a batch, in the order it happens (`BatchService` is the consumer's `BatchSink`):
+
+1. `prepare` — decode: each record becomes a command, a rejection, or a dead letter (`contract.decode`, which also
+   authenticates: the HMAC signature is checked there, through `security.SigningKeys`). In a thread, touching no
+   dependency, while the previous batch is applied.
+2. `apply` — one transaction (`apply_once`, over the unit of work of `store.batch`):
+   inbox (duplicates settled without an event) → lock the customers → fold (`domain.fold`) → inline creates of
+   `sync: true` (the provider calls, under the customers' locks) → write the customers, the result events (outbox)
+   and the provider jobs.
+3. Dead letters: copied to the DLQ, acknowledged by the broker.
+4. The consumer commits the offsets once `apply` returns; the relay publishes the outbox (woken here).
+
+Dependency outages (PostgreSQL, the broker) are waited out with backoff, without limit (`until_done`); a failure that
+is not an outage (a bug, a value PostgreSQL refuses) is retried a bounded number of times, then the batch is split
+and the records that still fail go to the DLQ as `processing_error`. No framework imports: tests drive this without
+Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import stamina
 import structlog
 
 from worker.contract.codes import DlqReason
-from worker.contract.connections import ProviderRegistry
-from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
-from worker.domain.customer import patch_of
-from worker.domain.fold import Patches
-from worker.observability import record_context, safe_message
+from worker.contract.connections import Connection, ProviderRegistry
+from worker.contract.decode import Admitted, Command, DeadLetter, DecodeContext, Rejection, decode
+from worker.domain.customer import CustomerState, patch_of
+from worker.domain.events import OutboxEvent
+from worker.domain.fold import (
+    BatchSummary,
+    Outcome,
+    Patches,
+    asking_for_creates,
+    final_states,
+    first_deliveries,
+    fold_batch,
+    group_by_customer,
+    inbox_keys,
+    result_events,
+)
+from worker.domain.inline import inline_creates, link_inline
+from worker.domain.jobs import InlineResult
+from worker.observability import BatchObserver, record_context, safe_message
 from worker.outages import Dependency, is_outage
-from worker.store.batch import BatchSummary, apply_batch
-from worker.store.inline import InlineCreate
+from worker.store.batch import BatchTransaction, batch_transaction
 from worker.tracing import consume_span, traced
+from worker.transport.raw import RawRecord
 
 log = structlog.get_logger("worker.service")
 # stamina's default hooks log `repr(exc)` (an asyncpg DETAIL can quote a row); `until_done` logs retries itself.
@@ -37,28 +63,17 @@ stamina.instrumentation.set_on_retry_hooks([])
 T = TypeVar("T")
 
 
-class RawRecord(NamedTuple):
-    """A consumed record exactly as read: the DLQ copies key, value and headers byte for byte."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    # Set for an offset the Kafka client could not read (SPEC §12): why, without content; key, value, headers empty.
-    unreadable: str | None = None
-
-
 @dataclass(slots=True)
-class DecodedBatch:
-    """A batch after the first stage: each record's command or rejection (in order), and its dead letters."""
+class Prepared:
+    """A batch after the first phase: each record's command or rejection (in order), and its dead letters."""
 
     records: Sequence[RawRecord]
-    answers: list[tuple[RawRecord, Command | Rejection]] = field(default_factory=list)
+    admitted: list[tuple[RawRecord, Admitted]] = field(default_factory=list)
     letters: list[tuple[RawRecord, DeadLetter]] = field(default_factory=list)
     patches: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    """The commands' patches, made in the first stage (see `worker.domain.fold.Patches`)."""
+    """The commands' patches, made in the first phase (see `worker.domain.fold.Patches`)."""
+    seconds: float = 0.0
+    """Time spent preparing (decoding), counted in the batch's processing time."""
 
 
 class DeadLetterSink(Protocol):
@@ -66,18 +81,32 @@ class DeadLetterSink(Protocol):
         """Returns once the broker acknowledged every letter; raises on failure."""
 
 
+class InlineCreator(Protocol):
+    """The provider create call of `sync: true` (`worker.providers.runner.ProviderJobRunner.create_inline`)."""
+
+    async def create_inline(
+        self, connection: Connection, customer: CustomerState, message_id: str, budget_seconds: float
+    ) -> InlineResult: ...
+
+
 @dataclass(slots=True)
-class BatchReport:
+class Report:
     records: int = 0
     summary: BatchSummary = field(default_factory=BatchSummary)
-    dead_letters: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[DlqReason, int] = field(default_factory=dict)
 
 
+Transaction = Callable[[asyncpg.Pool], contextlib.AbstractAsyncContextManager[BatchTransaction]]
+"""Opens one batch's unit of work (`store.batch.batch_transaction`; a test may wrap it)."""
 OutageHook = Callable[[Dependency, bool], None]
 """Called with (dependency, available): False on each retry during an outage, True once the operation succeeded."""
 
 
 def _ignore(dependency: Dependency, available: bool) -> None:
+    return None
+
+
+def _nothing() -> None:
     return None
 
 
@@ -87,7 +116,7 @@ async def until_done(
     """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes.
 
     Each failed attempt is logged here, through the redaction pipeline (type and a short message without data);
-    stamina's own retry hooks, which log `repr(exc)`, are switched off below."""
+    stamina's own retry hooks, which log `repr(exc)`, are switched off above."""
     failed = False
     async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
         with attempt:
@@ -126,25 +155,37 @@ class BatchService:
         poison_max_attempts: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_outage: OutageHook = _ignore,
-        inline: InlineCreate | None = None,
+        inline: InlineCreator | None = None,
+        inline_budget: float = 2.0,
+        observer: BatchObserver | None = None,
+        on_events: Callable[[], None] = _nothing,
+        on_jobs: Callable[[], None] = _nothing,
+        transaction: Transaction = batch_transaction,
     ) -> None:
-        self._on_outage = on_outage
-        self._inline = inline
+        """`on_events` / `on_jobs`: wake the relay / the provider runner once a batch wrote events / jobs."""
+        self._transaction = transaction
         self._pool = pool
         self._decode_context = decode_context
         self._registry = registry
         self._dead_letters = dead_letters
         self._poison_max_attempts = poison_max_attempts
         self._clock = clock
+        self._on_outage = on_outage
+        self._inline = inline
+        self._inline_budget = inline_budget
+        self._observer = observer
+        self._on_events = on_events
+        self._on_jobs = on_jobs
 
-    async def handle(self, records: Sequence[RawRecord]) -> BatchReport:
-        """Both stages at once (tests, tools); the consumer runs them apart, see `decode`."""
-        return await self.apply(await self.decode(records))
+    async def handle(self, records: Sequence[RawRecord]) -> Report:
+        """Both phases at once (tests, tools); the consumer runs them apart, see `prepare`."""
+        return await self.apply(await self.prepare(records))
 
-    async def decode(self, records: Sequence[RawRecord]) -> DecodedBatch:
-        """The first stage: decode and validate, touching no dependency. The consumer runs it for the next batch
+    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        """The first phase: decode and validate, touching no dependency. The consumer runs it for the next batch
         while the previous one is applied (`apply`), so it must not depend on what `apply` writes."""
-        batch = DecodedBatch(records)
+        started = time.perf_counter()
+        batch = Prepared(records)
         # Off the event loop: a batch of worst-case records costs seconds of CPU, and the consumer's heartbeats, the
         # relay and the previous batch's transaction must go on meanwhile. One thread per batch.
         decoded_all = await asyncio.to_thread(self._decode_all, records, batch.patches)
@@ -152,34 +193,84 @@ class BatchService:
             if isinstance(decoded, DeadLetter):
                 batch.letters.append((record, decoded))
             else:
-                batch.answers.append((record, decoded))
+                batch.admitted.append((record, decoded))
                 if isinstance(decoded, Rejection):
                     _log_rejection(record, decoded)
+        batch.seconds = time.perf_counter() - started
         return batch
 
-    async def apply(self, batch: DecodedBatch) -> BatchReport:
-        """The second stage: answer every record of a decoded batch, durably (one transaction, the DLQ)."""
+    async def apply(self, batch: Prepared) -> Report:
+        """The second phase: settle every record of a prepared batch, durably (one transaction, the DLQ)."""
+        started = time.perf_counter()
         with consume_span(batch.records):
-            return await self._answer(batch)
+            report = await self._settle(batch)
+        if report.summary.events:
+            self._on_events()
+        if report.summary.enqueued_jobs:
+            self._on_jobs()
+        if self._observer is not None:
+            seconds = batch.seconds + time.perf_counter() - started
+            self._observer.batch(report.records, seconds, report.summary, report.dead_letters)
+        return report
 
-    async def _answer(self, batch: DecodedBatch) -> BatchReport:
-        report = BatchReport(records=len(batch.records))
-        answers = batch.answers
+    async def _settle(self, batch: Prepared) -> Report:
+        report = Report(records=len(batch.records))
+        admitted = batch.admitted
         letters = list(batch.letters)
-        if answers:
+        if admitted:
             try:
-                report.summary = await self._apply([answer for _, answer in answers], batch.patches)
+                report.summary = await self._apply([item for _, item in admitted], batch.patches)
             except PoisonError:
-                report.summary, poisoned = await self._apply_bisecting(answers, batch.patches)
+                report.summary, poisoned = await self._apply_bisecting(admitted, batch.patches)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
             await until_done(lambda: self._dead_letters.send(letters), "kafka", self._on_outage)
             for record, letter in letters:
-                report.dead_letters[letter.reason.value] = report.dead_letters.get(letter.reason.value, 0) + 1
+                report.dead_letters[letter.reason] = report.dead_letters.get(letter.reason, 0) + 1
                 with record_context(None, None, record.partition, record.offset):
                     log.warning("dead_lettered", reason=letter.reason.value, error=letter.error)
         return report
+
+    @traced("apply")
+    async def apply_once(self, batch: Sequence[Admitted], patches: Patches) -> BatchSummary:
+        """One attempt, one transaction: the story of a batch's commands, over the SQL of `store.batch`. Raises
+        whatever the attempt met (`apply` retries it); nothing is written then."""
+        summary = BatchSummary()
+        now = self._clock()
+        async with self._transaction(self._pool) as tx:
+            # The inbox: a message id seen before (or twice in this batch) is a duplicate, settled without an event.
+            fresh = first_deliveries(batch, await tx.record_in_inbox(inbox_keys(batch)), summary)
+            commands = [item for item in fresh if isinstance(item, Command)]
+            # Lock the customers the commands touch, then fold each one's commands in partition order.
+            groups = group_by_customer(commands)
+            stored = await tx.lock_customers(groups)
+            active = await tx.active_creates(asking_for_creates(commands, groups, stored))
+            id_key = await tx.id_key() if len(stored) < len(groups) else b""
+            outcomes = fold_batch(
+                commands, groups, stored, active, registry=self._registry, now=now, id_key=id_key, patches=patches
+            )
+            # `sync: true`: the provider creates, made while the transaction holds the customers' locks.
+            provider_events = await self._create_inline(outcomes, now)
+            # Write: the customers and their result events (one statement), then the provider jobs.
+            events = result_events(fresh, outcomes, provider_events, now, summary)
+            await tx.write(final_states(outcomes.values()), events)
+            await tx.enqueue_jobs(summary.enqueued_jobs)
+        return summary
+
+    async def _create_inline(self, outcomes: dict[int, Outcome], now: datetime) -> dict[int, OutboxEvent]:
+        """Runs the batch's inline creates concurrently; rewrites `outcomes` with their results (`domain.inline`)."""
+        inline = self._inline
+        targets = inline_creates(outcomes, self._registry) if inline is not None else []
+        if inline is None or not targets:
+            return {}
+        results = await asyncio.gather(
+            *(
+                inline.create_inline(target.connection, target.request, target.message_id, self._inline_budget)
+                for target in targets
+            )
+        )
+        return link_inline(outcomes, targets, results, now)
 
     def _decode_all(
         self, records: Sequence[RawRecord], patches: dict[tuple[str, str], dict[str, Any]]
@@ -190,25 +281,23 @@ class BatchService:
             else decode(record.value, record.headers, self._decode_context)
             for record in records
         ]
-        # Each command's patch too, in this thread: it depends on the command alone, and the apply stage is the one
+        # Each command's patch too, in this thread: it depends on the command alone, and the apply phase is the one
         # the batches queue behind.
         for decoded in decoded_all:
             if isinstance(decoded, Command):
-                # A failure is left to the apply stage, which makes the patch again and treats the record as poison.
+                # A failure is left to the apply phase, which makes the patch again and treats the record as poison.
                 key = (decoded.organization_id, decoded.message_id)
                 if key not in patches:  # a later one is a duplicate, never folded (see `Patches`)
                     with contextlib.suppress(Exception):
                         patches[key] = patch_of(decoded.customer)
         return decoded_all
 
-    async def _apply(
-        self, answers: Sequence[Command | Rejection], patches: Patches, attempts: int | None = None
-    ) -> BatchSummary:
+    async def _apply(self, batch: Sequence[Admitted], patches: Patches, attempts: int | None = None) -> BatchSummary:
         limit = attempts or self._poison_max_attempts
         failures = 0
         while True:
             try:
-                return await until_done(lambda: self._apply_once(answers, patches), "postgres", self._on_outage)
+                return await until_done(lambda: self.apply_once(batch, patches), "postgres", self._on_outage)
             except Exception as exc:  # anything but an outage counts towards the poison limit
                 failures += 1
                 log.error(
@@ -216,38 +305,25 @@ class BatchService:
                     error_type=type(exc).__name__,
                     attempt=failures,
                     max_attempts=limit,
-                    size=len(answers),
+                    size=len(batch),
                 )
                 if failures >= limit:
                     raise PoisonError(type(exc).__name__) from exc
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
 
-    @traced("apply")
-    async def _apply_once(self, answers: Sequence[Command | Rejection], patches: Patches) -> BatchSummary:
-        async with self._pool.acquire() as conn:
-            try:
-                return await apply_batch(
-                    conn, answers, registry=self._registry, now=self._clock(), inline=self._inline, patches=patches
-                )
-            except asyncpg.ReadOnlySQLTransactionError:
-                # A demoted primary keeps answering read-only on this connection: drop it, so that the next
-                # attempt connects again (to the new primary, once the DSN's name or host list leads there).
-                conn.terminate()
-                raise
-
     async def _apply_bisecting(
-        self, answers: Sequence[tuple[RawRecord, Command | Rejection]], patches: Patches
+        self, admitted: Sequence[tuple[RawRecord, Admitted]], patches: Patches
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
         total = BatchSummary()
         poisoned: list[tuple[RawRecord, DeadLetter]] = []
-        pending: list[Sequence[tuple[RawRecord, Command | Rejection]]] = [answers]
+        pending: list[Sequence[tuple[RawRecord, Admitted]]] = [admitted]
         while pending:
             part = pending.pop(0)
             single = len(part) == 1
             try:
                 summary = await self._apply(
-                    [answer for _, answer in part], patches, attempts=self._poison_max_attempts if single else 1
+                    [item for _, item in part], patches, attempts=self._poison_max_attempts if single else 1
                 )
             except PoisonError as exc:
                 if single:

@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.contract.decode import DeadLetter
-from worker.service import RawRecord
+from worker.transport.raw import RawRecord
 from worker.store import migrations
 
 JSON_HEADERS: tuple[tuple[str, bytes], ...] = (("content-type", b"application/json"),)

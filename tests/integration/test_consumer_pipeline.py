@@ -1,4 +1,4 @@
-"""The two-stage consumer (worker/transport/consumer.py) against the real broker: batch N+1 is decoded while batch N
+"""The two-stage consumer (worker/consumer.py) against the real broker: batch N+1 is decoded while batch N
 is answered, at most one batch is answered at a time and in poll order, a failing batch takes the one decoded after
 it down with it (both read again, nothing skipped, nothing answered twice), and a stop waits for the batch in
 flight and commits it."""
@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from worker.service import RawRecord
+from worker.transport.raw import RawRecord
 from worker.settings import Settings
-from worker.transport.consumer import CommandConsumer, Finish, start_broker
+from worker.consumer import CommandConsumer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,13 +77,15 @@ async def _committed(bootstrap: str, topic: str, group: str) -> int | None:
 @asynccontextmanager
 async def _consuming(
     bootstrap: str, topic: str, group: str, answer: Answer
-) -> AsyncIterator[tuple[Stages, CommandConsumer]]:
+) -> AsyncIterator[tuple[Stages, CommandConsumer[Sequence[RawRecord]]]]:
     stages = Stages()
 
-    async def handler(records: Sequence[RawRecord]) -> Finish:
-        stages.decoded(records)
+    class Sink:
+        async def prepare(self, records: Sequence[RawRecord]) -> Sequence[RawRecord]:
+            stages.decoded(records)
+            return records
 
-        async def finish() -> None:
+        async def apply(self, records: Sequence[RawRecord]) -> None:
             stages.answering += 1
             stages.most_at_once = max(stages.most_at_once, stages.answering)
             stages.steps.append(("answer", records[0].offset))
@@ -96,8 +98,6 @@ async def _consuming(
             if len(stages.answered) >= RECORDS:
                 stages.all_answered.set()
 
-        return finish
-
     settings = Settings(
         database_url=SecretStr("postgresql://unused@127.0.0.1:9/unused"),
         kafka_bootstrap_servers=bootstrap,
@@ -108,13 +108,16 @@ async def _consuming(
         shutdown_timeout=20.0,
     )
     consumer = CommandConsumer(
-        settings, handler, lambda partitions: stages.steps.append(("partitions", len(partitions)))
+        settings,
+        Sink(),
+        lambda partitions: stages.steps.append(("partitions", len(partitions))),
+        grace=settings.shutdown_timeout * 0.5,
     )
-    await start_broker(consumer)
+    await consumer.start()
     try:
         yield stages, consumer
     finally:
-        await consumer.broker.stop()
+        await consumer.stop()
 
 
 def _group() -> str:
@@ -204,7 +207,7 @@ async def test_a_stop_waits_for_the_batch_in_flight_and_commits_it(
             await _until(lambda: bool(held))
 
             async def stop() -> None:
-                await consumer.broker.stop()  # `_consuming` stops it again on exit: harmless
+                await consumer.stop()  # `_consuming` stops it again on exit: harmless
                 events.append("stopped")
 
             stopping = asyncio.create_task(stop())

@@ -30,7 +30,7 @@ from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUpdated
 from worker.contract.framing import frame
-from worker.service import RawRecord
+from worker.transport.raw import RawRecord
 from worker.tools.devstack import create_topics
 from worker.tools.dlq import ReplayFilter, replay
 from worker.transport.producers import DLQ_HEADERS, DeadLetterProducer, KafkaProducer

@@ -28,7 +28,7 @@ from worker.contract.connections import Connection, ConnectionConfig, ProviderRe
 from worker.contract.decode import DecodeContext
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerSkipped, CustomerUpdated
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
-from worker.service import BatchReport, BatchService
+from worker.service import Report, BatchService
 from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
@@ -68,7 +68,7 @@ class Store:
     clock: Clock
     records: RecordFactory = field(default_factory=RecordFactory)
 
-    async def handle(self, *items: dict[str, Any] | bytes | None, headers: Any = None) -> BatchReport:
+    async def handle(self, *items: dict[str, Any] | bytes | None, headers: Any = None) -> Report:
         batch = []
         for item in items:
             value = encode(item) if isinstance(item, dict) else item

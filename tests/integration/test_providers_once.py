@@ -8,7 +8,8 @@ parameters; 409 while in progress; customer search).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +20,11 @@ from tests.fakes.stripe_fake import FakeStripe
 from tests.integration import test_providers_jobs
 from tests.integration.helpers import command, encode
 from tests.integration.test_providers_jobs import ORG, ProviderHarness
-from worker.contract.connections import Connection
 from worker.contract.decode import Command, DecodeContext, decode
 from worker.providers.idempotency import idempotency_key
 from worker.security import SigningKeys
-from worker.store.batch import apply_batch
-from worker.store.inline import InlineCreate
+from worker.service import BatchService
+from worker.store.batch import BatchTransaction, batch_transaction
 from worker.store.jobs import claim_due
 
 pytestmark = [
@@ -45,36 +45,49 @@ def body(external_id: str, name: str, *, sync: bool = False) -> dict[str, Any]:
 
 
 class Batches:
-    """Applies commands as the worker does (`apply_batch`), with or without the inline path of `sync: true`."""
+    """Applies commands as the worker does (`BatchService.apply_once`: one transaction), with the inline path of
+    `sync: true`; `rollback=True` rolls that transaction back after it did everything (the inline calls included)."""
 
     def __init__(self, harness: ProviderHarness, *, budget: float = 2.0) -> None:
         self.harness = harness
         self.runner = harness.runner()
         self.context = DecodeContext(signing_keys=SigningKeys({}), registry=harness.registry)
-
-        async def inline(connection: Connection, customer: Any, message_id: str) -> Any:
-            return await self.runner.create_inline(connection, customer, message_id, budget)
-
-        self.inline: InlineCreate = inline
+        self.budget = budget
 
     def commands(self, *bodies: dict[str, Any]) -> list[Command]:
         decoded = [decode(encode(command(ORG, item)), (), self.context) for item in bodies]
         assert all(isinstance(item, Command) for item in decoded)
         return [item for item in decoded if isinstance(item, Command)]
 
+    def _service(self, transaction: Any = batch_transaction) -> BatchService:
+        return BatchService(
+            pool=self.harness.pool,
+            decode_context=self.context,
+            registry=self.harness.registry,
+            dead_letters=_NoDeadLetters(),
+            inline=self.runner,
+            inline_budget=self.budget,
+            transaction=transaction,
+        )
+
     async def apply(self, commands: Sequence[Command], *, rollback: bool = False) -> None:
-        async with self.harness.pool.acquire() as conn:
-            if not rollback:
-                await apply_batch(
-                    conn, commands, registry=self.harness.registry, now=datetime.now(UTC), inline=self.inline
-                )
-                return
-            with pytest.raises(_RolledBackError):
-                async with conn.transaction():
-                    await apply_batch(
-                        conn, commands, registry=self.harness.registry, now=datetime.now(UTC), inline=self.inline
-                    )
-                    raise _RolledBackError  # another record's failure, a dropped connection, a kill
+        if not rollback:
+            await self._service().apply_once(commands, {})
+            return
+
+        @asynccontextmanager
+        async def rolled_back(pool: Any) -> AsyncIterator[BatchTransaction]:
+            async with batch_transaction(pool) as tx:
+                yield tx
+                raise _RolledBackError  # another record's failure, a dropped connection, a kill
+
+        with pytest.raises(_RolledBackError):
+            await self._service(rolled_back).apply_once(commands, {})
+
+
+class _NoDeadLetters:
+    async def send(self, letters: Any) -> None:
+        raise AssertionError("no dead letter expected")
 
 
 class _RolledBackError(Exception):

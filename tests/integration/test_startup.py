@@ -59,7 +59,7 @@ async def test_database_and_broker_are_readied_side_by_side(pool: asyncpg.Pool[a
     producer = _Producer(started)
     worker = _worker("postgresql://unused@127.0.0.1:9/x")
     outcome = await asyncio.wait_for(
-        worker._prepare(_GatedPool(pool, started), producer),  # type: ignore[arg-type]
+        worker._startup.ready(_GatedPool(pool, started), producer),  # type: ignore[arg-type]
         timeout=20,
     )
     assert outcome is None
@@ -79,7 +79,7 @@ async def test_pending_migrations_exit_without_waiting_for_the_broker(fresh_data
     pool = await asyncpg.create_pool(fresh_database, min_size=0, max_size=2)
     try:
         with capture_logs() as logs:
-            outcome = await asyncio.wait_for(worker._prepare(pool, _Down()), timeout=20)  # type: ignore[arg-type]
+            outcome = await asyncio.wait_for(worker._startup.ready(pool, _Down()), timeout=20)  # type: ignore[arg-type]
     finally:
         await pool.close()
     assert outcome == EXIT_PENDING_MIGRATIONS

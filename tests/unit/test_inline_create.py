@@ -1,4 +1,4 @@
-"""`sync: true` within one batch (`store.inline.create_inline`): a customer linked inline by one command is linked for
+"""`sync: true` within one batch (`domain.inline.link_inline`): a customer linked inline by one command is linked for
 its later commands too, unless a later command moves it to another connection, whose own create must then run."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from worker.contract.decode import Command, DecodeContext, decode
 from worker.domain.fold import Applied, Outcome, ProviderJob, fold_customer
 from worker.domain.jobs import InlineResult
 from worker.security import SigningKeys
-from worker.store.inline import create_inline
+from worker.domain.inline import inline_creates, link_inline
 
 ORG: Final = "org_inline"
 NOW: Final = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -53,13 +53,10 @@ async def _fold_and_create(commands: list[Command]) -> list[Applied]:
     result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
     pairs = zip(commands, result.outcomes, strict=True)
     outcomes: dict[int, Outcome] = {id(command): outcome for command, outcome in pairs}
-    created: list[str] = []
-
-    async def inline(connection: Connection, customer: Any, message_id: str) -> InlineResult:
-        created.append(connection.code)
-        return InlineResult(f"cus_at_{connection.code}")
-
-    events = await create_inline(outcomes, REGISTRY, inline, NOW)
+    targets = inline_creates(outcomes, REGISTRY)
+    created = [target.connection.code for target in targets]
+    results = [InlineResult(f"cus_at_{target.connection.code}") for target in targets]
+    events = link_inline(outcomes, targets, results, NOW)
     assert created == ["stripe_a"]
     assert list(events) == [id(commands[0])]
     applied = []

@@ -6,9 +6,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from worker.cli.commands import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from worker.cli.parser import build_parser
-from worker.errors import ConfigurationError
+from worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, ConfigurationError
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "build_parser", "main"]
 

@@ -13,12 +13,9 @@ from typing import TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from worker.errors import ConfigurationError
+from worker.errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigurationError
 from worker.settings import DatabaseSettings, KafkaSettings, Settings, SigningSettings, describe_errors
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
 S = TypeVar("S", bound=BaseSettings)
 
 

@@ -103,6 +103,8 @@ class DeadLetter:
 
 
 Decoded = Command | Rejection | DeadLetter
+Admitted = Command | Rejection
+"""A record the batch's transaction settles with an event (a dead letter is settled by the DLQ instead)."""
 
 
 def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Decoded:

@@ -1,5 +1,10 @@
 """Applying one batch's commands to the customers they touch (SPEC §4, §5, §9, §11). Pure.
 
+The batch as a whole (below `fold_customer`): `inbox_keys` and `first_deliveries` sort out the duplicates around the
+inbox insert, `group_by_customer` and `fold_batch` fold each customer's commands, `result_events` makes the event
+that settles each admitted record, counted in a `BatchSummary`. The service runs them inside the transaction, around
+the SQL of `worker.store.batch`.
+
 `fold_customer` takes a customer as stored (or None) and that customer's new commands in partition order, and
 returns the final state with one outcome per command. The store loads and locks, calls this, and writes the result;
 ids and the clock are passed in so the function stays deterministic under test.
@@ -11,15 +16,15 @@ into the pending one, whose success pushes whatever changed since its snapshot (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from uuid import UUID
 
 from worker.contract.codes import BASE, Errors
 from worker.contract.connections import LookupFailure, ProviderRegistry
-from worker.contract.decode import Command
+from worker.contract.decode import Admitted, Command, Rejection
 from worker.contract.links import resolve_connection
 from worker.domain.customer import (
     PROVIDER_PUSHED_FIELDS,
@@ -32,6 +37,8 @@ from worker.domain.customer import (
     patch_of,
     stripe_setup_methods,
 )
+from worker.domain.events import OutboxEvent, build_event
+from worker.ids import customer_id, new_ids
 
 JobKind = Literal["create", "update", "checkout"]
 Patches = Mapping[tuple[str, str], dict[str, Any]]
@@ -197,3 +204,195 @@ def _jobs(
     ):
         return (ProviderJob("update", provider, code, message_id),)
     return ()
+
+
+# --- The batch as a whole -------------------------------------------------------------------------------------------
+
+InboxKey = tuple[str, str]
+"""(organization_id, message_id): what the inbox records, once per command ever."""
+CustomerKey = tuple[str, str]
+"""(organization_id, external_id)."""
+_STALE: Final = {"reason": "stale"}
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    created: int = 0
+    updated: int = 0
+    rejected: int = 0
+    invalid_signature: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    unknown_fields: int = 0
+    enqueued_jobs: list[tuple[CustomerState, ProviderJob, str | None]] = field(default_factory=list)
+    """The provider jobs the batch writes (customer, job, traceparent); not a count like the fields above."""
+    events: int = 0
+
+    def add(self, other: BatchSummary) -> None:
+        """Fold in the summary of another part of the same batch (poison isolation applies a batch in parts)."""
+        self.created += other.created
+        self.updated += other.updated
+        self.rejected += other.rejected
+        self.invalid_signature += other.invalid_signature
+        self.skipped += other.skipped
+        self.duplicates += other.duplicates
+        self.unknown_fields += other.unknown_fields
+        self.enqueued_jobs.extend(other.enqueued_jobs)
+        self.events += other.events
+
+
+def _recorded(admitted: Admitted) -> bool:
+    """Signature failures are never recorded in the inbox: the genuine command may still come with that id."""
+    return not isinstance(admitted, Rejection) or admitted.record_as_processed
+
+
+def inbox_keys(batch: Sequence[Admitted]) -> list[InboxKey]:
+    """The keys to record in the inbox, each once."""
+    return list(dict.fromkeys((item.organization_id, item.message_id) for item in batch if _recorded(item)))
+
+
+def first_deliveries(batch: Sequence[Admitted], inserted: set[InboxKey], summary: BatchSummary) -> list[Admitted]:
+    """What to act on, in batch order: the first delivery of each key the inbox took (`inserted`), and signature
+    failures. The rest are duplicates, settled without an event."""
+    fresh: list[Admitted] = []
+    seen: set[InboxKey] = set()
+    for item in batch:
+        if _recorded(item):
+            key = (item.organization_id, item.message_id)
+            if key in seen or key not in inserted:
+                summary.duplicates += 1
+                continue
+            seen.add(key)
+        fresh.append(item)
+    return fresh
+
+
+def group_by_customer(commands: Sequence[Command]) -> dict[CustomerKey, list[int]]:
+    """Each customer's commands, as positions in `commands`, in partition order."""
+    groups: dict[CustomerKey, list[int]] = {}
+    for position, command in enumerate(commands):
+        groups.setdefault((command.organization_id, command.external_id), []).append(position)
+    return groups
+
+
+def asking_for_creates(
+    commands: Sequence[Command], groups: Mapping[CustomerKey, list[int]], stored: Mapping[CustomerKey, CustomerState]
+) -> list[CustomerState]:
+    """The stored customers that a command of this batch may ask a create for (none at all on most batches)."""
+    return [
+        state
+        for key, state in stored.items()
+        if any((link := commands[position].link) is not None and link.sync_with_provider for position in groups[key])
+    ]
+
+
+def fold_batch(
+    commands: Sequence[Command],
+    groups: Mapping[CustomerKey, list[int]],
+    stored: Mapping[CustomerKey, CustomerState],
+    active_creates: Mapping[UUID, frozenset[str]],
+    *,
+    registry: ProviderRegistry,
+    now: datetime,
+    id_key: bytes,
+    patches: Patches | None,
+) -> dict[int, Outcome]:
+    """Each command's outcome, keyed by its position in `commands`; grouped per customer, in fold order."""
+
+    def new_id(command: Command) -> UUID:
+        return customer_id(id_key, command.organization_id, command.message_id)
+
+    outcomes: dict[int, Outcome] = {}
+    for key, positions in groups.items():
+        state = stored.get(key)
+        result = fold_customer(
+            state,
+            [commands[position] for position in positions],
+            registry=registry,
+            now=now,
+            new_id=new_id,
+            active_creates=active_creates.get(state.id, frozenset()) if state is not None else frozenset(),
+            patches=patches,
+        )
+        for position, outcome in zip(positions, result.outcomes, strict=True):
+            outcomes[position] = outcome
+    return outcomes
+
+
+def final_states(outcomes: Iterable[Outcome]) -> list[CustomerState]:
+    """The customers to write: each one's state after its last applied command."""
+    final: dict[UUID, CustomerState] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, Applied):
+            final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
+    return list(final.values())
+
+
+def result_events(
+    fresh: Sequence[Admitted],
+    outcomes: Mapping[int, Outcome],
+    provider_events: Mapping[int, OutboxEvent],
+    now: datetime,
+    summary: BatchSummary,
+) -> list[OutboxEvent]:
+    """The event that settles each fresh record (SPEC §6), in batch order, each inline create's event after its
+    command's; counted in `summary`, with the provider jobs the outcomes ask for."""
+    events: list[OutboxEvent] = []
+    position = 0
+    for item, event_id in zip(fresh, new_ids(len(fresh)), strict=True):
+        summary.unknown_fields += item.unknown_fields
+        if isinstance(item, Rejection):
+            events.append(_event(item, event_id, now, "customer.rejected", errors=item.errors))
+            if item.record_as_processed:
+                summary.rejected += 1
+            else:
+                summary.invalid_signature += 1
+            continue
+        events.append(_outcome_event(outcomes[position], event_id, now, summary))
+        if position in provider_events:
+            events.append(provider_events[position])  # after the command's primary event (SPEC §11)
+        position += 1
+    summary.events = len(events)
+    return events
+
+
+def _outcome_event(outcome: Outcome, event_id: UUID, now: datetime, summary: BatchSummary) -> OutboxEvent:
+    command = outcome.command
+    if isinstance(outcome, Skipped):
+        summary.skipped += 1
+        return _event(command, event_id, now, "customer.skipped", extra=_STALE)
+    if isinstance(outcome, Refused):
+        summary.rejected += 1
+        return _event(command, event_id, now, "customer.rejected", errors=outcome.errors)
+    if outcome.created:
+        summary.created += 1
+    else:
+        summary.updated += 1
+    summary.enqueued_jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
+    event_type = "customer.created" if outcome.created else "customer.updated"
+    return _event(command, event_id, now, event_type, customer=outcome.state)
+
+
+def _event(
+    item: Admitted,
+    event_id: UUID,
+    now: datetime,
+    event_type: str,
+    *,
+    customer: CustomerState | None = None,
+    errors: Errors | None = None,
+    extra: dict[str, Any] | None = None,
+) -> OutboxEvent:
+    return build_event(
+        event_id=event_id,
+        event_type=event_type,
+        organization_id=item.organization_id,
+        message_id=item.message_id,
+        external_id=item.external_id,
+        occurred_at=now,
+        traceparent=item.traceparent,
+        customer=customer,
+        errors=errors,
+        extra=extra,
+        schema_id=item.schema_id,
+    )

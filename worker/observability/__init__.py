@@ -37,6 +37,7 @@ from worker.observability.metrics import (
     Metrics,
     export_readiness,
 )
+from worker.observability.pipeline import BatchObserver, DependencyWatch
 from worker.observability.redaction import REDACTED_KEYS, redact, safe_message
 from worker.outages import Dependency
 from worker.providers.base import ProviderCallOutcome
@@ -52,8 +53,10 @@ __all__ = [
     "PROVIDER_JOB_STATUSES",
     "REDACTED_KEYS",
     "SKIP_REASONS",
+    "BatchObserver",
     "CommandOutcome",
     "Dependency",
+    "DependencyWatch",
     "DlqReason",
     "Health",
     "HealthServer",

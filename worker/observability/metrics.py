@@ -199,6 +199,10 @@ class Metrics:
     def skipped(self, reason: SkipReason, count: int = 1) -> None:
         self.records_skipped_total.labels(reason=_check(reason, SKIP_REASONS, "reason")).inc(count)
 
+    def dead_letters_dropped(self, count: int) -> None:
+        """Dead letters whose headers-only stub the broker refused too: dropped, counted (the DLQ producer's hook)."""
+        self.skipped("dead_letter_refused", count)
+
     def dependency_retry(self, dependency: Dependency) -> None:
         self.dependency_retries_total.labels(dependency=_check(dependency, DEPENDENCIES, "dependency")).inc()
 

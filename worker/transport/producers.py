@@ -22,9 +22,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from worker.contract.decode import DeadLetter
 from worker.outages import DependencyUnavailableError
-from worker.service import RawRecord
 from worker.settings import KafkaSettings
 from worker.transport.options import producer_options
+from worker.transport.raw import RawRecord
 from worker.transport.records import (
     ORIGINAL_SIZE_HEADER,
     TRUNCATED_HEADER,

@@ -1,14 +1,17 @@
 """`sync: true` (SPEC §9 and §11): the provider create call made while the batch's transaction is open, so that
 `customer.created` already carries `provider_customer_id`. Past the budget, or on failure, the command's create job
 stays in the batch and runs in the background with the same idempotency key and the same request (the job's
-snapshot), not before the `Retry-After` the inline attempt was given."""
+snapshot), not before the `Retry-After` the inline attempt was given.
+
+Pure: `inline_creates` says which calls a batch's outcomes ask for, `link_inline` rewrites the outcomes with what
+the calls brought back. The calls themselves are the service's (`worker.service`, through the provider runner)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 from worker.contract.connections import Connection, ProviderRegistry
@@ -17,8 +20,23 @@ from worker.domain.events import OutboxEvent, provider_event
 from worker.domain.fold import Applied, Outcome, ProviderJob
 from worker.domain.jobs import InlineResult, needs_checkout_after_create, needs_push
 
-InlineCreate = Callable[[Connection, CustomerState, str], Awaitable[InlineResult]]
-"""(connection, the create's request snapshot, message id) -> the provider customer id, or why not."""
+
+class InlineTarget(NamedTuple):
+    """One inline create a batch asks for: the command's position, its outcome, the create job and its connection."""
+
+    key: int
+    outcome: Applied
+    job: ProviderJob
+    connection: Connection
+
+    @property
+    def request(self) -> CustomerState:
+        """What the call sends: the job's snapshot (the customer as this command left it)."""
+        return self.job.request or self.outcome.state
+
+    @property
+    def message_id(self) -> str:
+        return self.outcome.command.message_id
 
 
 def _inline_create(outcome: Outcome) -> ProviderJob | None:
@@ -27,40 +45,36 @@ def _inline_create(outcome: Outcome) -> ProviderJob | None:
     return next((job for job in outcome.jobs if job.kind == "create"), None)
 
 
-async def create_inline(
-    outcomes: dict[int, Outcome],
-    registry: ProviderRegistry,
-    inline: InlineCreate,
-    now: datetime,
-) -> dict[int, OutboxEvent]:
-    """Runs the batch's inline creates concurrently and rewrites `outcomes` (keyed by command position) with their
-    results. Returns the `customer.payment_provider_created` events, by command position, to be written after each
-    command's primary event."""
-    targets: list[tuple[int, Applied, ProviderJob, Connection]] = []
+def inline_creates(outcomes: dict[int, Outcome], registry: ProviderRegistry) -> list[InlineTarget]:
+    """The inline creates the outcomes (keyed by command position) ask for, on connections this replica knows."""
+    targets: list[InlineTarget] = []
     for key, outcome in outcomes.items():
         job = _inline_create(outcome)
         connection = registry.get(outcome.command.organization_id, job.connection_code) if job else None
         if job is not None and connection is not None:
             assert isinstance(outcome, Applied)
-            targets.append((key, outcome, job, connection))
-    if not targets:
-        return {}
-    results = await asyncio.gather(
-        *(
-            inline(connection, job.request or outcome.state, outcome.command.message_id)
-            for _, outcome, job, connection in targets
-        )
-    )
+            targets.append(InlineTarget(key, outcome, job, connection))
+    return targets
+
+
+def link_inline(
+    outcomes: dict[int, Outcome], targets: Sequence[InlineTarget], results: Sequence[InlineResult], now: datetime
+) -> dict[int, OutboxEvent]:
+    """Rewrites `outcomes` with the inline creates' results (one per target, in order). Returns the
+    `customer.payment_provider_created` events, by command position, to be written after each command's primary
+    event."""
     linked: dict[int, tuple[str, CustomerState]] = {}
-    for (key, outcome, job, _), result in zip(targets, results, strict=True):
+    for target, result in zip(targets, results, strict=True):
+        asked = target.outcome
         if result.provider_customer_id:
-            linked[key] = (result.provider_customer_id, job.request or outcome.state)
+            linked[target.key] = (result.provider_customer_id, target.request)
         elif result.retry_after:
             # The background job makes its first call no earlier than the provider asked.
             delayed = tuple(
-                dataclasses.replace(item, delay=result.retry_after) if item is job else item for item in outcome.jobs
+                dataclasses.replace(item, delay=result.retry_after) if item is target.job else item
+                for item in asked.jobs
             )
-            outcomes[key] = Applied(outcome.command, outcome.created, outcome.state, delayed)
+            outcomes[target.key] = Applied(asked.command, asked.created, asked.state, delayed)
     events: dict[int, OutboxEvent] = {}
     by_customer: dict[UUID, tuple[str, str | None, CustomerState]] = {}
     last: dict[UUID, int] = {}

@@ -1,0 +1,44 @@
+"""The maintenance loop: inbox retention, and the backlog gauges (outbox, provider jobs) read from PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Final
+
+import asyncpg
+import structlog
+
+from worker.observability import Health, Metrics
+from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
+
+log = structlog.get_logger("worker.app")
+
+INTERVAL: Final = 5.0
+
+
+class Maintenance:
+    def __init__(
+        self, pool: asyncpg.Pool[asyncpg.Record], metrics: Metrics, health: Health, *, retention_days: float
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._health = health
+        self._retention = timedelta(days=retention_days)
+
+    async def run(self) -> None:
+        while True:
+            await self.once()
+            await asyncio.sleep(INTERVAL)
+
+    async def once(self) -> None:
+        pool = self._pool
+        try:
+            await prune_retained(pool, self._retention)
+            backlog = await outbox_backlog(pool)
+            self._metrics.set_outbox(backlog.rows, backlog.oldest_seconds)
+            self._metrics.set_provider_jobs(await open_provider_jobs(pool, statement_timeout=INTERVAL))
+            self._health.database_ok = True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._health.database_ok = False
+            log.warning("maintenance_failed", error_type=type(exc).__name__)
