@@ -18,8 +18,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.contract.decode import DeadLetter
-from worker.transport.raw import RawRecord
 from worker.store import migrations
+from worker.transport.raw import RawRecord
 
 JSON_HEADERS: tuple[tuple[str, bytes], ...] = (("content-type", b"application/json"),)
 

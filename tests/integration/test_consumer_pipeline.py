@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from worker.transport.raw import RawRecord
-from worker.settings import Settings
 from worker.consumer import CommandConsumer
+from worker.settings import Settings
+from worker.transport.raw import RawRecord
 
 pytestmark = pytest.mark.timeout(90)
 

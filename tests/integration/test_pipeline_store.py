@@ -28,7 +28,7 @@ from worker.contract.connections import Connection, ConnectionConfig, ProviderRe
 from worker.contract.decode import DecodeContext
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerSkipped, CustomerUpdated
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
-from worker.service import Report, BatchService
+from worker.service import BatchService, Report
 from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool

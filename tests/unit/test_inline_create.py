@@ -13,9 +13,9 @@ from pydantic import SecretStr
 from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
 from worker.contract.decode import Command, DecodeContext, decode
 from worker.domain.fold import Applied, Outcome, ProviderJob, fold_customer
+from worker.domain.inline import inline_creates, link_inline
 from worker.domain.jobs import InlineResult
 from worker.security import SigningKeys
-from worker.domain.inline import inline_creates, link_inline
 
 ORG: Final = "org_inline"
 NOW: Final = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
