@@ -177,28 +177,32 @@ class CommandConsumer(Generic[P]):
 
     async def _on_batch(self, records: Records) -> None:
         polled_after = self._polled_after
-        prepared: P | None = None
         try:
             prepared = await self._sink.prepare([RawRecord.of(record) for record in records])
-            ready = True
         except Exception:
             log.exception("batch_abandoned", records=len(records))
-            ready = False
-        previous = self._inflight
-        if previous is not None:
-            await asyncio.wait([previous.task])
-            self._inflight = None
-            if not _succeeded(previous.task):
-                # Polled after a batch that was not settled: dropped, and read again after it (the seek covers
-                # both, whichever was polled first on a partition).
-                self._rewind(previous.records + records)
-                return
-        if not ready:
-            self._rewind(records)
+            if await self._previous_settled(records):
+                self._rewind(records)
+            return
+        if not await self._previous_settled(records):
             return
         if self._stopping or polled_after != self._revocations:
             return  # not applied, not committed: read again by whoever owns the partitions next
-        self._inflight = _InFlight(records, asyncio.create_task(self._apply(records, prepared)))  # type: ignore[arg-type]
+        self._inflight = _InFlight(records, asyncio.create_task(self._apply(records, prepared)))
+        await asyncio.sleep(0)  # the apply starts before the next poll
+
+    async def _previous_settled(self, records: Records) -> bool:
+        """Waits for the batch in flight. False if it failed: then `records`, polled after it, are dropped and read
+        again after it (the seek covers both, whichever was polled first on a partition)."""
+        previous = self._inflight
+        if previous is None:
+            return True
+        await asyncio.wait([previous.task])
+        self._inflight = None
+        if _succeeded(previous.task):
+            return True
+        self._rewind(previous.records + records)
+        return False
 
     async def _apply(self, records: Records, prepared: P) -> bool:
         try:
