@@ -21,6 +21,7 @@ from typing import Final, Protocol
 import asyncpg
 import structlog
 
+from worker.contract.codes import RefusalReason
 from worker.faults import crash_point
 from worker.outages import OUTAGES, is_outage
 from worker.store.outbox import Refusal, park
@@ -132,7 +133,9 @@ class OutboxRelay:
                 # Sized once, here: too large is parked with its size, and the sender is told not to size it again.
                 size = record_size(*message)
                 if size > self._sender.max_record_size:
-                    refused.append(Refusal(row["id"], "too_large", f"{size} bytes over KAFKA_MAX_REQUEST_SIZE"))
+                    refused.append(
+                        Refusal(row["id"], RefusalReason.TOO_LARGE, f"{size} bytes over KAFKA_MAX_REQUEST_SIZE")
+                    )
                 else:
                     messages.append((row["id"], message))
             refused.extend(await self._send(messages))

@@ -159,9 +159,7 @@ async def test_a_refused_dead_letter_becomes_a_stub_and_a_refused_stub_is_droppe
     metrics = Metrics(process_metrics=False)
     producer = await broker.producer()
     try:
-        sink = DeadLetterProducer(
-            producer, broker.topics["dlq"], on_dropped=lambda count: metrics.skipped("dead_letter_refused", count)
-        )
+        sink = DeadLetterProducer(producer, broker.topics["dlq"], on_dropped=metrics.dead_letters_dropped)
         with capture_logs() as logs:
             report = await asyncio.wait_for(_service(pool, sink).handle(records), timeout=60)
     finally:

@@ -21,12 +21,12 @@ from worker.observability import (
     COMMAND_OUTCOMES,
     DEPENDENCIES,
     DLQ_REASONS,
+    DROP_REASONS,
     NOISY_LIBRARIES,
     PARK_REASONS,
     PROVIDER_CALL_OUTCOMES,
     PROVIDER_JOB_STATUSES,
     PROVIDERS,
-    SKIP_REASONS,
     Health,
     HealthServer,
     Metrics,
@@ -406,7 +406,7 @@ METRIC_NAMES = (
 
 ALLOWED_LABEL_VALUES: dict[str, set[str]] = {
     "outcome": {*COMMAND_OUTCOMES, *PROVIDER_CALL_OUTCOMES},
-    "reason": {*DLQ_REASONS, *PARK_REASONS, *SKIP_REASONS},
+    "reason": {*DLQ_REASONS, *PARK_REASONS, *DROP_REASONS},
     "dependency": set(DEPENDENCIES),
     "provider": set(PROVIDERS),
     "status": set(PROVIDER_JOB_STATUSES),

@@ -20,7 +20,7 @@ from worker.cli.commands import (
     cmd_schema_register,
     cmd_topics_create,
 )
-from worker.contract.codes import DlqReason
+from worker.contract.codes import DlqReason, RefusalReason
 from worker.settings import Settings
 
 DESCRIPTION = "The `customer-worker` command (SPEC §10). Each subcommand reads only the settings it needs."
@@ -51,7 +51,9 @@ def _add_outbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     actions = outbox.add_subparsers(dest="outbox_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--id", type=int, action="append", help="a parked event's id (repeatable)")
-    filters.add_argument("--reason", choices=["too_large", "invalid_record"], help="only this refusal reason")
+    filters.add_argument(
+        "--reason", choices=[reason.value for reason in RefusalReason], help="only this refusal reason"
+    )
     filters.add_argument("--event-type", help="only this event type, e.g. customer.rejected")
     listing = actions.add_parser(
         "list", parents=[filters], help="print parked events, one JSON object per line (payload left out)"

@@ -1,11 +1,14 @@
-"""Lago's error codes (SPEC §3, §8, §11) and the dead-letter reasons (SPEC §7).
+"""Lago's error codes (SPEC §3, §8, §11), and every reason the worker gives for a record or an event it could not
+settle the normal way: dead letters (SPEC §7), parked events and dropped records (SPEC §12).
 
-They are wire values: producers match on them, so they never change spelling.
+They are wire values (headers, table columns, metric labels): producers and alerts match on them, so they never
+change spelling.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 
 class ErrorCode(StrEnum):
@@ -33,6 +36,25 @@ class DlqReason(StrEnum):
     TOO_LARGE = "too_large"
     PROCESSING_ERROR = "processing_error"
     UNREADABLE_RECORD = "unreadable_record"
+
+
+class RefusalReason(StrEnum):
+    """Why the broker refused a record for good: the reason an event is parked (`parked_events.reason`), and why a
+    dead letter went out as a headers-only stub."""
+
+    TOO_LARGE = "too_large"
+    INVALID_RECORD = "invalid_record"
+
+
+class DropReason(StrEnum):
+    """Why a record was settled with neither an event nor a dead letter (`customer_worker_records_skipped_total`)."""
+
+    DEAD_LETTER_REFUSED = "dead_letter_refused"
+    """Even the dead letter's headers-only stub was refused by the broker."""
+
+
+ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "timeout"]
+"""How a payment provider call ended (the `outcome` label of `customer_worker_provider_calls_total`)."""
 
 
 BASE = "base"

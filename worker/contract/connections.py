@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError
@@ -21,6 +21,8 @@ from worker.contract.codes import ErrorCode
 from worker.errors import ConfigurationError
 
 ProviderName = Literal["stripe", "adyen", "gocardless"]
+PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
+"""The payment providers, defined once (metrics labels, the body's `payment_provider` values, the runner's check)."""
 
 
 class ConnectionConfig(BaseModel):

@@ -18,13 +18,13 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 from typing_extensions import TypedDict
 
 from worker.contract.codes import ErrorCode
+from worker.contract.connections import PROVIDERS
 from worker.contract.datasets import (
     COUNTRY_CODES,
     CURRENCY_CODES,
     CUSTOMER_TYPES,
     FINALIZE_ZERO_AMOUNT_INVOICE,
     LANGUAGE_CODES,
-    PAYMENT_PROVIDERS,
     TIMEZONES,
 )
 from worker.contract.email import ASCII_ADDRESS_LIST, is_valid_email_list, normalize_email
@@ -111,7 +111,7 @@ else:
     CustomerType = _one_of(CUSTOMER_TYPES, "company or individual", publish_values=True)
     FinalizeZeroAmountInvoice = _one_of(FINALIZE_ZERO_AMOUNT_INVOICE, "null means inherit", publish_values=True)
     Language = _one_of(LANGUAGE_CODES, "ISO 639-1 language code")
-    PaymentProvider = _one_of(PAYMENT_PROVIDERS, "payment provider", publish_values=True)
+    PaymentProvider = _one_of(PROVIDERS, "payment provider", publish_values=True)
 
 # Not blank after trimming: a Rust regex, no Python call.
 NonBlank = Annotated[str, StringConstraints(pattern=r"\S")]

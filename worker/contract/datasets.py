@@ -28,7 +28,6 @@ TIMEZONES: Final[frozenset[str]] = frozenset(zoneinfo.available_timezones() | {"
 
 CUSTOMER_TYPES: Final = frozenset({"company", "individual"})
 FINALIZE_ZERO_AMOUNT_INVOICE: Final = frozenset({"inherit", "finalize", "skip"})
-PAYMENT_PROVIDERS: Final = ("stripe", "adyen", "gocardless")
 STRIPE_PAYMENT_METHODS: Final = frozenset(
     {"card", "sepa_debit", "us_bank_account", "bacs_debit", "link", "boleto", "crypto", "customer_balance"}
 )

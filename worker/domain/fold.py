@@ -75,14 +75,15 @@ class Skipped:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
-    """Valid on its own, refused against the stored customer (provider lookup); writes no customer data."""
+class Rejected:
+    """Valid on its own, rejected against the stored customer (its provider connection cannot be resolved): settled
+    with `customer.rejected` like a `Rejection`, writes no customer data."""
 
     command: Command
     errors: Errors
 
 
-Outcome = Applied | Skipped | Refused
+Outcome = Applied | Skipped | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,7 @@ def apply_command(
             stored_code=state.payment_provider_code if state else None,
         )
         if isinstance(found, LookupFailure):
-            return Refused(command, {BASE: [found.code.value]})
+            return Rejected(command, {BASE: [found.code.value]})
         if found is not None:
             linked_code = found.code
             patch["payment_provider"] = found.provider
@@ -361,7 +362,7 @@ def _outcome_event(outcome: Outcome, event_id: UUID, now: datetime, summary: Bat
     if isinstance(outcome, Skipped):
         summary.skipped += 1
         return _event(command, event_id, now, "customer.skipped", extra=_STALE)
-    if isinstance(outcome, Refused):
+    if isinstance(outcome, Rejected):
         summary.rejected += 1
         return _event(command, event_id, now, "customer.rejected", errors=outcome.errors)
     if outcome.created:

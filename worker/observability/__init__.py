@@ -13,7 +13,8 @@ dependencies, providers, partition numbers); organization ids, external ids and 
 Health: `Health` holds the readiness flags, `HealthServer` serves ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
-from worker.contract.codes import DlqReason
+from worker.contract.codes import DlqReason, ProviderCallOutcome
+from worker.contract.connections import PROVIDERS
 from worker.observability.health import Health, HealthServer
 from worker.observability.logs import (
     NOISY_LIBRARIES,
@@ -28,11 +29,10 @@ from worker.observability.metrics import (
     COMMAND_OUTCOMES,
     DEPENDENCIES,
     DLQ_REASONS,
+    DROP_REASONS,
     PARK_REASONS,
     PROVIDER_CALL_OUTCOMES,
     PROVIDER_JOB_STATUSES,
-    PROVIDERS,
-    SKIP_REASONS,
     CommandOutcome,
     Metrics,
     export_readiness,
@@ -40,19 +40,18 @@ from worker.observability.metrics import (
 from worker.observability.pipeline import BatchObserver, DependencyWatch
 from worker.observability.redaction import REDACTED_KEYS, redact, safe_message
 from worker.outages import Dependency
-from worker.providers.base import ProviderCallOutcome
 
 __all__ = [
     "COMMAND_OUTCOMES",
     "DEPENDENCIES",
     "DLQ_REASONS",
+    "DROP_REASONS",
     "NOISY_LIBRARIES",
     "PARK_REASONS",
     "PROVIDERS",
     "PROVIDER_CALL_OUTCOMES",
     "PROVIDER_JOB_STATUSES",
     "REDACTED_KEYS",
-    "SKIP_REASONS",
     "BatchObserver",
     "CommandOutcome",
     "Dependency",

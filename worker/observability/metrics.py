@@ -19,22 +19,18 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from worker.contract.codes import DlqReason
-from worker.contract.connections import ProviderName
+from worker.contract.codes import DlqReason, DropReason, ProviderCallOutcome, RefusalReason
+from worker.contract.connections import PROVIDERS, ProviderName
 from worker.observability.health import Health
 from worker.outages import Dependency
-from worker.providers.base import ProviderCallOutcome
 
 CommandOutcome = Literal["created", "updated", "rejected", "skipped", "duplicate", "dead_lettered", "invalid_signature"]
 
-ParkReason = Literal["too_large", "invalid_record"]
-SkipReason = Literal["dead_letter_refused"]
 COMMAND_OUTCOMES: Final[tuple[CommandOutcome, ...]] = get_args(CommandOutcome)
-PARK_REASONS: Final[tuple[ParkReason, ...]] = get_args(ParkReason)
-SKIP_REASONS: Final[tuple[SkipReason, ...]] = get_args(SkipReason)
+PARK_REASONS: Final[tuple[RefusalReason, ...]] = tuple(RefusalReason)
+DROP_REASONS: Final[tuple[DropReason, ...]] = tuple(DropReason)
 DLQ_REASONS: Final[tuple[DlqReason, ...]] = tuple(DlqReason)
 DEPENDENCIES: Final[tuple[Dependency, ...]] = get_args(Dependency)
-PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 PROVIDER_CALL_OUTCOMES: Final[tuple[ProviderCallOutcome, ...]] = get_args(ProviderCallOutcome)
 
 _NAMESPACE: Final = "customer_worker"
@@ -175,7 +171,7 @@ class Metrics:
             (self.dlq_total, "reason", DLQ_REASONS),
             (self.dependency_retries_total, "dependency", DEPENDENCIES),
             (self.events_parked_total, "reason", PARK_REASONS),
-            (self.records_skipped_total, "reason", SKIP_REASONS),
+            (self.records_skipped_total, "reason", DROP_REASONS),
         )
         for counter, label, values in primed:
             for value in values:
@@ -196,12 +192,12 @@ class Metrics:
     def parked(self, reason: str, count: int = 1) -> None:
         self.events_parked_total.labels(reason=_check(reason, PARK_REASONS, "reason")).inc(count)
 
-    def skipped(self, reason: SkipReason, count: int = 1) -> None:
-        self.records_skipped_total.labels(reason=_check(reason, SKIP_REASONS, "reason")).inc(count)
+    def dropped(self, reason: DropReason, count: int = 1) -> None:
+        self.records_skipped_total.labels(reason=_check(reason, DROP_REASONS, "reason")).inc(count)
 
     def dead_letters_dropped(self, count: int) -> None:
         """Dead letters whose headers-only stub the broker refused too: dropped, counted (the DLQ producer's hook)."""
-        self.skipped("dead_letter_refused", count)
+        self.dropped(DropReason.DEAD_LETTER_REFUSED, count)
 
     def dependency_retry(self, dependency: Dependency) -> None:
         self.dependency_retries_total.labels(dependency=_check(dependency, DEPENDENCIES, "dependency")).inc()
