@@ -36,7 +36,7 @@ from worker.contract.codes import DlqReason
 from worker.contract.connections import Connection, ProviderRegistry
 from worker.contract.decode import Admitted, Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.domain.customer import CustomerState, patch_of
-from worker.domain.events import OutboxEvent
+from worker.domain.events import OutboxEvent, result_events
 from worker.domain.fold import (
     BatchSummary,
     Outcome,
@@ -47,7 +47,6 @@ from worker.domain.fold import (
     fold_batch,
     group_by_customer,
     inbox_keys,
-    result_events,
 )
 from worker.domain.inline import inline_creates, link_inline
 from worker.domain.jobs import InlineResult

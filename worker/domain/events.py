@@ -6,7 +6,7 @@ every payload validates against the published models in `worker.contract.events`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NamedTuple, Protocol
 from uuid import UUID
@@ -14,9 +14,11 @@ from uuid import UUID
 import orjson
 
 from worker.contract.codes import Errors
+from worker.contract.decode import Admitted, Rejection
 from worker.contract.fields import FIELDS, Place, column_of
 from worker.domain.customer import CustomerState
-from worker.ids import new_id
+from worker.domain.fold import BatchSummary, Outcome, Rejected, Skipped
+from worker.ids import new_id, new_ids
 
 _JSON_OPTIONS: Final = orjson.OPT_UTC_Z
 
@@ -150,4 +152,79 @@ def provider_event(
         traceparent=cause.traceparent,
         customer=state,
         extra=extra,
+    )
+
+
+# --- The events that settle a batch's records ----------------------------------------------------------------------
+
+_STALE: Final = {"reason": "stale"}
+
+
+def result_events(
+    fresh: Sequence[Admitted],
+    outcomes: Mapping[int, Outcome],
+    provider_events: Mapping[int, OutboxEvent],
+    now: datetime,
+    summary: BatchSummary,
+) -> list[OutboxEvent]:
+    """The event that settles each fresh record (SPEC §6), in batch order, each inline create's event after its
+    command's; counted in `summary`, with the provider jobs the outcomes ask for."""
+    events: list[OutboxEvent] = []
+    position = 0
+    for item, event_id in zip(fresh, new_ids(len(fresh)), strict=True):
+        summary.unknown_fields += item.unknown_fields
+        if isinstance(item, Rejection):
+            events.append(_event(item, event_id, now, "customer.rejected", errors=item.errors))
+            if item.record_as_processed:
+                summary.rejected += 1
+            else:
+                summary.invalid_signature += 1
+            continue
+        events.append(_outcome_event(outcomes[position], event_id, now, summary))
+        if position in provider_events:
+            events.append(provider_events[position])  # after the command's primary event (SPEC §11)
+        position += 1
+    summary.events = len(events)
+    return events
+
+
+def _outcome_event(outcome: Outcome, event_id: UUID, now: datetime, summary: BatchSummary) -> OutboxEvent:
+    command = outcome.command
+    if isinstance(outcome, Skipped):
+        summary.skipped += 1
+        return _event(command, event_id, now, "customer.skipped", extra=_STALE)
+    if isinstance(outcome, Rejected):
+        summary.rejected += 1
+        return _event(command, event_id, now, "customer.rejected", errors=outcome.errors)
+    if outcome.created:
+        summary.created += 1
+    else:
+        summary.updated += 1
+    summary.enqueued_jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
+    event_type = "customer.created" if outcome.created else "customer.updated"
+    return _event(command, event_id, now, event_type, customer=outcome.state)
+
+
+def _event(
+    item: Admitted,
+    event_id: UUID,
+    now: datetime,
+    event_type: str,
+    *,
+    customer: CustomerState | None = None,
+    errors: Errors | None = None,
+    extra: dict[str, Any] | None = None,
+) -> OutboxEvent:
+    return build_event(
+        event_id=event_id,
+        event_type=event_type,
+        organization_id=item.organization_id,
+        message_id=item.message_id,
+        external_id=item.external_id,
+        occurred_at=now,
+        traceparent=item.traceparent,
+        customer=customer,
+        errors=errors,
+        extra=extra,
+        schema_id=item.schema_id,
     )

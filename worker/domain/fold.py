@@ -1,9 +1,9 @@
 """Applying one batch's commands to the customers they touch (SPEC §4, §5, §9, §11). Pure.
 
 The batch as a whole (below `fold_customer`): `inbox_keys` and `first_deliveries` sort out the duplicates around the
-inbox insert, `group_by_customer` and `fold_batch` fold each customer's commands, `result_events` makes the event
-that settles each admitted record, counted in a `BatchSummary`. The service runs them inside the transaction, around
-the SQL of `worker.store.batch`.
+inbox insert, `group_by_customer` and `fold_batch` fold each customer's commands; the events that settle the records
+are `worker.domain.events.result_events`, counted in a `BatchSummary`. The service runs them inside the transaction,
+around the SQL of `worker.store.batch`.
 
 `fold_customer` takes a customer as stored (or None) and that customer's new commands in partition order, and
 returns the final state with one outcome per command. The store loads and locks, calls this, and writes the result;
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from worker.contract.codes import BASE, Errors
@@ -37,8 +37,7 @@ from worker.domain.customer import (
     patch_of,
     stripe_setup_methods,
 )
-from worker.domain.events import OutboxEvent, build_event
-from worker.ids import customer_id, new_ids
+from worker.ids import customer_id
 
 JobKind = Literal["create", "update", "checkout"]
 Patches = Mapping[tuple[str, str], dict[str, Any]]
@@ -213,7 +212,6 @@ InboxKey = tuple[str, str]
 """(organization_id, message_id): what the inbox records, once per command ever."""
 CustomerKey = tuple[str, str]
 """(organization_id, external_id)."""
-_STALE: Final = {"reason": "stale"}
 
 
 @dataclass(slots=True)
@@ -327,73 +325,3 @@ def final_states(outcomes: Iterable[Outcome]) -> list[CustomerState]:
         if isinstance(outcome, Applied):
             final[outcome.state.id] = outcome.state  # later commands of a customer overwrite earlier ones
     return list(final.values())
-
-
-def result_events(
-    fresh: Sequence[Admitted],
-    outcomes: Mapping[int, Outcome],
-    provider_events: Mapping[int, OutboxEvent],
-    now: datetime,
-    summary: BatchSummary,
-) -> list[OutboxEvent]:
-    """The event that settles each fresh record (SPEC §6), in batch order, each inline create's event after its
-    command's; counted in `summary`, with the provider jobs the outcomes ask for."""
-    events: list[OutboxEvent] = []
-    position = 0
-    for item, event_id in zip(fresh, new_ids(len(fresh)), strict=True):
-        summary.unknown_fields += item.unknown_fields
-        if isinstance(item, Rejection):
-            events.append(_event(item, event_id, now, "customer.rejected", errors=item.errors))
-            if item.record_as_processed:
-                summary.rejected += 1
-            else:
-                summary.invalid_signature += 1
-            continue
-        events.append(_outcome_event(outcomes[position], event_id, now, summary))
-        if position in provider_events:
-            events.append(provider_events[position])  # after the command's primary event (SPEC §11)
-        position += 1
-    summary.events = len(events)
-    return events
-
-
-def _outcome_event(outcome: Outcome, event_id: UUID, now: datetime, summary: BatchSummary) -> OutboxEvent:
-    command = outcome.command
-    if isinstance(outcome, Skipped):
-        summary.skipped += 1
-        return _event(command, event_id, now, "customer.skipped", extra=_STALE)
-    if isinstance(outcome, Rejected):
-        summary.rejected += 1
-        return _event(command, event_id, now, "customer.rejected", errors=outcome.errors)
-    if outcome.created:
-        summary.created += 1
-    else:
-        summary.updated += 1
-    summary.enqueued_jobs.extend((outcome.state, job, command.traceparent) for job in outcome.jobs)
-    event_type = "customer.created" if outcome.created else "customer.updated"
-    return _event(command, event_id, now, event_type, customer=outcome.state)
-
-
-def _event(
-    item: Admitted,
-    event_id: UUID,
-    now: datetime,
-    event_type: str,
-    *,
-    customer: CustomerState | None = None,
-    errors: Errors | None = None,
-    extra: dict[str, Any] | None = None,
-) -> OutboxEvent:
-    return build_event(
-        event_id=event_id,
-        event_type=event_type,
-        organization_id=item.organization_id,
-        message_id=item.message_id,
-        external_id=item.external_id,
-        occurred_at=now,
-        traceparent=item.traceparent,
-        customer=customer,
-        errors=errors,
-        extra=extra,
-        schema_id=item.schema_id,
-    )
