@@ -144,7 +144,7 @@ class CommandConsumer(Generic[P]):
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
         if self._kafka is not None:
-            await self._kafka.stop()
+            await _stop_client(self._kafka)
 
     async def lags(self) -> dict[int, int]:
         """Records not yet committed, per assigned partition: end offset minus committed position."""
@@ -249,6 +249,21 @@ class CommandConsumer(Generic[P]):
                 kafka.seek(partition, offset)
             except IllegalStateError:
                 continue
+
+
+async def _stop_client(kafka: AIOKafkaConsumer) -> None:
+    """Leaves the group and closes the connections. aiokafka 0.14's `stop` cancels the fetch requests in flight and
+    awaits them unguarded (`Fetcher.close`: `x.cancel(); await x`), so with the broker gone their CancelledError
+    escapes `stop` although nothing cancelled the caller, and the client's connections stay open. That one is
+    absorbed here and the client closed; a cancellation of the caller (a stop past its share) still propagates."""
+    try:
+        await kafka.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("consumer_fetch_cancelled_at_stop")
+        await kafka._client.close()  # what the interrupted `stop` had left to do
 
 
 def _succeeded(task: asyncio.Task[bool]) -> bool:
