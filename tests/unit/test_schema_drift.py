@@ -15,7 +15,7 @@ import yaml
 
 from worker.contract.codes import DlqReason
 from worker.contract.events import EVENT_MODELS
-from worker.domain.customer import CustomerState, MetadataEntry
+from worker.domain.customer import CustomerState, StoredMetadataItem
 from worker.domain.events import build_event
 from worker.tools.schema import ASYNCAPI_FILE, COMMAND_FILE, EVENTS_FILE, drift, event_file, generate, write
 
@@ -248,7 +248,7 @@ FULL_STATE: Final = CustomerState(
     provider_payment_methods=("card", "link"),
     shipping_city="Lyon",
     tax_codes=("vat_20",),
-    metadata=(MetadataEntry(key="segment", value="enterprise", display_in_invoice=True),),
+    metadata=(StoredMetadataItem(key="segment", value="enterprise", display_in_invoice=True),),
 )
 EMPTY_STATE: Final = CustomerState(
     id=UUID("8d3c6a1e-52a0-4f7e-9a57-0d9f3c1e2a11"),

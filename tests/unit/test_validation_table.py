@@ -19,7 +19,7 @@ from worker.contract.codes import DlqReason, ErrorCode, Errors
 from worker.contract.connections import Connection, ConnectionConfig, LookupFailure, ProviderRegistry
 from worker.contract.decode import MAX_VALUE_BYTES, Command, DeadLetter, DecodeContext, Decoded, Rejection, decode
 from worker.contract.links import LinkRequest, resolve_connection
-from worker.domain.customer import MetadataEntry, patch_of
+from worker.domain.customer import StoredMetadataItem, patch_of
 from worker.security import SigningKeys
 
 ORG: Final = "org_acme"
@@ -600,8 +600,8 @@ PATCH_CASES = [
         body(metadata=[item("a", "1"), item("b", "2", display_in_invoice=True)]),
         {
             "metadata": (
-                MetadataEntry(key="a", value="1", display_in_invoice=False),
-                MetadataEntry(key="b", value="2", display_in_invoice=True),
+                StoredMetadataItem(key="a", value="1", display_in_invoice=False),
+                StoredMetadataItem(key="b", value="2", display_in_invoice=True),
             )
         },
         id="metadata-display-default-false",
@@ -670,8 +670,8 @@ def test_unknown_fields_are_ignored_and_counted() -> None:
         "shipping_city": "Lyon",
         "invoice_grace_period": 3,
         "metadata": (
-            MetadataEntry(key="a", value="enterprise", display_in_invoice=False),
-            MetadataEntry(key="b", value="enterprise", display_in_invoice=False),
+            StoredMetadataItem(key="a", value="enterprise", display_in_invoice=False),
+            StoredMetadataItem(key="b", value="enterprise", display_in_invoice=False),
         ),
     }
 
@@ -716,7 +716,7 @@ NUL_CASES = [
     pytest.param(
         body(metadata=[item("se\x00gment", "ent\x00erprise")]),
         "metadata",
-        (MetadataEntry(key="segment", value="enterprise", display_in_invoice=False),),
+        (StoredMetadataItem(key="segment", value="enterprise", display_in_invoice=False),),
         id="metadata-key-and-value",
     ),
     pytest.param(shipping(city="Ly\x00on"), "shipping_city", "Lyon", id="shipping-city"),

@@ -11,8 +11,9 @@ from worker.contract.datasets import STRIPE_METHODS_WITHOUT_SETUP
 from worker.contract.fields import Place, Source, column_of, in_place
 
 
-class MetadataEntry(TypedDict):
-    """One metadata item as stored and as shown in events (a plain dict: no conversion on either side)."""
+class StoredMetadataItem(TypedDict):
+    """One metadata item as stored and as shown in events (a plain dict: no conversion on either side); the body's
+    item, before its defaults, is `worker.contract.customer.MetadataItem`."""
 
     key: str
     value: str
@@ -67,7 +68,7 @@ class CustomerState(NamedTuple):
     shipping_state: str | None = None
     shipping_country: str | None = None
     tax_codes: tuple[str, ...] = ()
-    metadata: tuple[MetadataEntry, ...] = ()
+    metadata: tuple[StoredMetadataItem, ...] = ()
 
 
 COLUMNS: Final = CustomerState._fields
@@ -114,7 +115,7 @@ def patch_of(body: CustomerInput) -> dict[str, Any]:
             # Validated items are fresh dicts: kept as they are unless display_in_invoice needs its default.
             item
             if item.get("display_in_invoice") is not None
-            else MetadataEntry(key=item["key"], value=item["value"], display_in_invoice=False)
+            else StoredMetadataItem(key=item["key"], value=item["value"], display_in_invoice=False)
             for item in body["metadata"] or ()
         )
     if "shipping_address" in body:
