@@ -125,7 +125,7 @@ def _batch_span(
 
 
 def consume_span(records: Sequence[Any]) -> Any:
-    """Context manager around answering a batch of records (with `.headers` and `.topic`): one `consume` span."""
+    """Context manager around settling a batch of records (with `.headers` and `.topic`): one `consume` span."""
     tracer = _state.tracer
     if tracer is None:
         return _noop()

@@ -32,7 +32,7 @@ class OutboxEvent(NamedTuple):
     traceparent: str | None
     payload: bytes
     schema_id: int | None = None
-    """The command's Schema Registry id (SPEC §12): the `schema-id` header of the command's own answer."""
+    """The command's Schema Registry id (SPEC §12): the `schema-id` header of the command's result event."""
 
 
 def event_key(organization_id: str, external_id: str | None) -> str:
@@ -130,7 +130,7 @@ def build_event(
 
 
 class Cause(Protocol):
-    """What a provider event answers: a claimed job, or the command whose inline create it reports."""
+    """What caused a provider event: a claimed job, or the command whose inline create it reports."""
 
     @property
     def message_id(self) -> str: ...

@@ -42,7 +42,7 @@ from worker.ids import customer_id
 JobKind = Literal["create", "update", "checkout"]
 Patches = Mapping[tuple[str, str], dict[str, Any]]
 """Commands' patches made ahead (`patch_of`, off the critical path), keyed by (organization_id, message_id): the first
-command of a batch with that key is the only one folded (the inbox answers the others as duplicates), so its patch is
+command of a batch with that key is the only one folded (the inbox settles the others as duplicates), so its patch is
 the one kept. A command without one gets its patch made when folded."""
 
 

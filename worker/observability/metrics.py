@@ -80,7 +80,7 @@ class Metrics:
         reg = self.registry
         ns = _NAMESPACE
         self.commands_total = Counter(
-            "commands", "Commands answered, by outcome.", ["outcome"], namespace=ns, registry=reg
+            "commands", "Commands settled, by outcome.", ["outcome"], namespace=ns, registry=reg
         )
         self.unknown_fields_total = Counter(
             "unknown_fields", "Unknown customer fields seen (ignored) in commands.", namespace=ns, registry=reg
@@ -121,7 +121,7 @@ class Metrics:
         )
         self.records_skipped_total = Counter(
             "records_skipped",
-            "Records neither answered nor dead-lettered: even their headers-only DLQ stub was refused.",
+            "Records settled with neither an event nor a dead letter: even their headers-only DLQ stub was refused.",
             ["reason"],
             namespace=ns,
             registry=reg,

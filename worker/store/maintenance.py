@@ -35,7 +35,7 @@ class OutboxBacklog(NamedTuple):
 
 
 async def prune_retained(pool: Pool, retention: timedelta, *, chunk: int = PRUNE_CHUNK) -> None:
-    """Delete what is older than `retention`: answered message ids (`processed_messages`) and finished jobs."""
+    """Delete what is older than `retention`: settled message ids (`processed_messages`) and finished jobs."""
     while True:
         deleted = await pool.execute(_PRUNE_PROCESSED, retention, chunk)
         if int(deleted.split()[-1]) < chunk:
