@@ -3,6 +3,7 @@ broker, the settings each command names in its help, a malformed YAML file repor
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import os
@@ -140,11 +141,10 @@ def test_sending_without_a_broker_setting_names_it(tmp_path: Path) -> None:
     ],
 )
 def test_each_command_help_names_the_settings_it_needs(argv: list[str], settings: list[str]) -> None:
-    parser = build_parser()
-    action = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
-    sub = action.choices[argv[0]]
-    for name in argv[1:]:
-        sub = sub._subparsers._group_actions[0].choices[name]
+    sub = build_parser()
+    for name in argv:
+        choices = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices
+        sub = choices[name]
     text = sub.format_help()
     for setting in settings:
         assert setting in text, f"{' '.join(argv)} --help does not name {setting}:\n{text}"
