@@ -19,6 +19,7 @@ import pytest
 
 from worker.cli import build_parser, main
 from worker.dev import free_port
+from worker.store import migrations
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -172,3 +173,23 @@ def test_a_malformed_yaml_file_is_reported_at_its_line(tmp_path: Path, setting: 
     message = str(raised.value)
     assert message.startswith(f"{setting}: {path}")
     assert "line 4" in message or "line 3" in message, message
+
+
+async def _migrated(dsn: str) -> None:
+    await migrations.migrate_dsn(dsn)
+
+
+@pytest.mark.parametrize(("argv", "said"), [([], "no parked events"), (["--reason", "too_large"], "match the filter")])
+def test_listing_no_parked_events_says_so(
+    fresh_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    said: str,
+) -> None:
+    asyncio.run(_migrated(fresh_database))
+    monkeypatch.setenv("DATABASE_URL", fresh_database)
+    assert main(["outbox", "list", *argv]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert said in err

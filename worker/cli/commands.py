@@ -156,8 +156,13 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
     settings = _settings(DatabaseSettings)
     selection = selection_of(args.id, args.reason, args.event_type)
-    for line in asyncio.run(list_events(settings.database_url, selection, args.limit)):
+    lines = asyncio.run(list_events(settings.database_url, selection, args.limit))
+    for line in lines:
         print(line)
+    if not lines:
+        # stdout stays empty for scripts; a person sees that the command ran and found nothing.
+        filtered = any((args.id, args.reason, args.event_type))
+        print("no parked events" + (" match the filter" if filtered else ""), file=sys.stderr)
     return 0
 
 
