@@ -95,7 +95,7 @@ class Worker:
             await http.stop()
 
     async def _serve(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer, started_at: float) -> int:
-        settings, budget, metrics, registry = self._settings, self._budget, self.metrics, self._config.registry
+        settings, budget, metrics, connections = self._settings, self._budget, self.metrics, self._config.connections
         prepared_at = time.monotonic()
         relay = OutboxRelay(
             pool=pool,
@@ -109,7 +109,7 @@ class Worker:
         adapters = AdapterFactory(max_threads=settings.provider_concurrency)
         runner = ProviderJobRunner(
             pool,
-            registry,
+            connections,
             adapters,
             metrics,
             concurrency=settings.provider_concurrency,
@@ -121,14 +121,14 @@ class Worker:
             pool=pool,
             decode_context=DecodeContext(
                 signing_keys=self._config.signing_keys,
-                registry=registry,
+                connections=connections,
                 max_clock_skew=timedelta(seconds=settings.max_clock_skew),
             ),
-            registry=registry,
+            connections=connections,
             dead_letters=DeadLetterProducer(producer, settings.dlq_topic, on_dropped=metrics.dead_letters_dropped),
             poison_max_attempts=settings.poison_max_attempts,
             on_outage=self._watch,
-            inline=runner if registry.connections else None,
+            inline=runner if connections.all else None,
             inline_budget=settings.provider_sync_budget,
             observer=BatchObserver(metrics),
             on_events=relay.notify,
@@ -148,7 +148,7 @@ class Worker:
             asyncio.create_task(partitions.collect_lag(consumer), name="consumer-lag"),
         ]
         # Jobs exist only for configured connections: without any, there is nothing to poll for.
-        runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if registry.connections else None
+        runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if connections.all else None
         if runner_task is not None:
             runner_task.add_done_callback(self._runner_ended)
         # Where start-up went (the bench's cold-start breakdown reads it): connecting and checking both dependencies,

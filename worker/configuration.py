@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.contract.connections import ProviderRegistry, load_registry
+from worker.contract.connections import Connections, load_connections
 from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
 from worker.settings import Settings
 
@@ -18,18 +18,18 @@ class Configuration:
     """What is read once at start: a bad file stops the worker before it connects to anything."""
 
     settings: Settings
-    registry: ProviderRegistry
+    connections: Connections
     signing_keys: SigningKeys
 
 
 def load_configuration(settings: Settings) -> Configuration:
-    registry = load_registry(settings.providers_file)
+    connections = load_connections(settings.providers_file)
     keys = load_signing_keys(settings.signing_keys_file, require_signatures=settings.require_signatures)
-    unsigned = unsigned_provider_organizations(keys, (c.organization_id for c in registry.connections))
+    unsigned = unsigned_provider_organizations(keys, (c.organization_id for c in connections.all))
     if unsigned:
         log.warning(
             "provider_organizations_without_signing_keys",
             organizations=unsigned,
             hint="their commands are accepted unsigned; set SIGNING_KEYS_FILE keys or REQUIRE_SIGNATURES=true",
         )
-    return Configuration(settings=settings, registry=registry, signing_keys=keys)
+    return Configuration(settings=settings, connections=connections, signing_keys=keys)

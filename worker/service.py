@@ -33,7 +33,7 @@ import stamina
 import structlog
 
 from worker.contract.codes import DlqReason
-from worker.contract.connections import Connection, ProviderRegistry
+from worker.contract.connections import Connection, Connections
 from worker.contract.decode import Admitted, Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.domain.customer import CustomerState, patch_of
 from worker.domain.events import OutboxEvent, result_events
@@ -149,7 +149,7 @@ class BatchService:
         *,
         pool: asyncpg.Pool,
         decode_context: DecodeContext,
-        registry: ProviderRegistry,
+        connections: Connections,
         dead_letters: DeadLetterSink,
         poison_max_attempts: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -165,7 +165,7 @@ class BatchService:
         self._transaction = transaction
         self._pool = pool
         self._decode_context = decode_context
-        self._registry = registry
+        self._connections = connections
         self._dead_letters = dead_letters
         self._poison_max_attempts = poison_max_attempts
         self._clock = clock
@@ -247,7 +247,7 @@ class BatchService:
             active = await tx.active_creates(asking_for_creates(commands, groups, stored))
             id_key = await tx.id_key() if len(stored) < len(groups) else b""
             outcomes = fold_batch(
-                commands, groups, stored, active, registry=self._registry, now=now, id_key=id_key, patches=patches
+                commands, groups, stored, active, connections=self._connections, now=now, id_key=id_key, patches=patches
             )
             # `sync: true`: the provider creates, made while the transaction holds the customers' locks.
             provider_events = await self._create_inline(outcomes, now)
@@ -260,7 +260,7 @@ class BatchService:
     async def _create_inline(self, outcomes: dict[int, Outcome], now: datetime) -> dict[int, OutboxEvent]:
         """Runs the batch's inline creates concurrently; rewrites `outcomes` with their results (`domain.inline`)."""
         inline = self._inline
-        targets = inline_creates(outcomes, self._registry) if inline is not None else []
+        targets = inline_creates(outcomes, self._connections) if inline is not None else []
         if inline is None or not targets:
             return {}
         results = await asyncio.gather(

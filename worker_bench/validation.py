@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 from pydantic import SecretStr
 
-from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
+from worker.contract.connections import Connection, ConnectionConfig, Connections
 from worker.contract.decode import Command, DecodeContext, Rejection, decode
 from worker.runtime import tune_garbage_collector
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
@@ -187,8 +187,8 @@ def build_corpus(count: int, seed: int) -> Corpus:
 
 def bench_context() -> DecodeContext:
     config = ConnectionConfig(organization_id=ORGANIZATION, code=CONNECTION_CODE, provider="stripe", secret_env="X")
-    registry = ProviderRegistry([Connection(config=config, secret=SecretStr("sk_test_bench"))])
-    return DecodeContext(signing_keys=SigningKeys({ORGANIZATION: [SIGNING_KEY]}), registry=registry)
+    connections = Connections([Connection(config=config, secret=SecretStr("sk_test_bench"))])
+    return DecodeContext(signing_keys=SigningKeys({ORGANIZATION: [SIGNING_KEY]}), connections=connections)
 
 
 def check_outcomes(corpus: Corpus, context: DecodeContext) -> tuple[int, int]:

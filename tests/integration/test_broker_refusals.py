@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from tests.faults.proxy import ProxiedTansu, RefusingProxy
 from tests.integration.helpers import RecordFactory, header_dict, payload, read_topic
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.contract.decode import DecodeContext
 from worker.dev import create_topics, free_port
 from worker.domain.events import OutboxEvent
@@ -133,11 +133,11 @@ async def test_the_relay_parks_exactly_the_rows_the_broker_refuses_and_goes_on(
 
 
 def _service(pool: asyncpg.Pool[asyncpg.Record], sink: DeadLetterProducer) -> BatchService:
-    registry = ProviderRegistry.empty()
+    registry = Connections.empty()
     return BatchService(
         pool=pool,
-        decode_context=DecodeContext(signing_keys=SigningKeys({}), registry=registry),
-        registry=registry,
+        decode_context=DecodeContext(signing_keys=SigningKeys({}), connections=registry),
+        connections=registry,
         dead_letters=sink,
     )
 

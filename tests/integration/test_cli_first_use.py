@@ -159,7 +159,7 @@ def test_top_level_help_cites_no_unexplained_spec_section() -> None:
 
 @pytest.mark.parametrize(("setting", "module"), [("PROVIDERS_FILE", "providers"), ("SIGNING_KEYS_FILE", "keys")])
 def test_a_malformed_yaml_file_is_reported_at_its_line(tmp_path: Path, setting: str, module: str) -> None:
-    from worker.contract.connections import load_registry
+    from worker.contract.connections import load_connections
     from worker.errors import ConfigurationError
     from worker.security import load_signing_keys
 
@@ -167,7 +167,7 @@ def test_a_malformed_yaml_file_is_reported_at_its_line(tmp_path: Path, setting: 
     path.write_text("connections:\n  - organization_id: org_a\n    code: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigurationError) as raised:
         if module == "providers":
-            load_registry(path, {})
+            load_connections(path, {})
         else:
             load_signing_keys(path, require_signatures=False)
     message = str(raised.value)

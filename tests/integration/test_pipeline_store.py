@@ -24,7 +24,7 @@ from tests.integration.helpers import (
     new_traceparent,
 )
 from worker.app import EXIT_PENDING_MIGRATIONS, Configuration, Worker
-from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
+from worker.contract.connections import Connection, ConnectionConfig, Connections
 from worker.contract.decode import DecodeContext
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerSkipped, CustomerUpdated
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
@@ -112,11 +112,11 @@ class Store:
         return value
 
 
-def _registry() -> ProviderRegistry:
+def _registry() -> Connections:
     config = ConnectionConfig(
         organization_id=OTHER_ORG, code="stripe_globex", provider="stripe", secret_env="STRIPE_GLOBEX_KEY"
     )
-    return ProviderRegistry([Connection(config=config, secret=SecretStr("sk_test_globex"))])
+    return Connections([Connection(config=config, secret=SecretStr("sk_test_globex"))])
 
 
 @pytest.fixture
@@ -128,8 +128,8 @@ async def store(fresh_database: str) -> AsyncIterator[Store]:
     clock = Clock()
     service = BatchService(
         pool=pool,
-        decode_context=DecodeContext(signing_keys=SigningKeys({SIGNED_ORG: [SIGNING_KEY]}), registry=registry),
-        registry=registry,
+        decode_context=DecodeContext(signing_keys=SigningKeys({SIGNED_ORG: [SIGNING_KEY]}), connections=registry),
+        connections=registry,
         dead_letters=sink,
         poison_max_attempts=1,  # a failing batch is isolated and dead-lettered at once
         clock=clock,
@@ -713,7 +713,7 @@ async def test_migrations_pending_then_idempotent(fresh_database: str) -> None:
 
 async def test_worker_refuses_to_run_with_pending_migrations(fresh_database: str) -> None:
     settings = Settings(database_url=SecretStr(fresh_database), kafka_bootstrap_servers="127.0.0.1:9", http_port=0)
-    worker = Worker(Configuration(settings=settings, registry=ProviderRegistry.empty(), signing_keys=SigningKeys({})))
+    worker = Worker(Configuration(settings=settings, connections=Connections.empty(), signing_keys=SigningKeys({})))
     loop = asyncio.get_running_loop()
     started = loop.time()
     code = await asyncio.wait_for(worker.run(install_signal_handlers=False), timeout=15)

@@ -26,7 +26,7 @@ from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
 from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database, new_traceparent
-from worker.contract.connections import Connection, ConnectionConfig, ProviderName, ProviderRegistry
+from worker.contract.connections import Connection, ConnectionConfig, Connections, ProviderName
 from worker.contract.decode import DecodeContext
 from worker.contract.events import AnyEvent
 from worker.domain.customer import CustomerState, columns_of
@@ -121,8 +121,8 @@ class ProviderHarness:
         return conn
 
     @property
-    def registry(self) -> ProviderRegistry:
-        return ProviderRegistry(self.connections)
+    def registry(self) -> Connections:
+        return Connections(self.connections)
 
     def runner(self, *, timeout: float = SDK_TIMEOUT, **options: Any) -> ProviderJobRunner:
         """A runner as one replica would have it: its own adapters, rate limiters and broken-connection memory."""
@@ -735,8 +735,8 @@ async def test_a_command_with_sync_with_provider_ends_in_provider_events(harness
     registry = harness.registry
     service = BatchService(
         pool=harness.pool,
-        decode_context=DecodeContext(signing_keys=SigningKeys({}), registry=registry),
-        registry=registry,
+        decode_context=DecodeContext(signing_keys=SigningKeys({}), connections=registry),
+        connections=registry,
         dead_letters=RecordingSink(),
     )
     body = {

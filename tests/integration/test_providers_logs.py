@@ -189,8 +189,8 @@ async def run_signed_command(harness: ProviderHarness, round_: str) -> None:
     registry = harness.registry
     service = BatchService(
         pool=harness.pool,
-        decode_context=DecodeContext(signing_keys=SigningKeys({ORG: [SIGNING_SECRET]}), registry=registry),
-        registry=registry,
+        decode_context=DecodeContext(signing_keys=SigningKeys({ORG: [SIGNING_SECRET]}), connections=registry),
+        connections=registry,
         dead_letters=RecordingSink(),
     )
     body = {

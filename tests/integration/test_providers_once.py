@@ -50,7 +50,7 @@ class Batches:
     def __init__(self, harness: ProviderHarness, *, budget: float = 2.0) -> None:
         self.harness = harness
         self.runner = harness.runner()
-        self.context = DecodeContext(signing_keys=SigningKeys({}), registry=harness.registry)
+        self.context = DecodeContext(signing_keys=SigningKeys({}), connections=harness.registry)
         self.budget = budget
 
     def commands(self, *bodies: dict[str, Any]) -> list[Command]:
@@ -62,7 +62,7 @@ class Batches:
         return BatchService(
             pool=self.harness.pool,
             decode_context=self.context,
-            registry=self.harness.registry,
+            connections=self.harness.registry,
             dead_letters=_NoDeadLetters(),
             inline=self.runner,
             inline_budget=self.budget,

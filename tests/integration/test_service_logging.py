@@ -9,7 +9,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.contract.decode import DecodeContext
 from worker.security import SigningKeys
 from worker.service import BatchService
@@ -28,12 +28,12 @@ PERSONAL = {
 async def service(fresh_database: str) -> AsyncIterator[BatchService]:
     await migrate_database(fresh_database)
     pool = await create_pool(fresh_database, size=2)
-    registry = ProviderRegistry.empty()
+    registry = Connections.empty()
     try:
         yield BatchService(
             pool=pool,
-            decode_context=DecodeContext(signing_keys=SigningKeys({"org_signed": [b"k"]}), registry=registry),
-            registry=registry,
+            decode_context=DecodeContext(signing_keys=SigningKeys({"org_signed": [b"k"]}), connections=registry),
+            connections=registry,
             dead_letters=RecordingSink(),
         )
     finally:

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.integration.worker_stack import RunningWorker, running_worker
 from worker.app import EXIT_PENDING_MIGRATIONS, Configuration, Worker
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.security import SigningKeys
 from worker.settings import Settings
 from worker_bench.start import start_breakdown
@@ -50,7 +50,7 @@ class _Producer:
 
 def _worker(dsn: str) -> Worker:
     settings = Settings(database_url=SecretStr(dsn), kafka_bootstrap_servers="127.0.0.1:9", http_port=0)
-    return Worker(Configuration(settings=settings, registry=ProviderRegistry.empty(), signing_keys=SigningKeys({})))
+    return Worker(Configuration(settings=settings, connections=Connections.empty(), signing_keys=SigningKeys({})))
 
 
 async def test_database_and_broker_are_readied_side_by_side(pool: asyncpg.Pool[asyncpg.Record]) -> None:

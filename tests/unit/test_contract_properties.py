@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from worker.contract.codes import DlqReason, ErrorCode
-from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
+from worker.contract.connections import Connection, ConnectionConfig, Connections
 from worker.contract.customer import BILLING_FIELDS, CUSTOMER_FIELDS, METADATA_FIELDS, SHIPPING_FIELDS
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.events import CustomerCreated
@@ -43,7 +43,7 @@ def _connection(provider: str, code: str) -> Connection:
 
 CONTEXT: Final = DecodeContext(
     signing_keys=SigningKeys({}),
-    registry=ProviderRegistry([_connection(provider, code) for provider, code in CODES.items()]),
+    connections=Connections([_connection(provider, code) for provider, code in CODES.items()]),
 )
 NOW: Final = datetime(2026, 11, 24, 10, 15, 0, 123456, tzinfo=UTC)
 LAGO_ID: Final = UUID("8d3c6a1e-52a0-4f7e-9a57-0d9f3c1e2a10")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from worker.contract.connections import LookupFailure, load_registry
+from worker.contract.connections import LookupFailure, load_connections
 from worker.security import load_signing_keys, sign
 from worker.settings import Settings
 
@@ -24,8 +24,8 @@ def _env_file(path: Path) -> dict[str, str]:
 
 def test_the_providers_file_has_one_connection_per_provider() -> None:
     environ = {"STRIPE_ACME_KEY": "sk_test_x", "ADYEN_ACME_API_KEY": "adyen_x", "GOCARDLESS_GLOBEX_TOKEN": "gc_x"}
-    registry = load_registry(EXAMPLES / "providers.yaml", environ)
-    assert sorted(c.provider for c in registry.connections) == ["adyen", "gocardless", "stripe"]
+    registry = load_connections(EXAMPLES / "providers.yaml", environ)
+    assert sorted(c.provider for c in registry.all) == ["adyen", "gocardless", "stripe"]
     stripe = registry.lookup("org_acme", "stripe", None)
     assert not isinstance(stripe, LookupFailure)
     assert stripe.code == "stripe_main"

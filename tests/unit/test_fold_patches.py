@@ -46,7 +46,7 @@ def test_patches_made_ahead_fold_like_patches_made_in_the_fold_and_are_not_consu
         result = fold_customer(
             None,
             commands,
-            registry=REGISTRY,
+            connections=REGISTRY,
             now=NOW,
             new_id=lambda _command: CUSTOMER_ID,
             patches=patches if with_patches else None,

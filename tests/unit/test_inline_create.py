@@ -10,7 +10,7 @@ from typing import Any, Final
 import orjson
 from pydantic import SecretStr
 
-from worker.contract.connections import Connection, ConnectionConfig, ProviderRegistry
+from worker.contract.connections import Connection, ConnectionConfig, Connections
 from worker.contract.decode import Command, DecodeContext, decode
 from worker.domain.fold import Applied, Outcome, ProviderJob, fold_customer
 from worker.domain.inline import inline_creates, link_inline
@@ -19,7 +19,7 @@ from worker.security import SigningKeys
 
 ORG: Final = "org_inline"
 NOW: Final = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-REGISTRY: Final = ProviderRegistry(
+REGISTRY: Final = Connections(
     [
         Connection(
             config=ConnectionConfig.model_validate(
@@ -30,7 +30,7 @@ REGISTRY: Final = ProviderRegistry(
         for code in ("stripe_a", "stripe_b")
     ]
 )
-CONTEXT: Final = DecodeContext(signing_keys=SigningKeys({}), registry=REGISTRY)
+CONTEXT: Final = DecodeContext(signing_keys=SigningKeys({}), connections=REGISTRY)
 
 
 def _command(code: str, *, sync: bool) -> Command:
@@ -50,7 +50,7 @@ def _command(code: str, *, sync: bool) -> Command:
 
 
 async def _fold_and_create(commands: list[Command]) -> list[Applied]:
-    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
+    result = fold_customer(None, commands, connections=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
     pairs = zip(commands, result.outcomes, strict=True)
     outcomes: dict[int, Outcome] = {id(command): outcome for command, outcome in pairs}
     targets = inline_creates(outcomes, REGISTRY)
@@ -82,7 +82,7 @@ async def test_a_later_command_moving_to_another_connection_keeps_its_create() -
 
 def test_a_fold_asks_for_one_create_per_connection_and_none_while_one_is_in_hand() -> None:
     commands = [_command("stripe_a", sync=False), _command("stripe_a", sync=True), _command("stripe_b", sync=False)]
-    result = fold_customer(None, commands, registry=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
+    result = fold_customer(None, commands, connections=REGISTRY, now=NOW, new_id=lambda _command: uuid.uuid4())
     jobs = [job for outcome in result.outcomes if isinstance(outcome, Applied) for job in outcome.jobs]
     assert [(job.kind, job.connection_code, job.message_id) for job in jobs] == [
         ("create", "stripe_a", commands[0].message_id),
@@ -95,7 +95,7 @@ def test_a_fold_asks_for_one_create_per_connection_and_none_while_one_is_in_hand
     again = fold_customer(
         stored,
         [_command("stripe_b", sync=True)],
-        registry=REGISTRY,
+        connections=REGISTRY,
         now=NOW,
         new_id=lambda _command: uuid.uuid4(),
         active_creates=frozenset({"stripe_b"}),
@@ -110,7 +110,7 @@ def test_the_id_of_a_new_customer_comes_from_its_creating_command() -> None:
     result = fold_customer(
         None,
         [first, _command("stripe_a", sync=False)],
-        registry=REGISTRY,
+        connections=REGISTRY,
         now=NOW,
         new_id=lambda command: ids[command.message_id],
     )

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from worker.contract.codes import BASE, DlqReason, ErrorCode
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.contract.customer import MAX_EMAIL, MAX_TAX_CODES, MAX_TEXT, MAX_URL
 from worker.contract.decode import MAX_VALUE_BYTES, Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.rules import MAX_ERROR_PATHS
@@ -27,7 +27,7 @@ from worker.security import SigningKeys
 ONE_MIB: Final = 1024 * 1024
 NOW: Final = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 CONTEXT: Final = DecodeContext(
-    signing_keys=SigningKeys({}), registry=ProviderRegistry([]), max_clock_skew=timedelta(hours=1), clock=lambda: NOW
+    signing_keys=SigningKeys({}), connections=Connections([]), max_clock_skew=timedelta(hours=1), clock=lambda: NOW
 )
 
 
@@ -227,7 +227,7 @@ def test_outcome6_occurred_at_within_range_is_stored_in_utc(written: str, expect
 
 def test_outcome6_skew_follows_the_setting() -> None:
     strict = DecodeContext(
-        signing_keys=SigningKeys({}), registry=ProviderRegistry([]), max_clock_skew=timedelta(0), clock=lambda: NOW
+        signing_keys=SigningKeys({}), connections=Connections([]), max_clock_skew=timedelta(0), clock=lambda: NOW
     )
     ahead = (NOW + timedelta(seconds=1)).isoformat()
     assert isinstance(decode(value({"external_id": "c"}, occurred_at=ahead), [], CONTEXT), Command)

@@ -16,13 +16,13 @@ import pytest
 
 from worker.cli import main
 from worker.contract.codes import DlqReason
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection, decode
 from worker.contract.framing import frame, unframe
 from worker.security import SigningKeys
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-CONTEXT = DecodeContext(signing_keys=SigningKeys({}), registry=ProviderRegistry([]))
+CONTEXT = DecodeContext(signing_keys=SigningKeys({}), connections=Connections([]))
 VALUE = orjson.dumps(
     {"message_id": "m-1", "organization_id": "org_1", "customer": {"external_id": "cus_1", "name": "Framed"}}
 )

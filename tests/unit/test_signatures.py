@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from worker.contract.codes import DlqReason
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.contract.decode import Command, DeadLetter, DecodeContext, Decoded, Rejection, decode
 from worker.errors import ConfigurationError
 from worker.security import SIGNATURE_HEADER, SigningKeys, load_signing_keys, sign
@@ -28,7 +28,7 @@ TRACEPARENT: Final = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def context(keys: SigningKeys = KEYS) -> DecodeContext:
-    return DecodeContext(signing_keys=keys, registry=ProviderRegistry.empty())
+    return DecodeContext(signing_keys=keys, connections=Connections.empty())
 
 
 def command(organization_id: str = SIGNED_ORG, **customer: Any) -> bytes:

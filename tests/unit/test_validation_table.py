@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from worker.contract.codes import DlqReason, ErrorCode, Errors
-from worker.contract.connections import Connection, ConnectionConfig, LookupFailure, ProviderRegistry
+from worker.contract.connections import Connection, ConnectionConfig, Connections, LookupFailure
 from worker.contract.decode import MAX_VALUE_BYTES, Command, DeadLetter, DecodeContext, Decoded, Rejection, decode
 from worker.contract.links import LinkRequest, resolve_connection
 from worker.domain.customer import StoredMetadataItem, patch_of
@@ -52,7 +52,7 @@ def connection(organization_id: str, code: str, provider: str) -> Connection:
 
 
 # org_acme: one Stripe connection, two Adyen connections, no GoCardless one. org_other: its own Stripe connection.
-REGISTRY: Final = ProviderRegistry(
+REGISTRY: Final = Connections(
     [
         connection(ORG, "stripe_main", "stripe"),
         connection(ORG, "adyen_eu", "adyen"),
@@ -60,7 +60,7 @@ REGISTRY: Final = ProviderRegistry(
         connection(OTHER_ORG, "stripe_other", "stripe"),
     ]
 )
-CONTEXT: Final = DecodeContext(signing_keys=SigningKeys({}), registry=REGISTRY)
+CONTEXT: Final = DecodeContext(signing_keys=SigningKeys({}), connections=REGISTRY)
 
 
 def envelope(customer: Any, **fields: Any) -> bytes:
@@ -899,7 +899,7 @@ def test_rejection_carries_the_envelope_and_traceparent() -> None:
 # --- provider connection lookup (SPEC §3, §9, §11) -----------------------------------------------------------------
 
 
-class CountingRegistry(ProviderRegistry):
+class CountingRegistry(Connections):
     def __init__(self, connections: list[Connection]) -> None:
         super().__init__(connections)
         self.lookups = 0
@@ -1052,16 +1052,16 @@ NOT_LINKING = [
 
 @pytest.mark.parametrize("billing_configuration", NOT_LINKING)
 def test_not_linking_makes_no_lookup(billing_configuration: dict[str, Any]) -> None:
-    registry = CountingRegistry(list(REGISTRY.connections))
-    context = DecodeContext(signing_keys=SigningKeys({}), registry=registry)
+    registry = CountingRegistry(list(REGISTRY.all))
+    context = DecodeContext(signing_keys=SigningKeys({}), connections=registry)
     command = accepted(body(billing_configuration=billing_configuration), context)
     assert command.link is None
     assert registry.lookups == 0
 
 
 def test_linking_makes_a_lookup() -> None:
-    registry = CountingRegistry(list(REGISTRY.connections))
-    context = DecodeContext(signing_keys=SigningKeys({}), registry=registry)
+    registry = CountingRegistry(list(REGISTRY.all))
+    context = DecodeContext(signing_keys=SigningKeys({}), connections=registry)
     accepted(billing(payment_provider="stripe", sync_with_provider=True), context)
     assert registry.lookups == 1
 

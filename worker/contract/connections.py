@@ -76,8 +76,9 @@ class LookupFailure:
     code: ErrorCode
 
 
-class ProviderRegistry:
-    """All connections, indexed per organization."""
+class Connections:
+    """The payment provider connections of `PROVIDERS_FILE`, indexed per organization. (Formerly `Connections`:
+    "registry" now means only the Schema Registry.)"""
 
     def __init__(self, connections: list[Connection]) -> None:
         self._by_code: dict[tuple[str, str], Connection] = {}
@@ -93,11 +94,11 @@ class ProviderRegistry:
         self._connections = tuple(connections)
 
     @classmethod
-    def empty(cls) -> ProviderRegistry:
+    def empty(cls) -> Connections:
         return cls([])
 
     @property
-    def connections(self) -> tuple[Connection, ...]:
+    def all(self) -> tuple[Connection, ...]:
         return self._connections
 
     def get(self, organization_id: str, code: str) -> Connection | None:
@@ -118,10 +119,10 @@ class ProviderRegistry:
         return candidates[0]
 
 
-def load_registry(path: Path | None, environ: Mapping[str, str] | None = None) -> ProviderRegistry:
+def load_connections(path: Path | None, environ: Mapping[str, str] | None = None) -> Connections:
     """Read `PROVIDERS_FILE`; raises ConfigurationError naming the file, entry or variable at fault."""
     if path is None:
-        return ProviderRegistry.empty()
+        return Connections.empty()
     env = os.environ if environ is None else environ
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -142,4 +143,4 @@ def load_registry(path: Path | None, environ: Mapping[str, str] | None = None) -
                 f"PROVIDERS_FILE: connection {config.code!r} names secret_env {config.secret_env}, which is not set"
             )
         connections.append(Connection(config=config, secret=SecretStr(secret)))
-    return ProviderRegistry(connections)
+    return Connections(connections)

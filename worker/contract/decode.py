@@ -22,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from worker.contract.codes import BASE, DlqReason, ErrorCode, Errors
-from worker.contract.connections import ProviderRegistry
+from worker.contract.connections import Connections
 from worker.contract.customer import (
     BILLING_FIELDS,
     CUSTOMER,
@@ -58,7 +58,7 @@ def _utc_now() -> datetime:
 @dataclass(frozen=True, slots=True)
 class DecodeContext:
     signing_keys: SigningKeys
-    registry: ProviderRegistry
+    connections: Connections
     max_value_bytes: int = MAX_VALUE_BYTES
     # `occurred_at` further ahead of `clock()` than this is `value_is_invalid` (MAX_CLOCK_SKEW).
     max_clock_skew: timedelta = timedelta(hours=1)
@@ -162,7 +162,7 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
 
     link = link_request(parsed.get("billing_configuration") if parsed is not None else _billing_alone(customer, errors))
     if link is not None:
-        failure = precheck(context.registry, organization_id, link)
+        failure = precheck(context.connections, organization_id, link)
         if failure is not None:
             add_error(errors, BASE, failure.code.value)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from worker.contract.codes import ErrorCode
-from worker.contract.connections import Connection, LookupFailure, ProviderRegistry
+from worker.contract.connections import Connection, Connections, LookupFailure
 from worker.contract.customer import BillingConfiguration
 
 
@@ -44,7 +44,7 @@ def link_request(billing: BillingConfiguration | None) -> LinkRequest | None:
 
 
 def resolve_connection(
-    registry: ProviderRegistry,
+    connections: Connections,
     organization_id: str,
     link: LinkRequest,
     *,
@@ -60,18 +60,18 @@ def resolve_connection(
     else:
         # A stored code belongs to the stored provider; it says nothing about another one.
         code = stored_code if provider == stored_provider else None
-    return registry.lookup(organization_id, provider, code)
+    return connections.lookup(organization_id, provider, code)
 
 
-def precheck(registry: ProviderRegistry, organization_id: str, link: LinkRequest) -> LookupFailure | None:
+def precheck(connections: Connections, organization_id: str, link: LinkRequest) -> LookupFailure | None:
     """The lookup failures the command decides on its own, whatever is stored."""
     if link.provider is None:
         return None
     if link.code_given:
-        found = registry.lookup(organization_id, link.provider, link.code)
+        found = connections.lookup(organization_id, link.provider, link.code)
         return found if isinstance(found, LookupFailure) else None
     # Code omitted: a stored code may settle it, unless the organization has no connection of this provider.
-    found = registry.lookup(organization_id, link.provider, None)
+    found = connections.lookup(organization_id, link.provider, None)
     if isinstance(found, LookupFailure) and found.code is ErrorCode.PAYMENT_PROVIDER_NOT_FOUND:
         return found
     return None

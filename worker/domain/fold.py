@@ -23,7 +23,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from worker.contract.codes import BASE, Errors
-from worker.contract.connections import LookupFailure, ProviderRegistry
+from worker.contract.connections import Connections, LookupFailure
 from worker.contract.decode import Admitted, Command, Rejection
 from worker.contract.links import resolve_connection
 from worker.domain.customer import (
@@ -96,7 +96,7 @@ def fold_customer(
     stored: CustomerState | None,
     commands: Sequence[Command],
     *,
-    registry: ProviderRegistry,
+    connections: Connections,
     now: datetime,
     new_id: Callable[[Command], UUID],
     active_creates: frozenset[str] = frozenset(),
@@ -110,7 +110,7 @@ def fold_customer(
     creates = set(active_creates)
     for command in commands:
         patch = patches.get((command.organization_id, command.message_id)) if patches else None
-        outcome = apply_command(state, command, registry=registry, now=now, new_id=new_id, patch=patch)
+        outcome = apply_command(state, command, connections=connections, now=now, new_id=new_id, patch=patch)
         if isinstance(outcome, Applied):
             state = outcome.state
             changed = True
@@ -127,7 +127,7 @@ def apply_command(
     state: CustomerState | None,
     command: Command,
     *,
-    registry: ProviderRegistry,
+    connections: Connections,
     now: datetime,
     new_id: Callable[[Command], UUID],
     patch: dict[str, Any] | None = None,
@@ -141,7 +141,7 @@ def apply_command(
     linked_code: str | None = None
     if link is not None:
         found = resolve_connection(
-            registry,
+            connections,
             command.organization_id,
             link,
             stored_provider=state.payment_provider if state else None,
@@ -291,7 +291,7 @@ def fold_batch(
     stored: Mapping[CustomerKey, CustomerState],
     active_creates: Mapping[UUID, frozenset[str]],
     *,
-    registry: ProviderRegistry,
+    connections: Connections,
     now: datetime,
     id_key: bytes,
     patches: Patches | None,
@@ -307,7 +307,7 @@ def fold_batch(
         result = fold_customer(
             state,
             [commands[position] for position in positions],
-            registry=registry,
+            connections=connections,
             now=now,
             new_id=new_id,
             active_creates=active_creates.get(state.id, frozenset()) if state is not None else frozenset(),

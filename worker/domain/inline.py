@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import NamedTuple
 from uuid import UUID
 
-from worker.contract.connections import Connection, ProviderRegistry
+from worker.contract.connections import Connection, Connections
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, provider_event
 from worker.domain.fold import Applied, Outcome, ProviderJob
@@ -45,12 +45,12 @@ def _inline_create(outcome: Outcome) -> ProviderJob | None:
     return next((job for job in outcome.jobs if job.kind == "create"), None)
 
 
-def inline_creates(outcomes: dict[int, Outcome], registry: ProviderRegistry) -> list[InlineTarget]:
+def inline_creates(outcomes: dict[int, Outcome], connections: Connections) -> list[InlineTarget]:
     """The inline creates the outcomes (keyed by command position) ask for, on connections this replica knows."""
     targets: list[InlineTarget] = []
     for key, outcome in outcomes.items():
         job = _inline_create(outcome)
-        connection = registry.get(outcome.command.organization_id, job.connection_code) if job else None
+        connection = connections.get(outcome.command.organization_id, job.connection_code) if job else None
         if job is not None and connection is not None:
             assert isinstance(outcome, Applied)
             targets.append(InlineTarget(key, outcome, job, connection))

@@ -13,7 +13,7 @@ from typing import Final
 
 import structlog
 
-from worker.contract.connections import Connection, ProviderRegistry
+from worker.contract.connections import Connection, Connections
 from worker.domain.customer import CustomerState
 from worker.domain.jobs import ClaimedJob, JobResult, skip_reason
 from worker.outages import OUTAGES
@@ -85,7 +85,7 @@ class ProviderJobRunner:
     def __init__(
         self,
         pool: Pool,
-        registry: ProviderRegistry,
+        connections: Connections,
         factory: AdapterFactory,
         metrics: CallMetrics,
         *,
@@ -106,7 +106,7 @@ class ProviderJobRunner:
         if concurrency < 1 or max_attempts < 1 or lease_seconds <= 0:
             raise ValueError("concurrency, max_attempts and lease_seconds must be positive")
         self._pool = pool
-        self._registry = registry
+        self._connections = connections
         self.caller = ProviderCaller(
             factory, metrics, probe_interval=probe_interval, backoff_base=backoff_base, backoff_max=backoff_max
         )
@@ -251,7 +251,7 @@ class ProviderJobRunner:
         if job.provider not in PROVIDERS:
             return _Skip("unknown_provider")
         provider = provider_name(job.provider)
-        connection = self._registry.get(job.organization_id, job.connection_code)
+        connection = self._connections.get(job.organization_id, job.connection_code)
         if connection is None or connection.provider != provider:
             return ProviderError(
                 provider, CONFIGURATION_ERROR, "the job's connection is not in PROVIDERS_FILE (any more)"

@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from worker.contract.codes import ErrorCode
-from worker.contract.connections import Connection, ConnectionConfig, LookupFailure, ProviderRegistry, load_registry
+from worker.contract.connections import Connection, ConnectionConfig, Connections, LookupFailure, load_connections
 from worker.errors import ConfigurationError
 
 STRIPE_SECRET: Final = "sk_test_51HxStripeSecretValue"
@@ -65,8 +65,8 @@ def assert_no_secret(text: str) -> None:
 
 
 def test_load_from_yaml(tmp_path: Path) -> None:
-    registry = load_registry(write(tmp_path, "providers.yaml", YAML_FILE), ENVIRON)
-    assert [c.code for c in registry.connections] == ["stripe_main", "adyen_eu", "gc"]
+    registry = load_connections(write(tmp_path, "providers.yaml", YAML_FILE), ENVIRON)
+    assert [c.code for c in registry.all] == ["stripe_main", "adyen_eu", "gc"]
     stripe = registry.get("org_acme", "stripe_main")
     assert stripe is not None
     assert (stripe.organization_id, stripe.provider, stripe.code) == ("org_acme", "stripe", "stripe_main")
@@ -83,13 +83,13 @@ def test_load_from_yaml(tmp_path: Path) -> None:
 
 
 def test_load_from_json(tmp_path: Path) -> None:
-    registry = load_registry(json_file(tmp_path, CONNECTIONS), ENVIRON)
-    assert {(c.organization_id, c.code, c.provider) for c in registry.connections} == {
+    registry = load_connections(json_file(tmp_path, CONNECTIONS), ENVIRON)
+    assert {(c.organization_id, c.code, c.provider) for c in registry.all} == {
         ("org_acme", "stripe_main", "stripe"),
         ("org_acme", "adyen_eu", "adyen"),
         ("org_beta", "gc", "gocardless"),
     }
-    assert registry.connections[0].config.rate_limit_per_second == 25.0
+    assert registry.all[0].config.rate_limit_per_second == 25.0
 
 
 def test_secret_is_read_from_the_process_environment_by_default(
@@ -97,7 +97,7 @@ def test_secret_is_read_from_the_process_environment_by_default(
 ) -> None:
     monkeypatch.setenv("ONLY_STRIPE", STRIPE_SECRET)
     path = json_file(tmp_path, [{**CONNECTIONS[0], "secret_env": "ONLY_STRIPE"}])
-    connection = load_registry(path).get("org_acme", "stripe_main")
+    connection = load_connections(path).get("org_acme", "stripe_main")
     assert connection is not None and connection.secret.get_secret_value() == STRIPE_SECRET
 
 
@@ -105,14 +105,14 @@ def test_an_explicit_environment_is_used_instead_of_the_process_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ACME_STRIPE", "from-the-process")
-    connection = load_registry(json_file(tmp_path, CONNECTIONS), ENVIRON).get("org_acme", "stripe_main")
+    connection = load_connections(json_file(tmp_path, CONNECTIONS), ENVIRON).get("org_acme", "stripe_main")
     assert connection is not None and connection.secret.get_secret_value() == STRIPE_SECRET
 
 
-def test_no_file_and_empty_file_give_an_empty_registry(tmp_path: Path) -> None:
-    assert load_registry(None, ENVIRON).connections == ()
-    assert load_registry(write(tmp_path, "providers.yaml", ""), ENVIRON).connections == ()
-    assert load_registry(write(tmp_path, "none.yaml", "connections: []\n"), ENVIRON).connections == ()
+def test_no_file_and_empty_file_give_no_connections(tmp_path: Path) -> None:
+    assert load_connections(None, ENVIRON).all == ()
+    assert load_connections(write(tmp_path, "providers.yaml", ""), ENVIRON).all == ()
+    assert load_connections(write(tmp_path, "none.yaml", "connections: []\n"), ENVIRON).all == ()
 
 
 @pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
@@ -121,7 +121,7 @@ def test_missing_env_var_names_the_variable_and_no_secret(tmp_path: Path, value:
     if value is not None:
         environ["ACME_ADYEN"] = value
     with pytest.raises(ConfigurationError) as raised:
-        load_registry(json_file(tmp_path, CONNECTIONS), environ)
+        load_connections(json_file(tmp_path, CONNECTIONS), environ)
     message = str(raised.value)
     assert "PROVIDERS_FILE" in message
     assert "ACME_ADYEN" in message
@@ -133,14 +133,14 @@ def test_missing_env_var_names_the_variable_and_no_secret(tmp_path: Path, value:
 def test_duplicate_code_in_one_organization_is_an_error(tmp_path: Path) -> None:
     duplicate = [*CONNECTIONS, {**CONNECTIONS[1], "code": "stripe_main"}]
     with pytest.raises(ConfigurationError, match="PROVIDERS_FILE") as raised:
-        load_registry(json_file(tmp_path, duplicate), ENVIRON)
+        load_connections(json_file(tmp_path, duplicate), ENVIRON)
     assert "stripe_main" in str(raised.value)
     assert_no_secret(str(raised.value))
 
 
 def test_same_code_in_two_organizations_is_allowed(tmp_path: Path) -> None:
     connections = [*CONNECTIONS, {**CONNECTIONS[0], "organization_id": "org_beta"}]
-    registry = load_registry(json_file(tmp_path, connections), ENVIRON)
+    registry = load_connections(json_file(tmp_path, connections), ENVIRON)
     first, second = registry.get("org_acme", "stripe_main"), registry.get("org_beta", "stripe_main")
     assert first is not None and second is not None and first is not second
 
@@ -165,7 +165,7 @@ BAD_ENTRIES = [
 @pytest.mark.parametrize(("entry", "field"), BAD_ENTRIES)
 def test_malformed_entry_is_a_configuration_error(tmp_path: Path, entry: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        load_registry(json_file(tmp_path, [entry]), ENVIRON)
+        load_connections(json_file(tmp_path, [entry]), ENVIRON)
     message = str(raised.value)
     assert "PROVIDERS_FILE" in message
     assert field in message
@@ -184,7 +184,7 @@ def test_malformed_entry_is_a_configuration_error(tmp_path: Path, entry: dict[st
 )
 def test_malformed_file_is_a_configuration_error(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigurationError, match="PROVIDERS_FILE") as raised:
-        load_registry(write(tmp_path, "providers.yaml", text), ENVIRON)
+        load_connections(write(tmp_path, "providers.yaml", text), ENVIRON)
     assert_no_secret(str(raised.value))
     assert raised.value.__cause__ is None
     assert raised.value.__context__ is None or raised.value.__suppress_context__
@@ -192,13 +192,13 @@ def test_malformed_file_is_a_configuration_error(tmp_path: Path, text: str) -> N
 
 def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="PROVIDERS_FILE"):
-        load_registry(tmp_path / "absent.yaml", ENVIRON)
+        load_connections(tmp_path / "absent.yaml", ENVIRON)
 
 
 def test_repr_and_str_never_show_a_secret(tmp_path: Path) -> None:
-    registry = load_registry(write(tmp_path, "providers.yaml", YAML_FILE), ENVIRON)
-    texts = [repr(registry), str(registry), repr(registry.connections), str(registry.connections)]
-    for connection in registry.connections:
+    registry = load_connections(write(tmp_path, "providers.yaml", YAML_FILE), ENVIRON)
+    texts = [repr(registry), str(registry), repr(registry.all), str(registry.all)]
+    for connection in registry.all:
         texts += [
             repr(connection),
             str(connection),
@@ -211,7 +211,7 @@ def test_repr_and_str_never_show_a_secret(tmp_path: Path) -> None:
         ]
     for text in texts:
         assert_no_secret(text)
-    assert "**********" in repr(registry.connections[0])
+    assert "**********" in repr(registry.all[0])
 
 
 # --- the lookup (SPEC §11) -----------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def make(organization_id: str, code: str, provider: str) -> Connection:
     return Connection(config=config, secret=SecretStr("s"))
 
 
-REGISTRY: Final = ProviderRegistry(
+REGISTRY: Final = Connections(
     [
         make("org_acme", "stripe_main", "stripe"),
         make("org_acme", "adyen_eu", "adyen"),
@@ -269,10 +269,10 @@ def test_get_is_scoped_by_organization() -> None:
 
 def test_duplicate_code_in_the_constructor_is_an_error() -> None:
     with pytest.raises(ConfigurationError, match="stripe_main"):
-        ProviderRegistry([make("org_acme", "stripe_main", "stripe"), make("org_acme", "stripe_main", "adyen")])
+        Connections([make("org_acme", "stripe_main", "stripe"), make("org_acme", "stripe_main", "adyen")])
 
 
 def test_empty_registry() -> None:
-    registry = ProviderRegistry.empty()
-    assert registry.connections == ()
+    registry = Connections.empty()
+    assert registry.all == ()
     assert registry.lookup("org_acme", "stripe", None) == NOT_FOUND
