@@ -61,7 +61,7 @@ async def test_replay_ends_when_the_worker_dead_letters_the_record_again(stack: 
     result = await asyncio.to_thread(stack.cli, "dlq", "replay", "--reason", "invalid_json", "--watch", "60")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "read 1, replayed 1, skipped by filter 0" in out, out
+    assert "read 1, replayed 1, filtered out 0" in out, out
     assert "came straight back to the DLQ, not replayed again: 1" in out, out
 
     # The worker did dead-letter the replayed record again, past the boundary taken at start: the old replay read

@@ -50,19 +50,19 @@ def test_replay_summary_by_reason_partition_and_returns() -> None:
         read=5,
         replayed_by_reason=Counter({"invalid_json": 2}),
         replayed_by_partition=Counter({0: 1, 2: 1}),
-        skipped_by_reason=Counter({"invalid_json": 1, "processing_error": 2}),
-        skipped_by_filter=Counter({"reason": 2, "organization": 1}),
+        filtered_by_reason=Counter({"invalid_json": 1, "processing_error": 2}),
+        filtered_by=Counter({"reason": 2, "organization": 1}),
         returned=[Returned(1, 17, "invalid_json")],
         boundary={0: 3, 1: 10, 2: 4},
         interrupted=True,
     )
     text = format_summary(stats, _settings())
-    assert "read 5, replayed 2, skipped by filter 3" in text
+    assert "read 5, replayed 2, filtered out 3" in text
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("  invalid_json")}
     assert rows == {"invalid_json": ["2", "1"]}
     assert "processing_error" in text
     assert "replayed by DLQ partition: 0: 1, 2: 1" in text
-    assert "skipped by: organization 1, reason 2" in text
+    assert "filtered by: organization 1, reason 2" in text
     assert "came straight back to the DLQ, not replayed again: 1 at 1:17 (invalid_json)" in text
     assert "DLQ end at start: partition 0: 3, partition 1: 10, partition 2: 4" in text
     assert "interrupted" in text

@@ -45,7 +45,7 @@ class ReplayFilter:
     to_offset: int | None = None
     partition: int | None = None
 
-    def skipped_by(self, record: Any) -> str | None:
+    def filtered_by(self, record: Any) -> str | None:
         """The filter that leaves `record` out (`partition`, `offset`, `reason`, `organization`), or None."""
         if self.partition is not None and record.partition != self.partition:
             return "partition"
@@ -60,7 +60,7 @@ class ReplayFilter:
         return None
 
     def matches(self, record: Any) -> bool:
-        return self.skipped_by(record) is None
+        return self.filtered_by(record) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +78,8 @@ class ReplayStats:
     read: int = 0
     replayed_by_reason: Counter[str] = field(default_factory=Counter)
     replayed_by_partition: Counter[int] = field(default_factory=Counter)
-    skipped_by_reason: Counter[str] = field(default_factory=Counter)
-    skipped_by_filter: Counter[str] = field(default_factory=Counter)
+    filtered_by_reason: Counter[str] = field(default_factory=Counter)
+    filtered_by: Counter[str] = field(default_factory=Counter)
     returned: list[Returned] = field(default_factory=list)
     boundary: dict[int, int] = field(default_factory=dict)
     limit_reached: bool = False
@@ -91,8 +91,8 @@ class ReplayStats:
         return sum(self.replayed_by_reason.values())
 
     @property
-    def skipped(self) -> int:
-        return sum(self.skipped_by_reason.values())
+    def filtered(self) -> int:
+        return sum(self.filtered_by_reason.values())
 
 
 def reason_of(record: Any) -> str:
@@ -228,10 +228,10 @@ class _Replay:
                     stats.read += 1
                     progress.advance()
                     reason = reason_of(record)
-                    skipped = self.selection.skipped_by(record)
-                    if skipped is not None:
-                        stats.skipped_by_reason[reason] += 1
-                        stats.skipped_by_filter[skipped] += 1
+                    left_out_by = self.selection.filtered_by(record)
+                    if left_out_by is not None:
+                        stats.filtered_by_reason[reason] += 1
+                        stats.filtered_by[left_out_by] += 1
                     elif limit is not None and stats.replayed + len(chosen) >= limit:
                         stats.limit_reached = True
                         stats.read -= 1  # seen, not handled
@@ -277,23 +277,23 @@ class _Replay:
 
 
 def format_summary(stats: ReplayStats, settings: KafkaSettings) -> str:
-    """The end-of-run report: what was read, replayed (or would be, in a dry run), skipped, and what came back."""
+    """The end-of-run report: what was read, replayed (or would be, in a dry run), filtered out, and what came back."""
     verb = "would replay" if stats.dry_run else "replayed"
     lines = [
         f"dlq replay{' (dry run: nothing sent)' if stats.dry_run else ''}: {settings.dlq_topic} -> "
         f"{settings.commands_topic}",
         "  DLQ end at start: " + (", ".join(f"partition {p}: {o}" for p, o in sorted(stats.boundary.items())) or "-"),
-        f"  read {stats.read}, {verb} {stats.replayed}, skipped by filter {stats.skipped}",
+        f"  read {stats.read}, {verb} {stats.replayed}, filtered out {stats.filtered}",
     ]
-    reasons = sorted(set(stats.replayed_by_reason) | set(stats.skipped_by_reason))
+    reasons = sorted(set(stats.replayed_by_reason) | set(stats.filtered_by_reason))
     if reasons:
-        lines.append(f"  {'reason':<20} {verb:>13} {'skipped':>9}")
-        lines += [f"  {r:<20} {stats.replayed_by_reason[r]:>13} {stats.skipped_by_reason[r]:>9}" for r in reasons]
+        lines.append(f"  {'reason':<20} {verb:>13} {'filtered':>9}")
+        lines += [f"  {r:<20} {stats.replayed_by_reason[r]:>13} {stats.filtered_by_reason[r]:>9}" for r in reasons]
     if stats.replayed_by_partition:
         parts = ", ".join(f"{p}: {n}" for p, n in sorted(stats.replayed_by_partition.items()))
         lines.append(f"  {verb} by DLQ partition: {parts}")
-    if stats.skipped_by_filter:
-        lines.append("  skipped by: " + ", ".join(f"{k} {n}" for k, n in sorted(stats.skipped_by_filter.items())))
+    if stats.filtered_by:
+        lines.append("  filtered by: " + ", ".join(f"{k} {n}" for k, n in sorted(stats.filtered_by.items())))
     if stats.returned:
         where = ", ".join(f"{r.partition}:{r.offset} ({r.reason})" for r in stats.returned)
         lines.append(f"  came straight back to the DLQ, not replayed again: {len(stats.returned)} at {where}")
