@@ -64,7 +64,7 @@ def _log_events(worker: WorkerProcess, name: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.timeout(180)
-async def test_outcome7_read_only_failover_for_10s_dead_letters_nothing_and_applies_everything(
+async def test_read_only_failover_for_10s_dead_letters_nothing_and_applies_everything(
     pg_dsn: str, kafka_bootstrap: str, unique_topics: dict[str, str], migrated_database: str, launcher: Launcher
 ) -> None:
     commands = make_commands(600, 150, seed=random.randrange(2**32))
@@ -117,7 +117,7 @@ async def test_outcome7_read_only_failover_for_10s_dead_letters_nothing_and_appl
 
 
 @pytest.mark.timeout(120)
-async def test_outcome7_poison_record_is_dead_lettered_after_bounded_attempts_and_the_rest_applied(
+async def test_poison_record_is_dead_lettered_after_bounded_attempts_and_the_rest_applied(
     kafka_bootstrap: str, unique_topics: dict[str, str], migrated_database: str, launcher: Launcher
 ) -> None:
     commands = make_commands(60, 20, seed=random.randrange(2**32))

@@ -125,7 +125,7 @@ def _group() -> str:
 
 
 @pytest.mark.parametrize("unique_topics", [1], indirect=True)
-async def test_the_next_batch_is_decoded_while_one_is_answered_one_at_a_time_in_order(
+async def test_the_next_batch_is_prepared_while_one_is_applied_one_at_a_time_in_order(
     kafka_bootstrap: str, unique_topics: dict[str, str]
 ) -> None:
     topic, group = unique_topics["commands"], _group()
@@ -245,7 +245,7 @@ class _RevocationSeen(logging.Handler):
 
 
 @pytest.mark.parametrize("unique_topics", [1], indirect=True)
-async def test_a_revocation_waits_for_the_batch_in_flight_which_commits_and_is_not_answered_twice(
+async def test_a_revocation_waits_for_the_batch_in_flight_which_commits_and_is_not_applied_twice(
     kafka_bootstrap: str, unique_topics: dict[str, str]
 ) -> None:
     topic, group = unique_topics["commands"], _group()

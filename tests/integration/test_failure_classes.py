@@ -46,7 +46,7 @@ async def raised(operation: Callable[[], Awaitable[Any]]) -> BaseException:
     raise AssertionError("the operation did not fail")
 
 
-async def test_outcome7_read_only_transaction_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
+async def test_read_only_transaction_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
     """What a demoted primary (or `default_transaction_read_only`) answers a write."""
 
     async def write() -> None:
@@ -58,14 +58,14 @@ async def test_outcome7_read_only_transaction_is_an_outage(conn: asyncpg.Connect
     assert is_outage(exc)
 
 
-async def test_outcome7_statement_cancelled_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
+async def test_statement_cancelled_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
     await conn.execute("SET statement_timeout = 50")
     exc = await raised(lambda: conn.execute("SELECT pg_sleep(5)"))
     assert getattr(exc, "sqlstate", None) == "57014"
     assert is_outage(exc)
 
 
-async def test_outcome7_admin_shutdown_and_connection_loss_are_outages(
+async def test_admin_shutdown_and_connection_loss_are_outages(
     conn: asyncpg.Connection[Any], fresh_database: str
 ) -> None:
     victim = await asyncpg.connect(fresh_database)
@@ -78,7 +78,7 @@ async def test_outcome7_admin_shutdown_and_connection_loss_are_outages(
     await victim.close()
 
 
-async def test_outcome7_too_many_connections_is_an_outage(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
+async def test_too_many_connections_is_an_outage(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
     role = f"limited_{uuid.uuid4().hex[:8]}"
     await conn.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
     try:
@@ -91,7 +91,7 @@ async def test_outcome7_too_many_connections_is_an_outage(conn: asyncpg.Connecti
         await conn.execute(f"DROP ROLE {role}")
 
 
-async def test_outcome7_deadlock_is_an_outage(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
+async def test_deadlock_is_an_outage(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
     await conn.execute("INSERT INTO t VALUES (2, 2)")
     other = await asyncpg.connect(fresh_database)
     try:
@@ -115,7 +115,7 @@ async def test_outcome7_deadlock_is_an_outage(conn: asyncpg.Connection[Any], fre
         await other.close()
 
 
-async def test_outcome7_serialization_failure_is_an_outage(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
+async def test_serialization_failure_is_an_outage(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
     other = await asyncpg.connect(fresh_database)
     try:
         first = conn.transaction(isolation="serializable")
@@ -144,7 +144,7 @@ async def test_outcome7_serialization_failure_is_an_outage(conn: asyncpg.Connect
         pytest.param("SELECT $1::text", (b"\xff",), id="client-wrong-type"),
     ],
 )
-async def test_outcome7_record_caused_failures_are_not_outages(
+async def test_record_caused_failures_are_not_outages(
     conn: asyncpg.Connection[Any], sql: str, args: tuple[Any, ...]
 ) -> None:
     exc = await raised(lambda: conn.execute(sql, *args))
@@ -186,7 +186,7 @@ async def test_outcome7_record_caused_failures_are_not_outages(
         ("3D000", True),
     ],
 )
-def test_outcome7_sqlstate_table(sqlstate: str, outage: bool) -> None:
+def test_sqlstate_table(sqlstate: str, outage: bool) -> None:
     exc = server_error(sqlstate)
     assert is_outage(exc) is outage
     # The tuple for `except` clauses never catches what `is_outage` says is not an outage.
@@ -194,7 +194,7 @@ def test_outcome7_sqlstate_table(sqlstate: str, outage: bool) -> None:
         assert not isinstance(exc, OUTAGES)
 
 
-def test_outcome8_rejected_credentials_name_the_setting() -> None:
+def test_rejected_credentials_name_the_setting() -> None:
     exc = server_error("28P01", "password authentication failed for user x")
     message = rejected_setting(exc)
     assert message is not None and message.startswith("DATABASE_URL")
@@ -202,7 +202,7 @@ def test_outcome8_rejected_credentials_name_the_setting() -> None:
     assert rejected_setting(asyncpg.DataError("x")) is None
 
 
-def test_outcome7_the_except_tuple_agrees_with_is_outage_for_every_asyncpg_server_error() -> None:
+def test_the_except_tuple_agrees_with_is_outage_for_every_asyncpg_server_error() -> None:
     """`OUTAGES` (for `except` clauses) and `is_outage` (the rule) place every SQLSTATE asyncpg knows alike, but
     one."""
     disagreements = []

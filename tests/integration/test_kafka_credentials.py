@@ -88,19 +88,19 @@ def _sasl(bootstrap: str) -> KafkaSettings:
     )
 
 
-async def test_outcome8_refused_sasl_credentials_are_a_setting_error(refusing_broker: str) -> None:
+async def test_refused_sasl_credentials_are_a_setting_error(refusing_broker: str) -> None:
     with pytest.raises(SaslAuthenticationFailed) as caught:
         await check_kafka_credentials(_sasl(refusing_broker))
     message = rejected_setting(caught.value)
     assert message is not None and "KAFKA_SASL_PASSWORD" in message and "wrong-password-x" not in message
 
 
-async def test_outcome8_unreachable_sasl_broker_is_an_outage() -> None:
+async def test_unreachable_sasl_broker_is_an_outage() -> None:
     with pytest.raises(DependencyUnavailableError):
         await check_kafka_credentials(_sasl(f"127.0.0.1:{free_port()}"))
 
 
-async def test_outcome8_run_exits_2_when_the_broker_refuses_the_credentials(
+async def test_run_exits_2_when_the_broker_refuses_the_credentials(
     tmp_path: Path, fresh_database: str, refusing_broker: str
 ) -> None:
     await migrate_database(fresh_database)

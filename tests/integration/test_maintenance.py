@@ -13,7 +13,7 @@ from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_r
 pytestmark = [pytest.mark.timeout(60)]
 
 
-async def test_prune_retained_deletes_only_answered_ids_older_than_the_retention_in_chunks(
+async def test_prune_retained_deletes_only_settled_ids_older_than_the_retention_in_chunks(
     fresh_database: str,
 ) -> None:
     await migrate_database(fresh_database)

@@ -142,7 +142,7 @@ def _json_line(line: str) -> dict[str, Any]:
         pytest.param("postgresql://user:hunter2secret@db.example:5432/app?sslmode=bogus", id="client-option"),
     ],
 )
-def test_outcome8_malformed_database_url_exits_2_without_echoing_it(tmp_path: Path, value: str) -> None:
+def test_malformed_database_url_exits_2_without_echoing_it(tmp_path: Path, value: str) -> None:
     result = run_worker(tmp_path, DATABASE_URL=value, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9")
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "DATABASE_URL" in result.stderr
@@ -151,7 +151,7 @@ def test_outcome8_malformed_database_url_exits_2_without_echoing_it(tmp_path: Pa
 
 
 @pytest.mark.parametrize("value", ["127.0.0.1:notaport", "broker:70000", "broker:9092,", "host/path:9092"])
-def test_outcome8_malformed_bootstrap_servers_exit_2_without_echoing_them(tmp_path: Path, value: str) -> None:
+def test_malformed_bootstrap_servers_exit_2_without_echoing_them(tmp_path: Path, value: str) -> None:
     result = run_worker(tmp_path, DATABASE_URL=UNREACHABLE["DATABASE_URL"], KAFKA_BOOTSTRAP_SERVERS=value)
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr
@@ -159,7 +159,7 @@ def test_outcome8_malformed_bootstrap_servers_exit_2_without_echoing_them(tmp_pa
     assert "Traceback" not in result.stderr
 
 
-def test_outcome8_rejected_database_credentials_exit_2(tmp_path: Path, pg_dsn: str) -> None:
+def test_rejected_database_credentials_exit_2(tmp_path: Path, pg_dsn: str) -> None:
     """The server is up and refuses the role: waiting would never end."""
     parts = urlsplit(pg_dsn)
     host = parts.netloc.rpartition("@")[2]
@@ -171,7 +171,7 @@ def test_outcome8_rejected_database_credentials_exit_2(tmp_path: Path, pg_dsn: s
     assert "Traceback" not in result.stderr
 
 
-def test_outcome8_an_unreachable_database_is_waited_for(tmp_path: Path) -> None:
+def test_an_unreachable_database_is_waited_for(tmp_path: Path) -> None:
     environment = {name: value for name, value in os.environ.items() if name not in _OURS}
     port = free_port()
     environment.update(UNREACHABLE, HTTP_PORT=str(port))

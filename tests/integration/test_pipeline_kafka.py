@@ -156,7 +156,7 @@ async def test_events_have_the_contract_key_headers_and_shape(pipeline: Pipeline
     assert CustomerRejected.model_validate_json(record.value).errors == {"timezone": ["invalid_timezone"]}
 
 
-async def test_a_framed_command_s_answer_carries_its_schema_id(pipeline: Pipeline) -> None:
+async def test_a_framed_command_s_result_event_carries_its_schema_id(pipeline: Pipeline) -> None:
     """SPEC §12: the Schema Registry id of a framed value goes to the command's answer as a `schema-id` header
     (accepted or rejected); an unframed command's answer has none."""
     org = _org()
@@ -180,7 +180,7 @@ async def test_a_framed_command_s_answer_carries_its_schema_id(pipeline: Pipelin
     assert headers == {"event-type": b"customer.created", "content-type": b"application/json"}
 
 
-async def test_a_record_with_a_non_utf8_header_is_still_answered(pipeline: Pipeline) -> None:
+async def test_a_record_with_a_non_utf8_header_is_still_settled(pipeline: Pipeline) -> None:
     org = _org()
     document = command(org, {"external_id": "cus_bin"})
     await pipeline.publish(
@@ -311,7 +311,7 @@ async def test_dlq_replay_filters_and_is_safe_to_repeat(pipeline: Pipeline) -> N
     assert [(r.key, list(r.headers)) for r in copies] == [(f"{org}:parked".encode(), tp_headers)] * 2
 
 
-async def test_an_update_in_a_later_batch_is_answered_with_updated(pipeline: Pipeline) -> None:
+async def test_an_update_in_a_later_batch_gets_customer_updated(pipeline: Pipeline) -> None:
     org = _org()
     created = command(org, {"external_id": "cus_later", "name": "v1"})
     await pipeline.publish(encode(created), key=key_of(created))

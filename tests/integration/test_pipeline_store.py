@@ -467,7 +467,7 @@ async def test_rejection_writes_no_customer_data(store: Store) -> None:
     assert len(await store.events()) == 2
 
 
-async def test_invalid_signature_is_not_recorded_and_is_answered_again(store: Store) -> None:
+async def test_invalid_signature_is_not_recorded_and_is_rejected_again(store: Store) -> None:
     document = command(SIGNED_ORG, {"external_id": "cus_s", "name": "Signed", "email": "bad"})
     value = encode(document)
     wrong = [("x-signature", sign(b"another-key", value))]

@@ -100,7 +100,7 @@ def test_text_that_is_not_json_is_invalid_json(text: str) -> None:
 
 @PROPERTY_SETTINGS
 @given(raw=st.binary(max_size=80))
-def test_any_bytes_get_exactly_one_answer(raw: bytes) -> None:
+def test_any_bytes_decode_to_exactly_one_result(raw: bytes) -> None:
     outcome = decode(raw, [], CONTEXT)
     assert isinstance(outcome, Command | Rejection | DeadLetter)
     try:

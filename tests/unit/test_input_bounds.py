@@ -59,7 +59,7 @@ def rejected(raw: bytes) -> Rejection:
 # ---------------------------------------------------------------------------------------------------- outcome 1
 
 
-def test_outcome1_300k_blank_tax_codes_get_a_small_bounded_rejection() -> None:
+def test_300k_blank_tax_codes_get_a_small_bounded_rejection() -> None:
     """Measured on main: an 11.6 MiB `customer.rejected` event."""
     rejection = rejected(value({"external_id": "cus_1", "tax_codes": [""] * 300_000}))
     assert rejection.errors["tax_codes"] == [ErrorCode.INVALID_COUNT.value]
@@ -71,7 +71,7 @@ def test_outcome1_300k_blank_tax_codes_get_a_small_bounded_rejection() -> None:
     assert rejection_event_size(rejection) < 16 * 1024
 
 
-def test_outcome1_450k_wrong_metadata_items_get_a_small_bounded_rejection() -> None:
+def test_450k_wrong_metadata_items_get_a_small_bounded_rejection() -> None:
     """Measured on main: 17 MiB."""
     rejection = rejected(value({"external_id": "cus_1", "metadata": [1] * 450_000}))
     assert rejection.errors["metadata"] == [ErrorCode.INVALID_COUNT.value]
@@ -79,7 +79,7 @@ def test_outcome1_450k_wrong_metadata_items_get_a_small_bounded_rejection() -> N
     assert rejection_event_size(rejection) < 4 * 1024
 
 
-def test_outcome1_long_payment_method_list_is_bounded() -> None:
+def test_long_payment_method_list_is_bounded() -> None:
     methods = [1] * 100_000
     billing = {"provider_payment_methods": methods}
     rejection = rejected(value({"external_id": "cus_1", "billing_configuration": billing}))
@@ -88,7 +88,7 @@ def test_outcome1_long_payment_method_list_is_bounded() -> None:
     assert rejection_event_size(rejection) < 4 * 1024
 
 
-def test_outcome1_external_id_over_255_characters_is_too_long_and_not_echoed() -> None:
+def test_external_id_over_255_characters_is_too_long_and_not_echoed() -> None:
     """Measured on main: a DLQ `processing_error` (the unique index's row limit) instead of a rejection."""
     rejection = rejected(value({"external_id": "x" * 3_000}))
     assert rejection.errors == {"external_id": [ErrorCode.VALUE_IS_TOO_LONG.value]}
@@ -108,20 +108,20 @@ def test_outcome1_external_id_over_255_characters_is_too_long_and_not_echoed() -
         ("logo_url", MAX_URL),
     ],
 )
-def test_outcome1_free_text_fields_have_bounds(field: str, limit: int) -> None:
+def test_free_text_fields_have_bounds(field: str, limit: int) -> None:
     assert isinstance(decode(value({"external_id": "c", field: "a" * limit}), [], CONTEXT), Command)
     rejection = rejected(value({"external_id": "c", field: "a" * (limit + 1)}))
     assert rejection.errors == {field: [ErrorCode.VALUE_IS_TOO_LONG.value]}
 
 
-def test_outcome1_email_bound_is_checked_before_the_address_rule() -> None:
+def test_email_bound_is_checked_before_the_address_rule() -> None:
     addresses = ",".join(["a@b.co"] * (MAX_EMAIL // 7 + 1))
     assert len(addresses) > MAX_EMAIL
     rejection = rejected(value({"external_id": "c", "email": addresses}))
     assert rejection.errors == {"email": [ErrorCode.VALUE_IS_TOO_LONG.value]}
 
 
-def test_outcome1_nested_bounds_in_shipping_billing_and_tax_codes() -> None:
+def test_nested_bounds_in_shipping_billing_and_tax_codes() -> None:
     rejection = rejected(
         value(
             {
@@ -139,7 +139,7 @@ def test_outcome1_nested_bounds_in_shipping_billing_and_tax_codes() -> None:
     }
 
 
-def test_outcome1_the_largest_accepted_customer_event_fits_in_one_mib() -> None:
+def test_the_largest_accepted_customer_event_fits_in_one_mib() -> None:
     """Every bounded field at its bound, in the character JSON escapes longest (`\\u0001`, 6 bytes)."""
     wide = "\x01"
     text = wide * MAX_TEXT
@@ -178,7 +178,7 @@ def test_outcome1_the_largest_accepted_customer_event_fits_in_one_mib() -> None:
     assert size < 256 * 1024, size
 
 
-def test_outcome1_too_many_errors_are_capped_with_a_note_under_base() -> None:
+def test_too_many_errors_are_capped_with_a_note_under_base() -> None:
     rejection = rejected(value({"external_id": "c", "tax_codes": [""] * MAX_TAX_CODES, "currency": "usd"}))
     others = [path for path in rejection.errors if path != BASE]
     assert len(others) == MAX_ERROR_PATHS
@@ -204,7 +204,7 @@ def test_outcome1_too_many_errors_are_capped_with_a_note_under_base() -> None:
         pytest.param("9999-12-31T23:59:59-23:59", id="max-with-offset"),
     ],
 )
-def test_outcome6_occurred_at_out_of_range_is_value_is_invalid(written: str) -> None:
+def test_occurred_at_out_of_range_is_value_is_invalid(written: str) -> None:
     rejection = rejected(value({"external_id": "c"}, occurred_at=written))
     assert rejection.errors == {"occurred_at": [ErrorCode.VALUE_IS_INVALID.value]}
 
@@ -218,14 +218,14 @@ def test_outcome6_occurred_at_out_of_range_is_value_is_invalid(written: str) -> 
         ("2026-11-30T13:30:00+02:00", datetime(2026, 11, 30, 11, 30, tzinfo=UTC)),
     ],
 )
-def test_outcome6_occurred_at_within_range_is_stored_in_utc(written: str, expected: datetime) -> None:
+def test_occurred_at_within_range_is_stored_in_utc(written: str, expected: datetime) -> None:
     command = decode(value({"external_id": "c"}, occurred_at=written), [], CONTEXT)
     assert isinstance(command, Command), command
     assert command.occurred_at == expected
     assert command.occurred_at is not None and command.occurred_at.tzinfo is UTC
 
 
-def test_outcome6_skew_follows_the_setting() -> None:
+def test_skew_follows_the_setting() -> None:
     strict = DecodeContext(
         signing_keys=SigningKeys({}), connections=Connections([]), max_clock_skew=timedelta(0), clock=lambda: NOW
     )
@@ -263,7 +263,7 @@ def test_outcome6_skew_follows_the_setting() -> None:
         ),
     ],
 )
-def test_outcome10_duplicate_member_names_are_invalid_envelope(raw: bytes) -> None:
+def test_duplicate_member_names_are_invalid_envelope(raw: bytes) -> None:
     outcome = decode(raw, [], CONTEXT)
     assert isinstance(outcome, DeadLetter), outcome
     assert outcome.reason is DlqReason.INVALID_ENVELOPE
@@ -278,7 +278,7 @@ def test_outcome10_duplicate_member_names_are_invalid_envelope(raw: bytes) -> No
         pytest.param(lambda document: json.dumps(document, indent=2).replace('":', '" :').encode(), id="space-colon"),
     ],
 )
-def test_outcome10_name_like_text_inside_values_is_not_a_duplicate(encode: Callable[[Any], bytes]) -> None:
+def test_name_like_text_inside_values_is_not_a_duplicate(encode: Callable[[Any], bytes]) -> None:
     """Values that look like member names (`": "`), in every writer's style, are still accepted (the styles that
     are not orjson's own take the slower, exact paths)."""
     customer = {"external_id": "a", "name": '"external_id": ":x é', "metadata": [{"key": "k", "value": 'v":'}]}
@@ -288,7 +288,7 @@ def test_outcome10_name_like_text_inside_values_is_not_a_duplicate(encode: Calla
     assert outcome.customer["name"] == json.loads(raw)["customer"]["name"]
 
 
-def test_outcome10_duplicate_beside_deep_nesting_is_still_refused() -> None:
+def test_duplicate_beside_deep_nesting_is_still_refused() -> None:
     deep = "[" * 1000 + "]" * 1000
     raw = f'{{"message_id":"m","message_id":"n","organization_id":"o","customer":{{"external_id":"a","x":{deep}}}}}'
     outcome = decode(raw.encode(), [], CONTEXT)

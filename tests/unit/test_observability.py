@@ -578,7 +578,7 @@ async def test_health_server_stops_and_reports_no_port() -> None:
 # -- issue 9, outcome 10: every line through redaction, truncation before scrubbing ---------------------------------
 
 
-async def test_outcome10_retries_are_logged_through_redaction_not_by_stamina(
+async def test_retries_are_logged_through_redaction_not_by_stamina(
     json_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from worker.service import until_done
@@ -604,7 +604,7 @@ async def test_outcome10_retries_are_logged_through_redaction_not_by_stamina(
     assert seen == [("postgres", False), ("postgres", True)]
 
 
-def test_outcome10_long_strings_are_truncated_before_scrubbing() -> None:
+def test_long_strings_are_truncated_before_scrubbing() -> None:
     address = "jane.doe@example.com"
     text = "x " * 500 + address + " " + "y " * 20_000
     event = redact(None, "info", {"event": "e", "detail": text})
@@ -625,7 +625,7 @@ def test_outcome10_long_strings_are_truncated_before_scrubbing() -> None:
         pytest.param("://" + "a" * 200_000, id="url-without-credentials"),
     ],
 )
-def test_outcome10_email_scrubbing_is_linear(text: str) -> None:
+def test_email_scrubbing_is_linear(text: str) -> None:
     """Main took 11 s on 40,000 characters (quadratic backtracking); 200,000 would take minutes. The scrubber
     itself, without truncation, is now linear: a generous bound, far from both."""
     import time

@@ -19,7 +19,7 @@ def settings(**values: object) -> Settings:
     return Settings(**{"database_url": DSN, "kafka_bootstrap_servers": "broker:9092", **values})  # type: ignore[arg-type]
 
 
-def test_outcome10_database_url_is_a_secret() -> None:
+def test_database_url_is_a_secret() -> None:
     loaded = settings()
     assert isinstance(loaded.database_url, SecretStr)
     assert loaded.database_url.get_secret_value() == DSN
@@ -39,7 +39,7 @@ def test_outcome10_database_url_is_a_secret() -> None:
         ("kafka_bootstrap_servers", "pa55word@broker:9092"),
     ],
 )
-def test_outcome8_malformed_settings_name_the_setting_without_the_value(name: str, value: str) -> None:
+def test_malformed_settings_name_the_setting_without_the_value(name: str, value: str) -> None:
     with pytest.raises(ValidationError) as caught:
         settings(**{name: value})
     message = describe_errors(caught.value)
@@ -57,7 +57,7 @@ def test_outcome8_malformed_settings_name_the_setting_without_the_value(name: st
         ("kafka_bootstrap_servers", "broker-1:9092, broker-2:9092,[::1]:9093,broker-3"),
     ],
 )
-def test_outcome8_well_formed_settings_are_accepted(name: str, value: str) -> None:
+def test_well_formed_settings_are_accepted(name: str, value: str) -> None:
     settings(**{name: value})
 
 
@@ -72,9 +72,7 @@ def _providers(tmp_path: Path, *organizations: str) -> Path:
     return path
 
 
-def test_outcome10_unsigned_provider_organizations_get_one_warning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unsigned_provider_organizations_get_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STARTUP_TEST_KEY", "sk_test_x")
     keys = tmp_path / "keys.yaml"
     keys.write_text("org_signed: [key-1]\n", encoding="utf-8")
@@ -88,7 +86,7 @@ def test_outcome10_unsigned_provider_organizations_get_one_warning(
 
 
 @pytest.mark.parametrize("require", [True, False])
-def test_outcome10_no_warning_when_signatures_are_required_or_every_organization_signs(
+def test_no_warning_when_signatures_are_required_or_every_organization_signs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, require: bool
 ) -> None:
     monkeypatch.setenv("STARTUP_TEST_KEY", "sk_test_x")
