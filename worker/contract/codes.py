@@ -54,7 +54,9 @@ class DropReason(StrEnum):
 
 
 ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "timeout"]
-"""How a payment provider call ended (the `outcome` label of `customer_worker_provider_calls_total`)."""
+"""How a payment provider call ended (the `outcome` label of `customer_worker_provider_calls_total`): `success`;
+`retryable_error` (network, 429, 5xx: will be retried); `permanent_error` (other 4xx, or attempts exhausted);
+`timeout` (the inline budget ran out, the call goes on as a background job)."""
 
 
 BASE = "base"

@@ -22,15 +22,10 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 from worker.contract.connections import ProviderName
 from worker.domain.customer import CustomerState
-
-#: ``success``; ``retryable_error`` (network, 429, 5xx: will be retried); ``permanent_error`` (other 4xx, or attempts
-#: exhausted); ``timeout`` (the inline budget ran out, the call goes on as a background job).
-ProviderCallOutcome = Literal["success", "retryable_error", "permanent_error", "timeout"]
-
 
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds an SDK waits for one HTTP answer before the call counts as a (retryable) timeout."""

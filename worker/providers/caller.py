@@ -13,18 +13,18 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal, Protocol, TypeVar, get_args
+from typing import Final, Literal, Protocol, TypeVar
 
 import structlog
 from aiolimiter import AsyncLimiter
 
-from worker.contract.connections import Connection, ProviderName
+from worker.contract.codes import ProviderCallOutcome
+from worker.contract.connections import PROVIDERS, Connection, ProviderName
 from worker.domain.customer import CustomerState
 from worker.domain.jobs import InlineResult
 from worker.providers.base import (
     UNAUTHORIZED,
     ProviderAdapter,
-    ProviderCallOutcome,
     ProviderError,
 )
 from worker.providers.factory import AdapterFactory
@@ -51,7 +51,6 @@ DEFAULT_INLINE_BUDGET: Final = 5.0
 DEFAULT_PROBE_INTERVAL: Final = 60.0
 LATENCY_ALLOWANCE: Final = 0.1
 """Seconds of calls kept out of the rate limiter's burst (at least one call): slack for uneven network latency."""
-PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 
 
 def backoff_delay(

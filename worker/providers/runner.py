@@ -13,7 +13,7 @@ from typing import Final
 
 import structlog
 
-from worker.contract.connections import Connection, Connections
+from worker.contract.connections import PROVIDERS, Connection, Connections
 from worker.domain.customer import CustomerState
 from worker.domain.jobs import ClaimedJob, JobResult, skip_reason
 from worker.outages import OUTAGES
@@ -26,7 +26,6 @@ from worker.providers.base import (
 )
 from worker.providers.caller import (
     DEFAULT_PROBE_INTERVAL,
-    PROVIDERS,
     CallMetrics,
     ProviderCaller,
     provider_name,
