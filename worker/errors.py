@@ -1,6 +1,11 @@
-"""Exceptions shared across the worker's layers."""
+"""Exceptions shared across the worker's layers, the exit statuses, and reading a settings file."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 class ConfigurationError(Exception):
@@ -14,6 +19,17 @@ def yaml_problem(exc: Exception) -> str:
     if mark is None:
         return str(problem)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def read_yaml(path: Path, setting: str) -> Any:
+    """The document of a settings file (YAML or JSON); ConfigurationError naming the setting, the file and the line
+    at fault otherwise."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{setting}: {path} is not valid YAML or JSON ({yaml_problem(exc)})") from None
 
 
 # The exit statuses of every command (the worker's and the tools'), defined here once.

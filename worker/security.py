@@ -8,9 +8,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import yaml
-
-from worker.errors import ConfigurationError, yaml_problem
+from worker.errors import ConfigurationError, read_yaml
 
 SIGNATURE_HEADER = "x-signature"
 _PREFIX = b"sha256="
@@ -83,12 +81,7 @@ def load_signing_keys(path: Path | None, *, require_signatures: bool) -> Signing
     """Read `SIGNING_KEYS_FILE` (`{organization_id: [secret, ...]}`, YAML or JSON)."""
     if path is None:
         return SigningKeys({}, require_signatures=require_signatures)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"SIGNING_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"SIGNING_KEYS_FILE: {path} is not valid YAML or JSON ({yaml_problem(exc)})") from None
+    raw = read_yaml(path, "SIGNING_KEYS_FILE")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError
 
 from worker.contract.codes import ErrorCode
-from worker.errors import ConfigurationError, yaml_problem
+from worker.errors import ConfigurationError, read_yaml
 
 ProviderName = Literal["stripe", "adyen", "gocardless"]
 PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
@@ -124,12 +123,7 @@ def load_connections(path: Path | None, environ: Mapping[str, str] | None = None
     if path is None:
         return Connections.empty()
     env = os.environ if environ is None else environ
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"PROVIDERS_FILE: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"PROVIDERS_FILE: {path} is not valid YAML or JSON ({yaml_problem(exc)})") from None
+    raw = read_yaml(path, "PROVIDERS_FILE")
     try:
         parsed = ProvidersFile.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
