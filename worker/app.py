@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import signal
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
@@ -17,7 +17,7 @@ from worker import shutdown
 from worker.configuration import Configuration, load_configuration
 from worker.consumer import CommandConsumer
 from worker.contract.decode import DecodeContext
-from worker.errors import EXIT_OK, EXIT_PENDING_MIGRATIONS, ConfigurationError
+from worker.errors import EXIT_OK, EXIT_PENDING_MIGRATIONS
 from worker.lag import Partitions
 from worker.maintenance import Maintenance
 from worker.observability import BatchObserver, DependencyWatch, Health, HealthServer, Metrics, export_readiness
@@ -25,14 +25,24 @@ from worker.providers.factory import AdapterFactory
 from worker.providers.runner import ProviderJobRunner
 from worker.relay import OutboxRelay
 from worker.runtime import seconds_since_process_start, tune_garbage_collector, tune_malloc
-from worker.service import BatchService
-from worker.startup import Startup
+from worker.service import BatchService, Prepared
+from worker.startup import Startup, start_http
 from worker.store.db import create_pool
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 __all__ = ["EXIT_OK", "EXIT_PENDING_MIGRATIONS", "Configuration", "Worker", "load_configuration"]
 
 log = structlog.get_logger("worker.app")
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    consumer: CommandConsumer[Prepared]
+    relay: OutboxRelay
+    runner: ProviderJobRunner
+    adapters: AdapterFactory
+    partitions: Partitions
+    maintenance: Maintenance
 
 
 class Worker:
@@ -62,15 +72,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().add_signal_handler(signum, self.request_stop)
         http = HealthServer(self.health, self.metrics, host=settings.http_host, port=settings.http_port)
-        try:
-            await http.start()
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            raise ConfigurationError(
-                f"HTTP_PORT: port {settings.http_port} is already in use (another worker or `customer-worker dev`?); "
-                "set HTTP_PORT to a free port"
-            ) from None
+        await start_http(http, settings.http_port)
         pool = await create_pool(settings.database_url, size=settings.db_pool_size)
         producer = KafkaProducer(settings)
         try:
@@ -81,22 +83,44 @@ class Worker:
         finally:
             # Within what is left of the budget whatever the dependencies' state: a producer with sends pending to a
             # broker that is down, or a pool whose server is gone, would otherwise wait for their own timeouts.
-            try:
-                await asyncio.wait_for(producer.stop(), timeout=self._budget.until_close(part=0.5))
-            except TimeoutError:
-                log.warning(
-                    "producer_stop_abandoned", hint="unacknowledged sends are retried from the outbox next time"
-                )
-            try:
-                await asyncio.wait_for(pool.close(), timeout=self._budget.until_close())
-            except TimeoutError:
+            if not await self._budget.closing(producer.stop(), part=0.5):
+                log.warning("producer_stop_abandoned", hint="unsent events are published from the outbox next time")
+            if not await self._budget.closing(pool.close()):
                 log.warning("pool_close_abandoned")
                 pool.terminate()
             await http.stop()
 
     async def _serve(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer, started_at: float) -> int:
-        settings, budget, metrics, connections = self._settings, self._budget, self.metrics, self._config.connections
         prepared_at = time.monotonic()
+        parts = self._build(pool, producer)
+        if not await self._startup.until_or_stopped(parts.consumer.start, "kafka"):
+            return EXIT_OK
+        self.health.broker_ok = True
+        loops = [
+            asyncio.create_task(parts.relay.run(), name="outbox-relay"),
+            asyncio.create_task(parts.maintenance.run(), name="maintenance"),
+            asyncio.create_task(parts.partitions.collect_lag(parts.consumer), name="consumer-lag"),
+        ]
+        # Jobs exist only for configured connections: without any, there is nothing to poll for.
+        if self._config.connections.all:
+            loops.append(asyncio.create_task(parts.runner.run(), name="provider-jobs"))
+            loops[-1].add_done_callback(self._runner_ended)
+        # Where start-up went (the bench's cold-start breakdown reads it): connecting and checking both dependencies,
+        # then joining the group, which the broker holds (Tansu: half KAFKA_SESSION_TIMEOUT_MS; Kafka: its
+        # group.initial.rebalance.delay.ms for an empty group, or until the members of a stable group rejoin).
+        log.info(
+            "worker_started",
+            topic=self._settings.commands_topic,
+            group=self._settings.kafka_group_id,
+            prepare_ms=round((prepared_at - started_at) * 1000),
+            join_ms=round((time.monotonic() - prepared_at) * 1000),
+        )
+        await self._stop.wait()
+        await self._stop_parts(parts, loops)
+        return EXIT_OK
+
+    def _build(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer) -> _Parts:
+        settings, budget, metrics, connections = self._settings, self._budget, self.metrics, self._config.connections
         relay = OutboxRelay(
             pool=pool,
             sender=producer,
@@ -135,51 +159,36 @@ class Worker:
             on_jobs=runner.notify,
         )
         partitions = Partitions(metrics, self.health)
-        consumer = CommandConsumer(settings, service, partitions.assigned, grace=budget.share(shutdown.BATCH_IN_FLIGHT))
-        if not await self._startup.until_or_stopped(consumer.start, "kafka"):
-            return EXIT_OK
-        self.health.broker_ok = True
-        loops = [
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-            asyncio.create_task(
-                Maintenance(pool, metrics, self.health, retention_days=settings.inbox_retention_days).run(),
-                name="maintenance",
+        return _Parts(
+            consumer=CommandConsumer(
+                settings, service, partitions.assigned, grace=budget.share(shutdown.BATCH_IN_FLIGHT)
             ),
-            asyncio.create_task(partitions.collect_lag(consumer), name="consumer-lag"),
-        ]
-        # Jobs exist only for configured connections: without any, there is nothing to poll for.
-        runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if connections.all else None
-        if runner_task is not None:
-            runner_task.add_done_callback(self._runner_ended)
-        # Where start-up went (the bench's cold-start breakdown reads it): connecting and checking both dependencies,
-        # then joining the group, which the broker holds (Tansu: half KAFKA_SESSION_TIMEOUT_MS; Kafka: its
-        # group.initial.rebalance.delay.ms for an empty group, or until the members of a stable group rejoin).
-        log.info(
-            "worker_started",
-            topic=settings.commands_topic,
-            group=settings.kafka_group_id,
-            prepare_ms=round((prepared_at - started_at) * 1000),
-            join_ms=round((time.monotonic() - prepared_at) * 1000),
+            relay=relay,
+            runner=runner,
+            adapters=adapters,
+            partitions=partitions,
+            maintenance=Maintenance(pool, metrics, self.health, retention_days=settings.inbox_retention_days),
         )
-        await self._stop.wait()
 
+    async def _stop_parts(self, parts: _Parts, loops: list[asyncio.Task[None]]) -> None:
+        """In the order of `worker.shutdown`, each step ending at its mark."""
+        budget = self._budget
         log.info("worker_stopping")
-        for loop in loops[1:]:
+        relay_loop, upkeep, runner_loop = loops[0], loops[1:3], loops[3:]
+        for loop in upkeep:
             loop.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(consumer.stop(), timeout=budget.until(shutdown.CONSUMER))
-        if runner_task is not None:
-            runner.stop()  # finishes the jobs in hand for up to its share, gives the rest back
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(runner_task, timeout=budget.until(shutdown.DRAIN))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(adapters.aclose_all(), timeout=budget.until(shutdown.DRAIN))
-        relay.stop()
+            await asyncio.wait_for(parts.consumer.stop(), timeout=budget.until(shutdown.CONSUMER))
+        parts.runner.stop()  # finishes the jobs in hand for up to its share, gives the rest back
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(loops[0], timeout=budget.until(shutdown.DRAIN))
-        await relay.drain(budget.deadline(shutdown.DRAIN))
-        log.info("worker_stopped", events_published=relay.stats.published)
-        return EXIT_OK
+            await asyncio.wait_for(asyncio.gather(*runner_loop), timeout=budget.until(shutdown.DRAIN))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(parts.adapters.aclose_all(), timeout=budget.until(shutdown.DRAIN))
+        parts.relay.stop()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(relay_loop, timeout=budget.until(shutdown.DRAIN))
+        await parts.relay.drain(budget.deadline(shutdown.DRAIN))
+        log.info("worker_stopped", events_published=parts.relay.stats.published)
 
     def _runner_ended(self, task: asyncio.Task[None]) -> None:
         """The runner outlives every error; should it end anyway before shutdown, `/readyz` names it."""

@@ -12,6 +12,7 @@ A stage that ends early leaves its time to the next: every stage ends at its mar
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Final
 
 BATCH_IN_FLIGHT: Final = 0.5
@@ -47,6 +48,14 @@ class ShutdownBudget:
     def until_close(self, *, part: float = 1.0) -> float:
         """Seconds for a closing step: `part` of what is left before the exit margin."""
         return max(self._mark(self.total - EXIT_MARGIN_SECONDS) * part, 0.05)
+
+    async def closing(self, step: Awaitable[object], *, part: float = 1.0) -> bool:
+        """Awaits a closing step for `part` of what is left before the exit margin; False if it was abandoned."""
+        try:
+            await asyncio.wait_for(step, timeout=self.until_close(part=part))
+        except TimeoutError:
+            return False
+        return True
 
     def deadline(self, fraction: float) -> float:
         """The loop time of the mark `fraction`."""

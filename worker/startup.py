@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
 
 from worker.errors import EXIT_OK, EXIT_PENDING_MIGRATIONS, ConfigurationError
-from worker.observability import DependencyWatch, Health
+from worker.observability import DependencyWatch, Health, HealthServer
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.service import until_done
@@ -20,6 +21,19 @@ from worker.store import migrations
 from worker.transport.producers import KafkaProducer
 
 log = structlog.get_logger("worker.app")
+
+
+async def start_http(http: HealthServer, port: int) -> None:
+    """The health endpoints first, so that a port in use stops the worker before it connects to anything."""
+    try:
+        await http.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigurationError(
+            f"HTTP_PORT: port {port} is already in use (another worker or `customer-worker dev`?); "
+            "set HTTP_PORT to a free port"
+        ) from None
 
 
 class Startup:
