@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from worker.domain.customer import PROVIDER_PUSHED_FIELDS, CustomerState, stripe_setup_methods
 
@@ -27,8 +26,8 @@ class ClaimedJob:
     """A create's request snapshot (the customer as the command left it); None for other kinds and older jobs."""
     last_error_code: str | None = None
     """The error code the previous attempt ended with, if any."""
-    search_missed_since: datetime | None = None
-    """After a dead end (SPEC §12): when search first failed to find the customer."""
+    search_missed_for: float | None = None
+    """After a dead end (SPEC §12): seconds since search first failed to find the customer (database clock)."""
     search_misses: int = 0
     """After a dead end: how many searches have missed so far."""
     worker_faults: int = 0

@@ -29,7 +29,14 @@ import structlog
 
 from worker.domain.customer import COLUMNS, CustomerState
 from worker.domain.events import OutboxEvent, provider_event
-from worker.domain.jobs import ClaimedJob, ConnectionTurn, JobResult, needs_checkout_after_create, needs_push, superseded_reason
+from worker.domain.jobs import (
+    ClaimedJob,
+    ConnectionTurn,
+    JobResult,
+    needs_checkout_after_create,
+    needs_push,
+    superseded_reason,
+)
 from worker.store.db import Conn
 from worker.store.outbox import write_events
 from worker.store.rows import state_from_json, state_from_row
@@ -41,7 +48,7 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is ge
 _RETURNING: Final = (
     "RETURNING j.id, j.organization_id, j.customer_id, j.message_id, j.kind, j.provider, j.connection_code, "
     "j.traceparent, j.attempts, j.request, j.last_error->>'error_code' AS last_error_code, "
-    "j.search_missed_since, j.search_misses, j.worker_faults"
+    "extract(epoch FROM now() - j.search_missed_since)::float8 AS search_missed_for, j.search_misses, j.worker_faults"
 )
 # The connections this replica knows, as arrays (organization, code, provider, room, busy), less those paused on
 # every replica (credentials refused until a test call succeeds; rate limited until Retry-After has passed).
@@ -144,7 +151,7 @@ def _job(row: asyncpg.Record) -> ClaimedJob:
         attempts=row["attempts"],
         request=None if row["request"] is None else state_from_json(row["request"]),
         last_error_code=row["last_error_code"],
-        search_missed_since=row["search_missed_since"],
+        search_missed_for=row["search_missed_for"],
         search_misses=row["search_misses"],
         worker_faults=row["worker_faults"],
     )
@@ -295,7 +302,8 @@ async def release(pool: Pool, jobs: Sequence[ClaimedJob]) -> None:
 
 
 async def prune_finished(pool: Pool, older_than: timedelta, *, chunk: int = 10_000) -> int:
-    """Delete finished jobs (`done`, `skipped`, `failed`, `cancelled`) last changed before `older_than`; returns how many."""
+    """Delete finished jobs (`done`, `skipped`, `failed`, `cancelled`) last changed before `older_than`; returns how
+    many."""
     total = 0
     while True:
         deleted = int((await pool.execute(_PRUNE, older_than, chunk)).split()[-1])
