@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Final, Protocol
 
@@ -29,6 +30,7 @@ log = structlog.get_logger("worker.providers")
 DEFAULT_REFRESH_INTERVAL: Final = 1.0
 """Seconds between two reads of the shared state: how soon a replica follows a pause or resume made elsewhere."""
 DEFAULT_REPORT_INTERVAL: Final = 5.0
+_LABEL_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
 class ConnectionMetrics(Protocol):
@@ -40,9 +42,10 @@ class ConnectionMetrics(Protocol):
 
 
 def metric_label(organization_id: str, code: str) -> str:
-    """`code~digest`: stable, distinct per connection, and without the organization id."""
+    """`code~digest`: stable, distinct per connection, and without the organization id (the code is cut to 60
+    characters of `[A-Za-z0-9_.:-]`; the digest covers the whole of both)."""
     digest = hashlib.sha256(f"{organization_id}/{code}".encode()).hexdigest()[:8]
-    return f"{code}~{digest}"
+    return f"{_LABEL_UNSAFE.sub('_', code)[:60] or '_'}~{digest}"
 
 
 class ConnectionWatch:
