@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ def noisy(noisy_stripe: FakeStripe) -> FakeStripe:
 
 
 async def customers_with_jobs(
-    harness: ProviderHarness, provider: ProviderName, n: int, **kw: str
+    harness: ProviderHarness, provider: ProviderName, n: int, **kw: Any
 ) -> list[CustomerState]:
     customers = [await harness.add_customer(provider, **kw) for _ in range(n)]
     for customer in customers:
