@@ -86,7 +86,8 @@ class ConnectionWatch:
             self._next_refresh = now + self.refresh_interval
             self.paused = await store.paused_states(self._pool, self._keys)
             self._caller.gate.mirror(key for key, state in self.paused.items() if state == "credentials_refused")
-            for key in await store.claim_probes(self._pool, self._keys, self.check_interval):
+            refused = [key for key, state in self.paused.items() if state == "credentials_refused"]
+            for key in await store.claim_probes(self._pool, refused, self.check_interval):
                 task = asyncio.create_task(self._check(self._connections[key]), name=f"provider-check-{key[1]}")
                 self._checks.add(task)
                 task.add_done_callback(self._checks.discard)
