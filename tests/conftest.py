@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from tests.containers import postgres_container
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics
 
 DEFAULT_TEST_PARTITIONS = 3
 

@@ -10,7 +10,7 @@ import pytest
 from tests.adversarial.helpers import Stack, Tail
 from tests.conftest import new_database
 from tests.faults.harness import Launcher, migrate_database, worker_env
-from worker.tools.devstack import create_topics
+from worker.dev import create_topics
 
 PARTITIONS = 3
 

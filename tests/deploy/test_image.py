@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import new_database
 from tests.integration.helpers import command, encode, key_of, payload, read_topic
-from worker.tools.devstack import create_topics, free_port
+from worker.dev import create_topics, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

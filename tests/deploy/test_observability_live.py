@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import new_database
 from tests.deploy.live import live_worker
-from worker.tools.devstack import EmbeddedPostgres, free_port
+from worker.dev import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "customer-worker.json"

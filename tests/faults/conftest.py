@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import Launcher, migrate_database
-from worker.tools.devstack import EmbeddedPostgres
+from worker.dev import EmbeddedPostgres
 
 
 @pytest.fixture

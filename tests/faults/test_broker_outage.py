@@ -28,7 +28,7 @@ from tests.faults.harness import (
     worker_env,
 )
 from tests.faults.proxy import ProxiedTansu, TcpProxy
-from worker.tools.devstack import EmbeddedPostgres, create_topics, free_port
+from worker.dev import EmbeddedPostgres, create_topics, free_port
 
 pytestmark = [pytest.mark.slow]
 

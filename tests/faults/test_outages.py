@@ -31,7 +31,7 @@ from tests.faults.harness import (
     wait_for_progress,
     worker_env,
 )
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
 
 pytestmark = [pytest.mark.slow]
 

@@ -25,6 +25,7 @@ from tests.faults.proxy import ProxiedTansu, RefusingProxy
 from tests.integration.helpers import RecordFactory, header_dict, payload, read_topic
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
+from worker.dev import create_topics, free_port
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay
@@ -32,7 +33,6 @@ from worker.security import SigningKeys
 from worker.service import BatchService
 from worker.settings import KafkaSettings
 from worker.store.outbox import write_events
-from worker.tools.devstack import create_topics, free_port
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 MARKER = b"REFUSE-ME-8d1f"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from worker.dev import command as dev
+from worker.ops import progress
+from worker.ops.dlq import ReplayStats, Returned, format_summary
+from worker.ops.events import EventFilter, readable
+from worker.ops.publish import check, line_error
 from worker.settings import KafkaSettings
-from worker.tools import dev, progress
-from worker.tools.dlq import ReplayStats, Returned, format_summary
-from worker.tools.events import EventFilter, readable
-from worker.tools.publish import check, line_error
 
 
 @pytest.mark.parametrize(

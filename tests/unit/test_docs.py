@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from worker.tools import config_reference
+from worker.dev import config_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -14,7 +14,7 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 def test_the_configuration_reference_matches_the_settings_model() -> None:
     document = config_reference.DOCUMENT.read_text(encoding="utf-8")
-    assert config_reference.render(document) == document, "run: python -m worker.tools.config_reference --write"
+    assert config_reference.render(document) == document, "run: python -m worker.dev.config_reference --write"
     assert "| `DATABASE_URL` | secret string | **required** |" in document
 
 

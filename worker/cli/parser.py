@@ -194,13 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_outbox(commands)
 
     bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
-    from worker.tools.bench_args import add_bench_arguments
+    from worker_bench.args import add_bench_arguments
 
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
     validation = commands.add_parser("bench-validation", help="validation throughput on one core")
-    from worker.tools.bench_validation import add_arguments
+    from worker_bench.validation import add_arguments
 
     add_arguments(validation)
     validation.set_defaults(func=cmd_bench_validation)

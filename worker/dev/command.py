@@ -18,13 +18,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
+from worker.dev import embedded_stack
 from worker.errors import ConfigurationError
+from worker.ops.publish import publish_values
+from worker.ops.topics import create_worker_topics
 from worker.security import SigningKeys
 from worker.settings import KafkaSettings, Settings
 from worker.store import migrations
-from worker.tools.devstack import embedded_stack
-from worker.tools.publish import publish_values
-from worker.tools.topics import create_worker_topics
 from worker.transport.options import client_options
 
 

@@ -27,9 +27,9 @@ from aiokafka.errors import KafkaError
 
 from worker.domain.events import event_key
 from worker.errors import ConfigurationError
+from worker.ops.progress import ProgressReporter
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 from worker.settings import KafkaSettings
-from worker.tools.progress import ProgressReporter
 from worker.transport.producers import KafkaProducer, Message
 
 EXIT_INVALID = 1
