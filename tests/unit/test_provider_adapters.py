@@ -23,6 +23,7 @@ from worker.domain.customer import CustomerState, stripe_setup_methods
 from worker.observability import Metrics
 from worker.providers.base import ProviderError, parse_retry_after
 from worker.providers.caller import ConnectionGate, ProviderCaller, backoff_delay
+from worker.providers.connections import metric_label
 from worker.providers.factory import AdapterFactory
 from worker.providers.idempotency import MAX_KEY_LENGTH, derived_key, idempotency_key
 from worker.providers.stripe import create_params, update_params
@@ -377,3 +378,19 @@ async def test_inline_create(fake_gc: FakeGoCardless, factory: AdapterFactory) -
     assert (await caller.create_inline(conn, state, "msg-3", 0.4)).provider_customer_id is None
     assert asyncio.get_running_loop().time() - started < 0.6
     fake_gc.clear_faults()
+
+
+def test_a_connection_metric_label_names_the_code_never_the_organization() -> None:
+    label = metric_label("org_acme_secret_tenant", "stripe main/€")
+    assert label.startswith("stripe_main__~") and "org_acme" not in label
+    assert label == metric_label("org_acme_secret_tenant", "stripe main/€")  # stable across replicas and restarts
+    assert label != metric_label("org_other", "stripe main/€")  # one series per connection
+    metrics = Metrics(process_metrics=False)
+    metrics.provider_connection("stripe", label, "rate_limited", 12.5)
+    sample = metrics.registry.get_sample_value
+    labels = {"provider": "stripe", "connection": label}
+    assert sample("customer_worker_provider_connection_state", {**labels, "state": "rate_limited"}) == 1.0
+    assert sample("customer_worker_provider_connection_state", {**labels, "state": "working"}) == 0.0
+    assert sample("customer_worker_provider_connection_oldest_job_seconds", labels) == 12.5
+    with pytest.raises(ValueError, match="connection"):
+        metrics.provider_connection("stripe", "org_acme/stripe_main", "working", 0.0)
