@@ -81,7 +81,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from worker.ops.publish import publish_file
     from worker.security import load_signing_keys
 
-    settings = _settings(KafkaSettings)
+    # A dry run only reads the file: it needs no broker.
+    settings = None if args.dry_run else _settings(KafkaSettings)
     signing = _settings(SigningSettings)
     keys = load_signing_keys(signing.signing_keys_file, require_signatures=False)
     return asyncio.run(
@@ -155,8 +156,13 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
     settings = _settings(DatabaseSettings)
     selection = selection_of(args.id, args.reason, args.event_type)
-    for line in asyncio.run(list_events(settings.database_url, selection, args.limit)):
+    lines = asyncio.run(list_events(settings.database_url, selection, args.limit))
+    for line in lines:
         print(line)
+    if not lines:
+        # stdout stays empty for scripts; a person sees that the command ran and found nothing.
+        filtered = any((args.id, args.reason, args.event_type))
+        print("no parked events" + (" match the filter" if filtered else ""), file=sys.stderr)
     return 0
 
 
