@@ -22,7 +22,7 @@ from worker.lag import Partitions
 from worker.maintenance import Maintenance
 from worker.observability import BatchObserver, DependencyWatch, Health, HealthServer, Metrics, export_readiness
 from worker.providers.factory import AdapterFactory
-from worker.providers.runner import ProviderJobRunner
+from worker.providers.runner import ProviderJobRunner, runner_options
 from worker.relay import OutboxRelay
 from worker.runtime import seconds_since_process_start, tune_garbage_collector, tune_malloc
 from worker.service import BatchService, Prepared
@@ -136,8 +136,7 @@ class Worker:
             connections,
             adapters,
             metrics,
-            concurrency=settings.provider_concurrency,
-            max_attempts=settings.provider_max_attempts,
+            **runner_options(settings),
             drain_timeout=budget.share(shutdown.PROVIDER_JOBS),
             on_events=relay.notify,
         )
