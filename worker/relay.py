@@ -65,7 +65,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         idle_interval: float = 0.05,
         on_published: Callable[[int], None] | None = None,
-        on_parked: Callable[[str, int], None] | None = None,
+        on_parked: Callable[[RefusalReason, int], None] | None = None,
     ) -> None:
         self._pool = pool
         self._sender = sender

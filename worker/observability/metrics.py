@@ -193,7 +193,7 @@ class Metrics:
     def dead_lettered(self, reason: DlqReason, count: int = 1) -> None:
         self.dlq_total.labels(reason=_check(reason, DLQ_REASONS, "reason")).inc(count)
 
-    def parked(self, reason: str, count: int = 1) -> None:
+    def parked(self, reason: RefusalReason, count: int = 1) -> None:
         self.events_parked_total.labels(reason=_check(reason, PARK_REASONS, "reason")).inc(count)
 
     def dropped(self, reason: DropReason, count: int = 1) -> None:

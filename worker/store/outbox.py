@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from worker.contract.codes import RefusalReason
 from worker.domain.events import OutboxEvent
 from worker.store.db import Conn
 
@@ -70,8 +71,10 @@ _REPUBLISH: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
+    """The broker's refusal of one outbox row, for good: the row is parked with its reason."""
+
     outbox_id: int
-    reason: str
+    reason: RefusalReason
     error: str
 
 

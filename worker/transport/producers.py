@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from worker.contract.codes import RefusalReason
 from worker.contract.decode import DeadLetter
 from worker.outages import DependencyUnavailableError
 from worker.settings import KafkaSettings
@@ -98,7 +99,7 @@ class KafkaProducer:
             for message in messages:
                 if not self.fits(message):
                     raise RecordRefusedError(
-                        "too_large", f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})"
+                        RefusalReason.TOO_LARGE, f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})"
                     )
         try:
             await self._send_all(topic, messages)

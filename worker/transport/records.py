@@ -21,6 +21,8 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from worker.contract.codes import RefusalReason
+
 Headers = list[tuple[str, bytes]]
 Message = tuple[bytes | None, bytes | None, Headers]
 
@@ -32,7 +34,7 @@ TRUNCATED_HEADER: Final = "dlq-truncated"
 class RecordRefusedError(Exception):
     """A record the broker (or the size check before sending) refuses for good: retrying it cannot help."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -45,13 +47,13 @@ def record_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
 def refusal(exc: BaseException) -> RecordRefusedError | None:
     """The permanent refusal `exc` stands for, or None when it says nothing about the record (an outage)."""
     if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError | RecordTooLargeError):
-        return RecordRefusedError("too_large", type(exc).__name__)
+        return RecordRefusedError(RefusalReason.TOO_LARGE, type(exc).__name__)
     if isinstance(exc, CorruptRecordException | UnsupportedForMessageFormatError):
-        return RecordRefusedError("invalid_record", type(exc).__name__)
+        return RecordRefusedError(RefusalReason.INVALID_RECORD, type(exc).__name__)
     if isinstance(exc, UnknownError):
         # aiokafka 0.14 maps the codes it has no class for, INVALID_RECORD (87) among them, to UnknownError. Parked
         # rows can be republished; a send retried forever would hold every tenant's events back.
-        return RecordRefusedError("invalid_record", "UnknownError (INVALID_RECORD or another unnamed code)")
+        return RecordRefusedError(RefusalReason.INVALID_RECORD, "UnknownError (INVALID_RECORD or another unnamed code)")
     return None
 
 
