@@ -13,7 +13,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from worker.errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigurationError
+from worker.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigurationError
 from worker.settings import DatabaseSettings, KafkaSettings, Settings, SigningSettings, describe_errors
 
 S = TypeVar("S", bound=BaseSettings)
@@ -60,7 +60,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     settings = _settings(DatabaseSettings)
     done = asyncio.run(migrate_dsn(settings.database_url))
     print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
-    return 0
+    return EXIT_OK
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
@@ -71,7 +71,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     names = (settings.commands_topic, settings.events_topic, settings.dlq_topic)
     for name in names:
         print(f"{name}: {'created' if name in created else 'exists'}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -123,7 +123,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         print(format_summary(stats, settings), flush=True)
         if stats.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if stats.stuck else 0
+        return EXIT_FAILED if stats.stuck else EXIT_OK
 
     return asyncio.run(_until_signal(work))
 
@@ -160,7 +160,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
         # stdout stays empty for scripts; a person sees that the command ran and found nothing.
         filtered = any((args.id, args.reason, args.event_type))
         print("no parked events" + (" match the filter" if filtered else ""), file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_outbox_republish(args: argparse.Namespace) -> int:
@@ -171,7 +171,7 @@ def cmd_outbox_republish(args: argparse.Namespace) -> int:
     settings = _settings(DatabaseSettings)
     count = asyncio.run(republish(settings.database_url, selection_of(args.id, args.reason, args.event_type)))
     print(f"moved {count} parked event(s) back to the outbox; a running worker publishes them")
-    return 0
+    return EXIT_OK
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -192,7 +192,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     written = schema.write(args.out)
     for path in written:
         print(path)
-    return 0
+    return EXIT_OK
 
 
 def cmd_schema_register(args: argparse.Namespace) -> int:
@@ -211,10 +211,10 @@ def cmd_schema_register(args: argparse.Namespace) -> int:
         done = register(args.registry, args.schemas, topics, auth=(user, password or "") if user else None)
     except RegistryError as exc:
         print(f"schema register: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     for item in done:
         print(f"{item.subject}: schema id {item.schema_id}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -27,14 +27,12 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from worker.domain.events import event_key
-from worker.errors import ConfigurationError
+from worker.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigurationError
 from worker.ops.progress import ProgressReporter
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
 from worker.settings import KafkaSettings
 from worker.transport.producers import KafkaProducer, Message
 
-EXIT_INVALID = 1
-EXIT_INTERRUPTED = 130
 _CHUNK = 1000
 _SHOWN_ERRORS = 20
 _SPOOL_IN_MEMORY = 64 * 1024 * 1024
@@ -175,7 +173,7 @@ async def publish_file(
     print(summary(report, topic, dry_run=dry_run, blocked=blocked), file=out, flush=True)
     if report.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_INVALID if blocked else 0
+    return EXIT_FAILED if blocked else EXIT_OK
 
 
 @contextlib.contextmanager
