@@ -31,6 +31,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from worker import shutdown
 from worker.errors import ConfigurationError
 from worker.observability import HealthServer
 from worker.settings import Settings
@@ -38,8 +39,6 @@ from worker.settings import Settings
 log = structlog.get_logger("worker.processes")
 
 _READY_POLL: Final = 0.5
-# After the children's own SHUTDOWN_TIMEOUT: what a child still running then is given before it is killed.
-_KILL_MARGIN: Final = 5.0
 
 
 def _stop_with_parent() -> None:
@@ -157,7 +156,7 @@ class Supervisor:
             for child in children:
                 if child.returncode is None:
                     child.send_signal(signal.SIGTERM)
-            timeout = self._settings.shutdown_timeout + _KILL_MARGIN
+            timeout = self._settings.shutdown_timeout + shutdown.KILL_MARGIN_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), timeout=timeout)
             for child in children:

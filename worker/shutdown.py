@@ -25,6 +25,8 @@ DRAIN: Final = 0.8
 """The relay publishes what the outbox holds until then; the rest closes the producer and the pool."""
 EXIT_MARGIN_SECONDS: Final = 0.5
 """Kept free at the very end for the HTTP server and the interpreter's own exit."""
+KILL_MARGIN_SECONDS: Final = 5.0
+"""With WORKER_PROCESSES: what a child still running after its own SHUTDOWN_TIMEOUT is given before it is killed."""
 
 
 class ShutdownBudget:
