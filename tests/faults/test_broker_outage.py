@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     WorkerProcess,
     check_exactly_once,
@@ -27,10 +27,8 @@ from tests.faults.harness import (
     read_records,
     worker_env,
 )
-from tests.faults.proxy import ProxiedTansu, TcpProxy
+from tests.harness.proxy import ProxiedTansu, TcpProxy
 from worker.tools.devstack import EmbeddedPostgres, create_topics, free_port
-
-pytestmark = [pytest.mark.slow]
 
 SHUTDOWN_TIMEOUT = 10.0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     WorkerProcess,
     check_commits_cover_only_applied,
@@ -32,8 +32,6 @@ from tests.faults.harness import (
     worker_env,
 )
 from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
-
-pytestmark = [pytest.mark.slow]
 
 SHUTDOWN_TIMEOUT = 10.0
 

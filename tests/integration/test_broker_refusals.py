@@ -21,8 +21,8 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from tests.faults.proxy import ProxiedTansu, RefusingProxy
-from tests.integration.helpers import RecordFactory, header_dict, payload, read_topic
+from tests.harness.proxy import ProxiedTansu, RefusingProxy
+from tests.harness.records import RecordFactory, header_dict, payload, read_topic
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.domain.events import OutboxEvent

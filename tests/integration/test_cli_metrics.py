@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.cli_stack import Stack, running_stack
-from tests.integration.helpers import command, encode, key_of, payload, read_topic
+from tests.harness.in_process import Stack, running_stack
+from tests.harness.records import command, encode, key_of, payload, read_topic
 
 pytestmark = pytest.mark.timeout(120)
 

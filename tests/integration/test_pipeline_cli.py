@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.integration.helpers import environ_without, run_cli
+from tests.harness.records import environ_without, run_cli
 from worker.tools.devstack import free_port
 
 pytestmark = pytest.mark.timeout(60)

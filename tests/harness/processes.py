@@ -29,7 +29,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from worker.settings import Settings
-from worker.store import migrations
 from worker.tools.devstack import free_port
 
 RESULT_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated", "customer.rejected", "customer.skipped"})
@@ -444,10 +443,6 @@ class Launcher:
 # ----------------------------------------------------------------------------------------------------------------
 # Database
 # ----------------------------------------------------------------------------------------------------------------
-
-
-async def migrate_database(dsn: str) -> None:
-    await migrations.migrate_dsn(dsn)
 
 
 @dataclass(frozen=True, slots=True)
