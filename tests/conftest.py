@@ -23,7 +23,7 @@ import pytest
 
 from tests.containers import postgres_container
 from tests.harness.database import new_database
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics
 
 TESTS: Final = Path(__file__).resolve().parent
 # faults: the worker killed, signalled, cut off from its servers; soak: long runs and memory bounds under heavy

@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness.database import migrate_database
 from tests.harness.processes import Launcher
-from worker.tools.devstack import EmbeddedPostgres
+from worker.dev import EmbeddedPostgres
 
 
 @pytest.fixture

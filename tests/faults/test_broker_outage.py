@@ -28,7 +28,7 @@ from tests.harness.processes import (
     worker_env,
 )
 from tests.harness.proxy import ProxiedTansu, TcpProxy
-from worker.tools.devstack import EmbeddedPostgres, create_topics, free_port
+from worker.dev import EmbeddedPostgres, create_topics, free_port
 
 SHUTDOWN_TIMEOUT = 10.0
 # Connections the proxy refuses before the outage counts as under way (about 40 a second here).

@@ -31,7 +31,7 @@ from tests.harness.processes import (
     wait_for_progress,
     worker_env,
 )
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
 
 SHUTDOWN_TIMEOUT = 10.0
 

@@ -24,7 +24,7 @@ from aiokafka.record.util import calc_crc32c
 
 from tests.harness.database import migrate_database, new_database
 from tests.harness.processes import Launcher, WorkerProcess, worker_env
-from worker.tools.devstack import create_topics
+from worker.dev import create_topics
 
 Headers = list[tuple[str, bytes]]
 MiB = 1024 * 1024

@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaProducer
 from tests.harness.database import migrate_database, new_database
 from tests.harness.records import environ_without, run_cli
 from worker.app import EXIT_OK, Worker, load_configuration
+from worker.dev import create_topics, free_port
 from worker.settings import KafkaSettings, Settings
-from worker.tools.devstack import create_topics, free_port
 
 # Optional worker files a developer's shell may set; a test worker runs without them unless a test sets them.
 CLEARED_SETTINGS = ("PROVIDERS_FILE", "SIGNING_KEYS_FILE", "REQUIRE_SIGNATURES")

@@ -28,8 +28,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from worker.dev import free_port
 from worker.settings import Settings
-from worker.tools.devstack import free_port
 
 RESULT_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated", "customer.rejected", "customer.skipped"})
 # Settings of the parent's environment must not leak into a worker: each test sets what it means.

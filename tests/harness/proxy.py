@@ -21,7 +21,7 @@ from aiokafka.protocol.produce import (
     ProduceResponse_v7,
 )
 
-from worker.tools.devstack import EmbeddedTansu, free_port
+from worker.dev import EmbeddedTansu, free_port
 
 _CHUNK = 256 * 1024
 

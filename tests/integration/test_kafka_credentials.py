@@ -25,10 +25,10 @@ from aiokafka.protocol.admin import (
 )
 
 from tests.harness.database import migrate_database
+from worker.dev import free_port
 from worker.outages import DependencyUnavailableError, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.settings import KafkaSettings
-from worker.tools.devstack import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.harness.records import environ_without, run_cli
-from worker.tools.devstack import free_port
+from worker.dev import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,9 +30,9 @@ from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUpdated
 from worker.contract.framing import frame
+from worker.dev import create_topics
+from worker.ops.dlq import ReplayFilter, replay
 from worker.service import RawRecord
-from worker.tools.devstack import create_topics
-from worker.tools.dlq import ReplayFilter, replay
 from worker.transport.producers import DLQ_HEADERS, DeadLetterProducer, KafkaProducer
 
 pytestmark = pytest.mark.timeout(60)

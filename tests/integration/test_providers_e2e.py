@@ -21,8 +21,8 @@ from tests.harness.database import migrate_database, new_database
 from tests.harness.records import command, encode, key_of, payload, read_topic
 from worker.app import EXIT_OK, Worker, load_configuration
 from worker.contract.events import CustomerCreated, PaymentProviderCreated
+from worker.dev import create_topics, free_port
 from worker.settings import Settings
-from worker.tools.devstack import create_topics, free_port
 
 pytestmark = pytest.mark.timeout(90)
 

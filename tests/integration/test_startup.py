@@ -20,7 +20,7 @@ from worker.app import EXIT_PENDING_MIGRATIONS, Configuration, Worker
 from worker.contract.connections import ProviderRegistry
 from worker.security import SigningKeys
 from worker.settings import Settings
-from worker.tools.bench_start import start_breakdown
+from worker_bench.start import start_breakdown
 
 
 class _GatedPool:

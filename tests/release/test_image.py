@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.harness.database import new_database
 from tests.harness.records import command, encode, key_of, payload, read_topic
-from worker.tools.devstack import create_topics, free_port
+from worker.dev import create_topics, free_port
 
 pytestmark = pytest.mark.timeout(1500)
 

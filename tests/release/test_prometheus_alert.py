@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.harness.in_process import live_worker
-from worker.tools.devstack import EmbeddedPostgres, free_port
+from worker.dev import EmbeddedPostgres, free_port
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"
 

@@ -25,8 +25,9 @@ _REPOSITORY_FOLDERS: Final = (
     "scripts/",
     "schemas/",
     "examples/",
-    "benchmarks/",
+    "worker_bench/",
 )
+_PACKAGES: Final = ("worker", "worker_bench")
 _LAYER_NAME: Final = re.compile(r"^(?:worker/)?([a-z_]+)(?:/|\.py)$")
 
 
@@ -40,11 +41,13 @@ def _top_level_modules() -> set[str]:
 
 
 def _resolves(dotted: str) -> bool:
-    """`a.b.c` names a module of `worker`, or an attribute of one."""
-    parts = dotted.removeprefix("worker.").split(".")
-    for split in range(len(parts), 0, -1):
+    """`a.b.c` names a module (of `worker` unless it names another top-level package), or an attribute of one."""
+    parts = dotted.split(".")
+    if parts[0] not in _PACKAGES:
+        parts = ["worker", *parts]
+    for split in range(len(parts), 1, -1):
         try:
-            target: object = importlib.import_module(".".join(["worker", *parts[:split]]))
+            target: object = importlib.import_module(".".join(parts[:split]))
         except ModuleNotFoundError:
             continue
         for attribute in parts[split:]:
@@ -63,7 +66,7 @@ def _path_exists(token: str) -> bool:
     # `domain/customer.patch_of`: a module's file, then an attribute of it.
     module, _, attribute = path.rpartition(".")
     if attribute and attribute != "py" and (base / f"{module}.py").exists():
-        return _resolves(f"{module.removeprefix('worker/').replace('/', '.')}.{attribute}")
+        return _resolves(f"{module.replace('/', '.')}.{attribute}")
     return False
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final
 
 from tests.conftest import SLOW_FOLDERS
-from worker.tools import config_reference
+from worker.dev import config_reference
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 README_MAX_LINES: Final = 200
@@ -46,7 +46,7 @@ def broken_links(document: Path, root: Path = ROOT) -> list[str]:
 
 def test_the_configuration_reference_matches_the_settings_model() -> None:
     document = config_reference.DOCUMENT.read_text(encoding="utf-8")
-    assert config_reference.render(document) == document, "run: python -m worker.tools.config_reference --write"
+    assert config_reference.render(document) == document, "run: python -m worker.dev.config_reference --write"
     assert "| `DATABASE_URL` | secret string | **required** |" in document
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from worker.ops.progress import ProgressReporter
+from worker.ops.topics import start_consumer
 from worker.settings import KafkaSettings
-from worker.tools.progress import ProgressReporter
-from worker.tools.topics import start_consumer
 from worker.transport.options import client_options
 from worker.transport.producers import DLQ_HEADERS, KafkaProducer, Message
 

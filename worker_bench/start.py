@@ -28,7 +28,7 @@ from typing import Final
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from worker.tools.bench_load import build_commands, producer
+from worker_bench.load import build_commands, producer
 
 # The measuring consumer's own fetch wait. On Tansu, which answers a fetch by polling its storage, the wait is what a
 # hop costs (one produce-to-fetch hop at 1,000/s: p50 2.7 ms and p99 9 ms at 10 ms; p50 2.1 ms and p99 8 ms at 5 ms,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from worker.tools.devstack.common import _BIND_FAILURES, _READY_MARKER, LOOPBACK, _port_accepts, _size, _tail, free_port
+from worker.dev.common import _BIND_FAILURES, _READY_MARKER, LOOPBACK, _port_accepts, _size, _tail, free_port
 
 
 class EmbeddedTansu:

@@ -13,8 +13,8 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from worker.ops.topics import start_consumer
 from worker.settings import KafkaSettings
-from worker.tools.topics import start_consumer
 from worker.transport.options import client_options
 
 _POLL_MS = 500

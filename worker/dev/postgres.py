@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from worker.tools.devstack.common import (
+from worker.dev.common import (
     _BIND_FAILURES,
     _MAX_UNIX_SOCKET_PATH,
     LOOPBACK,

@@ -19,9 +19,9 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from worker.dev import embedded_stack
 from worker.store import migrations
-from worker.tools.bench_validation import MUTATIONS, valid_customer
-from worker.tools.devstack import embedded_stack
+from worker_bench.validation import MUTATIONS, valid_customer
 
 ORGANIZATION = "org_bench"
 INVALID_SHARE = 0.05

@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from worker.tools.topics import created_topics
+from worker.ops.topics import created_topics
 
 
 @contextlib.asynccontextmanager

@@ -25,8 +25,10 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from worker.dev import free_port
+from worker.ops.topics import create_worker_topics
 from worker.settings import KafkaSettings, Settings
-from worker.tools.bench_load import (
+from worker_bench.load import (
     ORGANIZATION,
     Servers,
     build_commands,
@@ -37,7 +39,7 @@ from worker.tools.bench_load import (
     progress_done,
     servers,
 )
-from worker.tools.bench_start import (
+from worker_bench.start import (
     StartFigures,
     event_probe,
     measure_cold_start,
@@ -46,8 +48,6 @@ from worker.tools.bench_start import (
     stop,
     wait_ready,
 )
-from worker.tools.devstack import free_port
-from worker.tools.topics import create_worker_topics
 
 
 async def _settle(dsn: str) -> None:
@@ -287,7 +287,7 @@ async def run(args: argparse.Namespace) -> int:
                 env["KAFKA_GROUP_ID"] = f"bench-{run_id}-{mode}"
                 env["BATCH_SIZE"] = os.environ.get("BATCH_SIZE", str(Settings.model_fields["batch_size"].default))
                 process = spawn(
-                    ["worker.tools.bench_reference", "--mode", mode, "--count", str(count)], env, logs / f"{mode}.log"
+                    ["worker_bench.reference", "--mode", mode, "--count", str(count)], env, logs / f"{mode}.log"
                 )
                 try:
                     results[mode] = await measure_drain(dsn, count, mode, process)

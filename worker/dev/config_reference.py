@@ -1,7 +1,7 @@
 """The configuration reference of docs/configuration.md, generated from the settings model (`worker.settings.Settings`).
 
-    python -m worker.tools.config_reference           # prints the table
-    python -m worker.tools.config_reference --write   # rewrites it in docs/configuration.md, between the markers
+    python -m worker.dev.config_reference           # prints the table
+    python -m worker.dev.config_reference --write   # rewrites it in docs/configuration.md, between the markers
 
 A test checks that the document holds exactly what this generates, so a new setting cannot go undocumented: a field
 without a `description=` and without an entry below fails the generation.
@@ -21,7 +21,7 @@ from pydantic_core import PydanticUndefined
 
 from worker.settings import Settings
 
-START: Final = "<!-- config-reference:start (generated: python -m worker.tools.config_reference --write) -->"
+START: Final = "<!-- config-reference:start (generated: python -m worker.dev.config_reference --write) -->"
 END: Final = "<!-- config-reference:end -->"
 DOCUMENT: Final = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -103,7 +103,7 @@ def reference() -> str:
     for name, field in sorted(Settings.model_fields.items()):
         description = field.description or _DESCRIPTIONS.get(name)
         if description is None:
-            raise KeyError(f"setting {name.upper()} has no description: add one to worker/tools/config_reference.py")
+            raise KeyError(f"setting {name.upper()} has no description: add one to worker/dev/config_reference.py")
         kind = _type(field.annotation) + _bounds(field)
         lines.append(f"| `{name.upper()}` | {kind} | {_default(field)} | {description} |")
     return "\n".join(lines) + "\n"

@@ -15,10 +15,10 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from worker.tools.devstack.common import free_port
-from worker.tools.devstack.kafka import create_topics, wait_for_kafka
-from worker.tools.devstack.postgres import EmbeddedPostgres
-from worker.tools.devstack.tansu import EmbeddedTansu
+from worker.dev.common import free_port
+from worker.dev.kafka import create_topics, wait_for_kafka
+from worker.dev.postgres import EmbeddedPostgres
+from worker.dev.tansu import EmbeddedTansu
 
 __all__ = [
     "EmbeddedPostgres",
