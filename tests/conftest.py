@@ -29,11 +29,28 @@ TESTS: Final = Path(__file__).resolve().parent
 # faults: the worker killed, signalled, cut off from its servers; soak: long runs and memory bounds under heavy
 # input, the benchmark; release: the container image and a real Prometheus (podman, promtool, prometheus).
 SLOW_FOLDERS: Final = frozenset({"faults", "soak", "release"})
+_OWN_BASETEMP: Final = pytest.StashKey[str]()
 
 
 def is_slow_path(path: Path) -> bool:
     relative = path.resolve().relative_to(TESTS)
     return len(relative.parts) > 1 and relative.parts[0] in SLOW_FOLDERS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A base temporary folder of this session's own, unless `--basetemp` is given. pytest keeps only the three
+    newest `/tmp/pytest-of-USER/pytest-N` folders, so another session started meanwhile on the machine deletes an
+    older one in use: a fault test's PostgreSQL data and worker logs vanished under it (pg_ctl: permission denied)."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="cw-pytest-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's own base folder goes when everything passed; after a failure it stays, for the logs."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
