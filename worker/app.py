@@ -113,11 +113,9 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop)
         http = HealthServer(self.health, self.metrics, host=settings.http_host, port=settings.http_port)
-        self.watchdog.start()
         try:
             await http.start()
         except OSError as exc:
-            self.watchdog.stop()
             if exc.errno != errno.EADDRINUSE:
                 raise
             raise ConfigurationError(
@@ -126,6 +124,7 @@ class Worker:
             ) from None
         pool = await create_pool(settings.database_url, size=settings.db_pool_size)
         producer = KafkaProducer(settings)
+        self.watchdog.start()
         try:
             return await self._serve(pool, producer)
         finally:

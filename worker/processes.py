@@ -79,6 +79,8 @@ class ChildrenHealth:
         self.processes: list[asyncio.subprocess.Process] = []
         self.stall_after = stall_after
         self.running = True
+        self.stopping = False
+        """Set on SIGTERM: the children are told to stop, and exit as they should."""
 
     @property
     def ready(self) -> bool:
@@ -96,6 +98,8 @@ class ChildrenHealth:
         failing = []
         for index, answered_at in enumerate(self.answered_at):
             gone = index < len(self.processes) and self.processes[index].returncode is not None
+            if gone and self.stopping:
+                continue
             if gone or now - answered_at > self.stall_after:
                 failing.append(f"process_{index}")
             else:
@@ -198,6 +202,7 @@ class Supervisor:
         try:
             done, _ = await asyncio.wait({*waits, stop}, return_when=asyncio.FIRST_COMPLETED)
             status = 0
+            self._health.stopping = stop in done
             if stop not in done:
                 ended = next(waits[task] for task in done if task in waits)
                 status = ended.returncode or 1

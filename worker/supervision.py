@@ -20,6 +20,7 @@ at every restart. Meanwhile:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class LoopSupervisor:
         self._on_change = on_change
         self._clock = clock
         self._stopping = False
+        self._stop = asyncio.Event()  # wakes the loops waiting out a backoff
         self.loops: dict[str, LoopStatus] = {}
 
     def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -79,6 +81,7 @@ class LoopSupervisor:
     def stopping(self) -> None:
         """The worker is stopping: a loop that ends from now on is done, neither restarted nor reported."""
         self._stopping = True
+        self._stop.set()
 
     def down(self) -> list[str]:
         return [status.name for status in self.loops.values() if status.state in ("restarting", "dead")]
@@ -131,7 +134,8 @@ class LoopSupervisor:
             status.state = "restarting"
             status.restarts += 1
             self._changed(status, restarted=True)
-            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=backoff)
             backoff = min(backoff * 2, self._backoff_max)
             if self._stopping:
                 status.state = "stopped"
