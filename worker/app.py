@@ -338,6 +338,7 @@ class Worker:
             self.health.broker_ok = available
         if not available:
             self.metrics.dependency_retry(dependency)
+            self.progress.outage()
 
     def _published(self, count: int) -> None:
         self.metrics.events_published_total.inc(count)

@@ -69,17 +69,27 @@ def test_consumer_progress_counts_waiting_records_without_commits_outside_outage
     clock.now += 1
     progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)  # a commit: progress
     assert not progress.stalled()
+    assert progress.waiting_seconds() == 0
     clock.now += 11
     progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=True)  # the database is down
-    assert progress.waiting_seconds() == 0
+    assert not progress.stalled()
+    assert progress.waiting_seconds() == 11, "the operator's gauge counts whatever the cause"
     clock.now += 4
     progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
-    assert progress.waiting_seconds() == 0, "outage time does not count"
+    assert not progress.stalled(), "outage time does not count"
+    clock.now += 11
+    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
+    assert progress.stalled()
+    progress.outage()  # a retry between two observations, over before the next one
+    clock.now += 1
+    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
+    assert not progress.stalled(), "an outage shorter than the interval still explains the wait"
     clock.now += 11
     progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
     assert progress.stalled()
     clock.now += 6
     assert not progress.stalled(), "a reading older than max_age says nothing"
+    assert progress.waiting_seconds() == 0
     progress.observe({0: Position(100, 0)}, outage=False)  # partition 1 revoked
     assert progress.waiting_seconds() == 0
 

@@ -8,8 +8,9 @@ the stall is logged while it lasts (`event_loop_stalled`, with where the loop is
 is seen by the next one, and a loop blocked again and again never gets a clean answer in between.
 
 `ConsumerProgress`: per assigned partition, the committed offset and how long records have waited (lag > 0) without
-it moving. Time during a known outage (database or broker down: a readiness matter, a restart would not help) does
-not count, nor does a partition with nothing to read.
+it moving (`customer_worker_consumer_stalled_seconds`, whatever the cause). For liveness, an outage seen meanwhile
+(database or broker down, a retry: a readiness matter, a restart would not help) restarts the count, even one
+shorter than the interval between two observations. A partition with nothing to read never counts.
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ class Position(NamedTuple):
 class _Waiting(NamedTuple):
     committed: int
     since: float
+    """When records began to wait on this commit (`waiting_seconds`, the operator's view)."""
+    unexplained_since: float
+    """The same, restarted by every outage seen (`stalled`, the liveness check)."""
 
 
 class ConsumerProgress:
@@ -135,27 +139,40 @@ class ConsumerProgress:
         self._clock = clock
         self._waiting: dict[int, _Waiting] = {}
         self._observed_at: float | None = None
+        self._outage_seen = False
+
+    def outage(self) -> None:
+        """A dependency was found down (a retry): kept until the next observation, however short the outage."""
+        self._outage_seen = True
 
     def observe(self, positions: Mapping[int, Position], *, outage: bool) -> None:
-        """The assigned partitions as just read; during an outage nothing counts as waiting."""
+        """The assigned partitions as just read; `outage`: a dependency is down now."""
         now = self._clock()
+        explained = outage or self._outage_seen
+        self._outage_seen = False
         waiting: dict[int, _Waiting] = {}
-        if not outage:
-            for partition, position in positions.items():
-                if position.lag <= 0:
-                    continue
-                before = self._waiting.get(partition)
-                since = before.since if before is not None and before.committed == position.committed else now
-                waiting[partition] = _Waiting(position.committed, since)
+        for partition, position in positions.items():
+            if position.lag <= 0:
+                continue
+            before = self._waiting.get(partition)
+            if before is None or before.committed != position.committed:
+                waiting[partition] = _Waiting(position.committed, now, now)
+            else:
+                waiting[partition] = before._replace(unexplained_since=now if explained else before.unexplained_since)
         self._waiting = waiting
         self._observed_at = now
 
     def waiting_seconds(self) -> float:
-        """How long the longest-waiting partition has had records to read and no commit (0 when none, or unknown)."""
+        """How long the longest-waiting partition has had records to read and no commit, whatever the cause (0 when
+        none waits, or when the last observation is too old to say)."""
+        return self._longest(lambda waiting: waiting.since)
+
+    def stalled(self) -> bool:
+        """Records waiting with no commit for `stall_after` seconds, and no outage seen meanwhile."""
+        return self._longest(lambda waiting: waiting.unexplained_since) > self.stall_after
+
+    def _longest(self, since: Callable[[_Waiting], float]) -> float:
         now = self._clock()
         if self._observed_at is None or now - self._observed_at > self._max_age or not self._waiting:
             return 0.0
-        return max(now - waiting.since for waiting in self._waiting.values())
-
-    def stalled(self) -> bool:
-        return self.waiting_seconds() > self.stall_after
+        return max(now - since(waiting) for waiting in self._waiting.values())

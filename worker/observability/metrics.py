@@ -109,7 +109,7 @@ class Metrics:
         reg.register(self.consumer_lag)
         self.consumer_stalled_seconds = Gauge(
             "consumer_stalled_seconds",
-            "How long records have waited on an assigned partition with no offset committed (0 during an outage).",
+            "How long records have waited on an assigned partition with no offset committed, whatever the cause.",
             namespace=ns,
             registry=reg,
         )
