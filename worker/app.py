@@ -199,6 +199,8 @@ class Worker:
 
         async def on_batch(records: Sequence[RawRecord]) -> Finish:
             started = time.perf_counter()
+            # Records are in offset order per partition: the last one of each is its highest.
+            self.progress.delivered({record.partition: record.offset for record in records})
             decoded = await service.decode(records)
             decoding = time.perf_counter() - started
 
@@ -391,5 +393,6 @@ class Worker:
                 self.health.database_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.health.database_ok = False
+                self.progress.outage()
                 log.warning("maintenance_failed", error_type=type(exc).__name__)
             await asyncio.sleep(_MAINTENANCE_INTERVAL)

@@ -66,6 +66,5 @@ class LagCollector:
         committed = await asyncio.gather(*(kafka.committed(partition) for partition in assigned))
         positions = {}
         for partition, offset in zip(assigned, committed, strict=True):
-            done = offset or 0
-            positions[partition.partition] = Position(done, max(ends[partition] - done, 0))
+            positions[partition.partition] = Position(offset or 0, ends[partition])
         return positions

@@ -59,45 +59,66 @@ async def test_the_watchdog_sees_a_blocked_loop_says_where_and_fails_until_the_l
 def test_consumer_progress_counts_waiting_records_without_commits_outside_outages() -> None:
     clock = Clock()
     progress = ConsumerProgress(10, max_age=5, clock=clock)
-    progress.observe({0: Position(100, 0), 1: Position(40, 3)}, outage=False)
+    idle, backlog = Position(100, 100), Position(40, 43)
+    progress.delivered({1: 40})  # the record at the committed offset was handed over: a batch in hand
+    progress.observe({0: idle, 1: backlog}, outage=False)
     for _ in range(3):
         clock.now += 4
-        progress.observe({0: Position(100, 0), 1: Position(40, 3)}, outage=False)
+        progress.observe({0: idle, 1: backlog}, outage=False)
     assert progress.waiting_seconds() == 12
     assert progress.stalled()
 
     clock.now += 1
-    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)  # a commit: progress
+    progress.delivered({1: 41})
+    progress.observe({0: idle, 1: Position(41, 43)}, outage=False)  # a commit: progress
     assert not progress.stalled()
     assert progress.waiting_seconds() == 0
     clock.now += 11
-    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=True)  # the database is down
+    progress.observe({0: idle, 1: Position(41, 43)}, outage=True)  # the database is down
     assert not progress.stalled()
     assert progress.waiting_seconds() == 11, "the operator's gauge counts whatever the cause"
     clock.now += 4
-    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
+    progress.observe({0: idle, 1: Position(41, 43)}, outage=False)
     assert not progress.stalled(), "outage time does not count"
     clock.now += 11
-    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
+    progress.observe({0: idle, 1: Position(41, 43)}, outage=False)
     assert progress.stalled()
     progress.outage()  # a retry between two observations, over before the next one
     clock.now += 1
-    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
+    progress.observe({0: idle, 1: Position(41, 43)}, outage=False)
     assert not progress.stalled(), "an outage shorter than the interval still explains the wait"
     clock.now += 11
-    progress.observe({0: Position(100, 0), 1: Position(41, 2)}, outage=False)
+    progress.observe({0: idle, 1: Position(41, 43)}, outage=False)
     assert progress.stalled()
     clock.now += 6
     assert not progress.stalled(), "a reading older than max_age says nothing"
     assert progress.waiting_seconds() == 0
-    progress.observe({0: Position(100, 0)}, outage=False)  # partition 1 revoked
+    progress.observe({0: idle}, outage=False)  # partition 1 revoked
     assert progress.waiting_seconds() == 0
+
+
+def test_lag_of_transaction_markers_alone_is_no_stall_but_a_consumer_that_does_not_fetch_is() -> None:
+    clock = Clock()
+    progress = ConsumerProgress(10, max_age=100, clock=clock)
+    # Everything delivered was committed (offset 99 answered, committed 100); the end is one past: a commit marker.
+    progress.delivered({0: 99})
+    for _ in range(5):
+        progress.observe({0: Position(100, 101)}, outage=False)
+        clock.now += 5
+    assert progress.waiting_seconds() == 0
+    assert not progress.stalled()
+    # New records arrive and none is handed over: the consumer does not fetch.
+    progress.observe({0: Position(100, 140)}, outage=False)
+    clock.now += 11
+    progress.observe({0: Position(100, 150)}, outage=False)
+    assert progress.stalled()
 
 
 def test_health_fails_liveness_on_a_stalled_consumer_only_without_a_known_outage() -> None:
     clock = Clock()
     progress = ConsumerProgress(1, max_age=100, clock=clock)
     health = Health(database_ok=True, broker_ok=True, partitions_assigned=True, consumer=progress)
+    progress.delivered({0: 0})
     progress.observe({0: Position(0, 5)}, outage=False)
     clock.now += 2
     progress.observe({0: Position(0, 5)}, outage=False)

@@ -7,10 +7,11 @@ the stall is logged while it lasts (`event_loop_stalled`, with where the loop is
 `/healthz` (503, `event_loop`) for `stall_after` seconds after the loop ran again, so that a stall between two probes
 is seen by the next one, and a loop blocked again and again never gets a clean answer in between.
 
-`ConsumerProgress`: per assigned partition, the committed offset and how long records have waited (lag > 0) without
-it moving (`customer_worker_consumer_stalled_seconds`, whatever the cause). For liveness, an outage seen meanwhile
-(database or broker down, a retry: a readiness matter, a restart would not help) restarts the count, even one
-shorter than the interval between two observations. A partition with nothing to read never counts.
+`ConsumerProgress`: per assigned partition, the committed offset and how long records have waited past it (handed to
+the worker, or arriving) without it moving (`customer_worker_consumer_stalled_seconds`, whatever the cause). For
+liveness, an outage seen meanwhile (database or broker down, a retry: a readiness matter, a restart would not help)
+restarts the count, even one shorter than the interval between two observations. A partition with nothing to read
+never counts, nor one whose lag is only transaction markers or aborted records (never delivered, never committed).
 """
 
 from __future__ import annotations
@@ -120,11 +121,17 @@ class EventLoopWatchdog:
 
 class Position(NamedTuple):
     committed: int
-    lag: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(self.end - self.committed, 0)
 
 
 class _Waiting(NamedTuple):
     committed: int
+    first_end: int
+    end: int
     since: float
     """When records began to wait on this commit (`waiting_seconds`, the operator's view)."""
     unexplained_since: float
@@ -138,8 +145,15 @@ class ConsumerProgress:
         self._max_age = max_age
         self._clock = clock
         self._waiting: dict[int, _Waiting] = {}
+        self._delivered: dict[int, int] = {}
         self._observed_at: float | None = None
         self._outage_seen = False
+
+    def delivered(self, offsets: Mapping[int, int]) -> None:
+        """The last offset per partition of a batch handed to the worker (answered or not)."""
+        for partition, offset in offsets.items():
+            if offset > self._delivered.get(partition, -1):
+                self._delivered[partition] = offset
 
     def outage(self) -> None:
         """A dependency was found down (a retry): kept until the next observation, however short the outage."""
@@ -150,15 +164,18 @@ class ConsumerProgress:
         now = self._clock()
         explained = outage or self._outage_seen
         self._outage_seen = False
+        self._delivered = {p: offset for p, offset in self._delivered.items() if p in positions}
         waiting: dict[int, _Waiting] = {}
         for partition, position in positions.items():
             if position.lag <= 0:
                 continue
             before = self._waiting.get(partition)
             if before is None or before.committed != position.committed:
-                waiting[partition] = _Waiting(position.committed, now, now)
+                waiting[partition] = _Waiting(position.committed, position.end, position.end, now, now)
             else:
-                waiting[partition] = before._replace(unexplained_since=now if explained else before.unexplained_since)
+                waiting[partition] = before._replace(
+                    end=position.end, unexplained_since=now if explained else before.unexplained_since
+                )
         self._waiting = waiting
         self._observed_at = now
 
@@ -173,6 +190,14 @@ class ConsumerProgress:
 
     def _longest(self, since: Callable[[_Waiting], float]) -> float:
         now = self._clock()
-        if self._observed_at is None or now - self._observed_at > self._max_age or not self._waiting:
+        if self._observed_at is None or now - self._observed_at > self._max_age:
             return 0.0
-        return max(now - since(waiting) for waiting in self._waiting.values())
+        return max((now - since(waiting) for p, waiting in self._waiting.items() if self._records_wait(p)), default=0.0)
+
+    def _records_wait(self, partition: int) -> bool:
+        """Lag alone is not enough: transaction markers and aborted records count in the end offset, are never
+        delivered, and so are never committed past. Records wait when one at or past the committed offset was
+        handed to the worker (a batch in hand, or read again and again), or when records keep arriving and none is
+        handed over (the consumer does not fetch)."""
+        waiting = self._waiting[partition]
+        return self._delivered.get(partition, -1) >= waiting.committed or waiting.end > waiting.first_end
