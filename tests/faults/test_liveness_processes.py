@@ -19,9 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from tests.faults.harness import Launcher, WorkerProcess, worker_env
-
-pytestmark = [pytest.mark.slow]
+from tests.harness.processes import Launcher, WorkerProcess, worker_env
 
 PARTITIONS = 6
 

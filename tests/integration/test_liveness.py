@@ -24,9 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.faults.proxy import TcpProxy
-from tests.integration.helpers import command, encode, key_of, payload, read_topic
-from tests.integration.worker_stack import RunningWorker, running_worker
+from tests.harness.in_process import RunningWorker, running_worker
+from tests.harness.proxy import TcpProxy
+from tests.harness.records import command, encode, key_of, payload, read_topic
 from worker.relay import OutboxRelay
 
 pytestmark = pytest.mark.timeout(90)
