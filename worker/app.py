@@ -8,7 +8,6 @@ import contextlib
 import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import asyncpg
 import structlog
@@ -16,11 +15,11 @@ import structlog
 from worker import shutdown
 from worker.configuration import Configuration, load_configuration
 from worker.consumer import CommandConsumer
-from worker.contract.decode import DecodeContext
 from worker.errors import EXIT_OK, EXIT_PENDING_MIGRATIONS
-from worker.lag import Partitions
+from worker.lag import LagCollector, Partitions
 from worker.maintenance import Maintenance
 from worker.observability import BatchObserver, DependencyWatch, Health, HealthServer, Metrics, export_readiness
+from worker.observability.liveness import ConsumerProgress, EventLoopWatchdog
 from worker.providers.factory import AdapterFactory
 from worker.providers.runner import ProviderJobRunner, runner_options
 from worker.relay import OutboxRelay
@@ -28,6 +27,7 @@ from worker.runtime import seconds_since_process_start, tune_garbage_collector, 
 from worker.service import BatchService, Prepared
 from worker.startup import Startup, start_http
 from worker.store.db import create_pool
+from worker.supervision import LoopSupervisor
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 __all__ = ["EXIT_OK", "EXIT_PENDING_MIGRATIONS", "Configuration", "Worker", "load_configuration"]
@@ -41,21 +41,27 @@ class _Parts:
     relay: OutboxRelay
     runner: ProviderJobRunner
     adapters: AdapterFactory
-    partitions: Partitions
     maintenance: Maintenance
+    lag: LagCollector
 
 
 class Worker:
     def __init__(self, configuration: Configuration, *, metrics: Metrics | None = None) -> None:
         self._config = configuration
-        self._settings = configuration.settings
+        settings = self._settings = configuration.settings
         self.metrics = metrics or Metrics()
-        self.health = Health()
+        self.loops = LoopSupervisor(
+            give_up_after=settings.liveness_loop_failing, on_change=self.metrics.background_loop
+        )
+        self.watchdog = EventLoopWatchdog(settings.liveness_event_loop_stall, on_stall=self.metrics.event_loop_stalled)
+        # A reading older than three intervals says nothing: the collector could not read the offsets since.
+        self.progress = ConsumerProgress(settings.liveness_consumer_stall, max_age=settings.consumer_lag_interval * 3)
+        self.health = Health(loops=self.loops, event_loop=self.watchdog, consumer=self.progress)
         export_readiness(self.metrics, self.health)
-        self._watch = DependencyWatch(self.health, self.metrics)
-        self._budget = shutdown.ShutdownBudget(self._settings.shutdown_timeout)
+        self._watch = DependencyWatch(self.health, self.metrics, self.progress)
+        self._budget = shutdown.ShutdownBudget(settings.shutdown_timeout)
         self._stop = asyncio.Event()
-        self._startup = Startup(self._settings, self.health, self._watch, self._stop)
+        self._startup = Startup(settings, self.health, self._watch, self._stop)
 
     def request_stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to time
@@ -75,6 +81,7 @@ class Worker:
         await start_http(http, settings.http_port)
         pool = await create_pool(settings.database_url, size=settings.db_pool_size)
         producer = KafkaProducer(settings)
+        self.watchdog.start()
         try:
             exit_code = await self._startup.ready(pool, producer)
             if exit_code is not None:
@@ -89,6 +96,7 @@ class Worker:
                 log.warning("pool_close_abandoned")
                 pool.terminate()
             await http.stop()
+            self.watchdog.stop()
 
     async def _serve(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer, started_at: float) -> int:
         prepared_at = time.monotonic()
@@ -96,15 +104,14 @@ class Worker:
         if not await self._startup.until_or_stopped(parts.consumer.start, "kafka"):
             return EXIT_OK
         self.health.broker_ok = True
-        loops = [
-            asyncio.create_task(parts.relay.run(), name="outbox-relay"),
-            asyncio.create_task(parts.maintenance.run(), name="maintenance"),
-            asyncio.create_task(parts.partitions.collect_lag(parts.consumer), name="consumer-lag"),
-        ]
+        loops = {
+            "relay": self.loops.spawn("relay", parts.relay.run),
+            "maintenance": self.loops.spawn("maintenance", parts.maintenance.run),
+            "lag_collector": self.loops.spawn("lag_collector", parts.lag.run),
+        }
         # Jobs exist only for configured connections: without any, there is nothing to poll for.
         if self._config.connections.all:
-            loops.append(asyncio.create_task(parts.runner.run(), name="provider-jobs"))
-            loops[-1].add_done_callback(self._runner_ended)
+            loops["provider_runner"] = self.loops.spawn("provider_runner", parts.runner.run)
         # Where start-up went (the bench's cold-start breakdown reads it): connecting and checking both dependencies,
         # then joining the group, which the broker holds (Tansu: half KAFKA_SESSION_TIMEOUT_MS; Kafka: its
         # group.initial.rebalance.delay.ms for an empty group, or until the members of a stable group rejoin).
@@ -142,11 +149,7 @@ class Worker:
         )
         service = BatchService(
             pool=pool,
-            decode_context=DecodeContext(
-                signing_keys=self._config.signing_keys,
-                connections=connections,
-                max_clock_skew=timedelta(seconds=settings.max_clock_skew),
-            ),
+            decode_context=self._config.decode_context(),
             connections=connections,
             dead_letters=DeadLetterProducer(producer, settings.dlq_topic, on_dropped=metrics.dead_letters_dropped),
             poison_max_attempts=settings.poison_max_attempts,
@@ -157,42 +160,38 @@ class Worker:
             on_events=relay.notify,
             on_jobs=runner.notify,
         )
-        partitions = Partitions(metrics, self.health)
-        return _Parts(
-            consumer=CommandConsumer(
-                settings, service, partitions.assigned, grace=budget.share(shutdown.BATCH_IN_FLIGHT)
-            ),
-            relay=relay,
-            runner=runner,
-            adapters=adapters,
-            partitions=partitions,
-            maintenance=Maintenance(pool, metrics, self.health, retention_days=settings.inbox_retention_days),
+        consumer = CommandConsumer(
+            settings,
+            service,
+            Partitions(metrics, self.health).assigned,
+            grace=budget.share(shutdown.BATCH_IN_FLIGHT),
+            on_delivered=self.progress.delivered,
         )
+        lag = LagCollector(
+            consumer.client,
+            metrics,
+            self.progress,
+            interval=settings.consumer_lag_interval,
+            outage=self._watch.any_down,
+        )
+        maintenance = Maintenance(
+            pool, metrics, self.health, self.progress, retention_days=settings.inbox_retention_days
+        )
+        return _Parts(consumer, relay, runner, adapters, maintenance, lag)
 
-    async def _stop_parts(self, parts: _Parts, loops: list[asyncio.Task[None]]) -> None:
+    async def _stop_parts(self, parts: _Parts, loops: dict[str, asyncio.Task[None]]) -> None:
         """In the order of `worker.shutdown`, each step ending at its mark."""
         budget = self._budget
         log.info("worker_stopping")
-        relay_loop, upkeep, runner_loop = loops[0], loops[1:3], loops[3:]
-        for loop in upkeep:
-            loop.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(parts.consumer.stop(), timeout=budget.until(shutdown.CONSUMER))
+        self.loops.stopping()
+        loops["maintenance"].cancel()
+        loops["lag_collector"].cancel()
+        await shutdown.within(parts.consumer.stop(), budget.until(shutdown.CONSUMER))
         parts.runner.stop()  # finishes the jobs in hand for up to its share, gives the rest back
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*runner_loop), timeout=budget.until(shutdown.DRAIN))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(parts.adapters.aclose_all(), timeout=budget.until(shutdown.DRAIN))
+        if "provider_runner" in loops:
+            await shutdown.within(loops["provider_runner"], budget.until(shutdown.DRAIN))
+        await shutdown.within(parts.adapters.aclose_all(), budget.until(shutdown.DRAIN))
         parts.relay.stop()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(relay_loop, timeout=budget.until(shutdown.DRAIN))
+        await shutdown.within(loops["relay"], budget.until(shutdown.DRAIN))
         await parts.relay.drain(budget.deadline(shutdown.DRAIN))
         log.info("worker_stopped", events_published=parts.relay.stats.published)
-
-    def _runner_ended(self, task: asyncio.Task[None]) -> None:
-        """The runner outlives every error; should it end anyway before shutdown, `/readyz` names it."""
-        if self._stop.is_set():
-            return
-        self.health.provider_runner_ok = False
-        error = None if task.cancelled() else task.exception()
-        log.error("provider_runner_stopped", error_type=type(error).__name__ if error else None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
 from worker.contract.connections import Connections, load_connections
+from worker.contract.decode import DecodeContext
 from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
 from worker.settings import Settings
 
@@ -20,6 +22,13 @@ class Configuration:
     settings: Settings
     connections: Connections
     signing_keys: SigningKeys
+
+    def decode_context(self) -> DecodeContext:
+        return DecodeContext(
+            signing_keys=self.signing_keys,
+            connections=self.connections,
+            max_clock_skew=timedelta(seconds=self.settings.max_clock_skew),
+        )
 
 
 def load_configuration(settings: Settings) -> Configuration:

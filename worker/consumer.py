@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -41,6 +41,7 @@ log = structlog.get_logger("worker.consumer")
 
 P = TypeVar("P")
 AssignmentHook = Callable[[set[int]], None]
+DeliveryHook = Callable[[Mapping[int, int]], None]
 Records = tuple[ConsumerRecord[Any, Any], ...]
 _POLL_RETRY_SECONDS: Final = 1.0
 
@@ -87,13 +88,23 @@ async def _commit_or_outage(consumer: AIOKafkaConsumer, offsets: dict[TopicParti
 
 
 class CommandConsumer(Generic[P]):
-    def __init__(self, settings: Settings, sink: BatchSink[P], on_assignment: AssignmentHook, *, grace: float) -> None:
-        """`grace`: how long a stop waits for the batch in flight (`worker.shutdown.BATCH_IN_FLIGHT`)."""
+    def __init__(
+        self,
+        settings: Settings,
+        sink: BatchSink[P],
+        on_assignment: AssignmentHook,
+        *,
+        grace: float,
+        on_delivered: DeliveryHook | None = None,
+    ) -> None:
+        """`grace`: how long a stop waits for the batch in flight (`worker.shutdown.BATCH_IN_FLIGHT`);
+        `on_delivered`: told each batch's highest offset per partition as it arrives (the liveness check)."""
         install()  # unreadable records become placeholders, dead-lettered, instead of sticking their partition
         self._settings = settings
         self._sink = sink
         self._on_assignment = on_assignment
         self._grace = grace
+        self._on_delivered = on_delivered
         self._kafka: AIOKafkaConsumer | None = None
         self._poller: asyncio.Task[None] | None = None
         self._inflight: _InFlight | None = None
@@ -146,17 +157,9 @@ class CommandConsumer(Generic[P]):
         if self._kafka is not None:
             await _stop_client(self._kafka)
 
-    async def lags(self) -> dict[int, int]:
-        """Records not yet committed, per assigned partition: end offset minus committed position."""
-        kafka = self._kafka
-        assigned: list[TopicPartition] = list(kafka.assignment()) if kafka is not None else []
-        if kafka is None or not assigned:
-            return {}
-        ends = await kafka.end_offsets(assigned)
-        return {
-            partition.partition: max(ends[partition] - (await kafka.committed(partition) or 0), 0)
-            for partition in assigned
-        }
+    def client(self) -> AIOKafkaConsumer | None:
+        """The aiokafka consumer once started (the lag collector reads offsets through it), else None."""
+        return self._kafka
 
     async def _poll(self, kafka: AIOKafkaConsumer) -> None:
         settings = self._settings
@@ -177,6 +180,9 @@ class CommandConsumer(Generic[P]):
 
     async def _on_batch(self, records: Records) -> None:
         polled_after = self._polled_after
+        if self._on_delivered is not None:
+            # Records are in offset order per partition: the last one of each is its highest.
+            self._on_delivered({record.partition: record.offset for record in records})
         try:
             prepared = await self._sink.prepare([RawRecord.of(record) for record in records])
         except Exception:

@@ -1,50 +1,91 @@
-"""The partitions this replica holds: readiness, the per-partition gauges, and the lag collector."""
+"""The partitions this replica holds (`Partitions`: readiness, gauges) and the lag collector: every
+CONSUMER_LAG_INTERVAL seconds, the end offset and the committed offset of each assigned partition give
+`customer_worker_consumer_lag` and feed the consumer stall check of `/healthz` (`ConsumerProgress`).
+
+A reading the broker cannot give (an outage, a rebalance under way) is skipped: no lag is invented, and an old
+reading does not count as a stall. Anything else raises and is restarted by the supervisor (`worker.supervision`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
-from worker.observability import Health, Metrics
+from worker.observability.health import Health
+from worker.observability.liveness import ConsumerProgress, Position
+from worker.observability.metrics import Metrics
 
-log = structlog.get_logger("worker.app")
+log = structlog.get_logger("worker.lag")
+log_app = structlog.get_logger("worker.app")  # where `partitions_assigned` has always been logged
 
-INTERVAL: Final = 5.0
 
+class LagCollector:
+    def __init__(
+        self,
+        consumer: Callable[[], Any],
+        metrics: Metrics,
+        progress: ConsumerProgress,
+        *,
+        interval: float,
+        outage: Callable[[], bool],
+    ) -> None:
+        """`consumer()`: the aiokafka consumer, or None before it exists; `outage()`: True while a dependency is
+        known to be down."""
+        self._consumer = consumer
+        self._metrics = metrics
+        self._progress = progress
+        self._interval = interval
+        self._outage = outage
 
-class LagSource(Protocol):
-    async def lags(self) -> dict[int, int]:
-        """Records not yet committed, per assigned partition."""
+    async def run(self) -> None:
+        while True:
+            await self.collect_once()
+            await asyncio.sleep(self._interval)
+
+    async def collect_once(self) -> None:
+        kafka = self._consumer()
+        if kafka is None:
+            return
+        assigned: list[TopicPartition] = sorted(kafka.assignment())
+        try:
+            positions = await asyncio.wait_for(self._read(kafka, assigned), timeout=max(self._interval * 2, 5.0))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("lag_unavailable", error_type=type(exc).__name__)
+            return
+        self._metrics.set_consumer_lags({partition: position.lag for partition, position in positions.items()})
+        self._progress.observe(positions, outage=self._outage())
+        self._metrics.consumer_stalled_seconds.set(self._progress.waiting_seconds())
+
+    @staticmethod
+    async def _read(kafka: Any, assigned: list[TopicPartition]) -> dict[int, Position]:
+        if not assigned:
+            return {}
+        ends = await kafka.end_offsets(assigned)
+        committed = await asyncio.gather(*(kafka.committed(partition) for partition in assigned))
+        positions = {}
+        for partition, offset in zip(assigned, committed, strict=True):
+            positions[partition.partition] = Position(offset or 0, ends[partition])
+        return positions
 
 
 class Partitions:
+    """The partitions this replica holds: the consumer's assignment hook keeps readiness and the gauges in step."""
+
     def __init__(self, metrics: Metrics, health: Health) -> None:
         self._metrics = metrics
         self._health = health
         self._held: set[int] = set()
 
     def assigned(self, partitions: set[int]) -> None:
-        """The consumer's assignment hook (after each revocation and each assignment)."""
+        """Called after each revocation and each assignment."""
         # Each rebalance logs this twice (revoked, then assigned): the adversarial suite counts them.
-        log.info("partitions_assigned", partitions=sorted(partitions))
+        log_app.info("partitions_assigned", partitions=sorted(partitions))
         for gone in self._held - partitions:
             self._metrics.forget_partition(gone)
         self._held = partitions
         self._health.partitions_assigned = bool(partitions)
-
-    async def collect_lag(self, source: LagSource) -> None:
-        """Sets the lag gauges every INTERVAL seconds, for as long as it runs."""
-        while True:
-            await self.lag_once(source)
-            await asyncio.sleep(INTERVAL)
-
-    async def lag_once(self, source: LagSource) -> None:
-        try:
-            lags = await source.lags()
-        except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
-            log.debug("lag_unavailable", error_type=type(exc).__name__)
-            return
-        for partition, lag in lags.items():
-            self._metrics.set_consumer_lag(partition, lag)

@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 
 from worker.observability import Health, Metrics
+from worker.observability.liveness import ConsumerProgress
 from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
 
 log = structlog.get_logger("worker.app")
@@ -19,11 +20,18 @@ INTERVAL: Final = 5.0
 
 class Maintenance:
     def __init__(
-        self, pool: asyncpg.Pool[asyncpg.Record], metrics: Metrics, health: Health, *, retention_days: float
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        metrics: Metrics,
+        health: Health,
+        progress: ConsumerProgress,
+        *,
+        retention_days: float,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._health = health
+        self._progress = progress
         self._retention = timedelta(days=retention_days)
 
     async def run(self) -> None:
@@ -41,4 +49,5 @@ class Maintenance:
             self._health.database_ok = True
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._health.database_ok = False
+            self._progress.outage()  # a consumer waiting for PostgreSQL meanwhile is not stalled
             log.warning("maintenance_failed", error_type=type(exc).__name__)

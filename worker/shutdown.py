@@ -12,6 +12,7 @@ A stage that ends early leaves its time to the next: every stage ends at its mar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import Final
 
@@ -27,6 +28,12 @@ EXIT_MARGIN_SECONDS: Final = 0.5
 """Kept free at the very end for the HTTP server and the interpreter's own exit."""
 KILL_MARGIN_SECONDS: Final = 5.0
 """With WORKER_PROCESSES: what a child still running after its own SHUTDOWN_TIMEOUT is given before it is killed."""
+
+
+async def within(step: Awaitable[object], seconds: float) -> None:
+    """Awaits a stopping step for at most `seconds`; past them it is cancelled and the stop goes on."""
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(step, timeout=seconds)
 
 
 class ShutdownBudget:

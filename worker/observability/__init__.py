@@ -10,12 +10,14 @@ and secret keys (also inside nested mappings) and masks e-mail addresses and URL
 Metrics: a `Metrics` object owns its own ``CollectorRegistry``. Label values are closed sets (outcomes, reasons,
 dependencies, providers, partition numbers); organization ids, external ids and personal data are never labels.
 
-Health: `Health` holds the readiness flags, `HealthServer` serves ``/healthz``, ``/readyz`` and ``/metrics``.
+Health: `Health` holds the readiness and liveness checks (`liveness`: the event-loop watchdog and the consumer
+progress), `HealthServer` serves ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
 from worker.contract.codes import DlqReason, ProviderCallOutcome
 from worker.contract.connections import PROVIDERS
 from worker.observability.health import Health, HealthServer
+from worker.observability.liveness import ConsumerProgress, EventLoopWatchdog, Position
 from worker.observability.logs import (
     NOISY_LIBRARIES,
     LogFormat,
@@ -26,6 +28,7 @@ from worker.observability.logs import (
     record_context,
 )
 from worker.observability.metrics import (
+    BACKGROUND_LOOPS,
     COMMAND_OUTCOMES,
     DEPENDENCIES,
     DLQ_REASONS,
@@ -33,6 +36,7 @@ from worker.observability.metrics import (
     PARK_REASONS,
     PROVIDER_CALL_OUTCOMES,
     PROVIDER_JOB_STATUSES,
+    BackgroundLoop,
     CommandOutcome,
     Metrics,
     export_readiness,
@@ -42,6 +46,7 @@ from worker.observability.redaction import REDACTED_KEYS, redact, safe_message
 from worker.outages import Dependency
 
 __all__ = [
+    "BACKGROUND_LOOPS",
     "COMMAND_OUTCOMES",
     "DEPENDENCIES",
     "DLQ_REASONS",
@@ -52,16 +57,20 @@ __all__ = [
     "PROVIDER_CALL_OUTCOMES",
     "PROVIDER_JOB_STATUSES",
     "REDACTED_KEYS",
+    "BackgroundLoop",
     "BatchObserver",
     "CommandOutcome",
+    "ConsumerProgress",
     "Dependency",
     "DependencyWatch",
     "DlqReason",
+    "EventLoopWatchdog",
     "Health",
     "HealthServer",
     "LogFormat",
     "Logger",
     "Metrics",
+    "Position",
     "ProviderCallOutcome",
     "adopt_library_loggers",
     "configure_logging",

@@ -9,6 +9,7 @@ import structlog
 from worker.contract.codes import DlqReason
 from worker.domain.fold import BatchSummary
 from worker.observability.health import Health
+from worker.observability.liveness import ConsumerProgress
 from worker.observability.metrics import CommandOutcome, Metrics
 from worker.outages import Dependency
 
@@ -49,11 +50,13 @@ class BatchObserver:
 
 
 class DependencyWatch:
-    """The `OutageHook` of the pipeline: readiness follows each dependency, and every retry is counted."""
+    """The `OutageHook` of the pipeline: readiness follows each dependency, every retry is counted, and the consumer
+    progress check of `/healthz` learns of the outage (a consumer waiting one out is not stalled)."""
 
-    def __init__(self, health: Health, metrics: Metrics) -> None:
+    def __init__(self, health: Health, metrics: Metrics, progress: ConsumerProgress | None = None) -> None:
         self._health = health
         self._metrics = metrics
+        self._progress = progress
 
     def __call__(self, dependency: Dependency, available: bool) -> None:
         if dependency == "postgres":
@@ -62,3 +65,9 @@ class DependencyWatch:
             self._health.broker_ok = available
         if not available:
             self._metrics.dependency_retry(dependency)
+            if self._progress is not None:
+                self._progress.outage()
+
+    def any_down(self) -> bool:
+        """True while a dependency is known to be down."""
+        return not (self._health.database_ok and self._health.broker_ok)
