@@ -102,20 +102,10 @@ class HealthServer:
         return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        failing = self._health.not_live()
-        if not failing:
-            return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
-        return web.json_response(
-            {"status": "failing", "failing": failing}, status=503, headers={"Cache-Control": "no-store"}
-        )
+        return _verdict(self._health.not_live(), passing="ok", failing="failing")
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        failing = self._health.not_ready()
-        if not failing:
-            return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
-        return web.json_response(
-            {"status": "not_ready", "not_ready": failing}, status=503, headers={"Cache-Control": "no-store"}
-        )
+        return _verdict(self._health.not_ready(), passing="ready", failing="not_ready")
 
     async def _metrics_view(self, _request: web.Request) -> web.Response:
         return web.Response(
@@ -150,3 +140,11 @@ class HealthServer:
         if self._port is None:
             raise RuntimeError("HealthServer is not started")
         return self._port
+
+
+def _verdict(checks_failing: list[str], *, passing: str, failing: str) -> web.Response:
+    """200 `{"status": passing}`, or 503 `{"status": failing, failing: [the checks]}`; never cached."""
+    headers = {"Cache-Control": "no-store"}
+    if not checks_failing:
+        return web.json_response({"status": passing}, headers=headers)
+    return web.json_response({"status": failing, failing: checks_failing}, status=503, headers=headers)
