@@ -194,9 +194,10 @@ async def test_an_incident_is_waited_out_and_nothing_is_dead_lettered(
     assert await stack.stored_names() == set(GOOD)
 
 
-async def _until(condition: Callable[[], bool], handling: asyncio.Future[Any], timeout: float = 20) -> None:
-    """Polls `condition` while the batch is being handled; fails if the batch ends first (it answered records)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(condition: Callable[[], bool], handling: asyncio.Future[Any]) -> None:
+    """Polls `condition` while the batch is being handled, for 20 s at most; fails if the batch ends first (it
+    answered records during the incident)."""
+    deadline = asyncio.get_running_loop().time() + 20
     while not condition():
         if handling.done():
             handling.result()
