@@ -131,6 +131,10 @@ def is_timeout(exc: BaseException) -> bool:
         # PostgreSQL 17+ ends the session on `transaction_timeout`: asyncpg reports the lost connection with the
         # server's message.
         return isinstance(exc, asyncpg.ConnectionDoesNotExistError) and _TRANSACTION_TIMEOUT in message
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc.__context__, asyncpg.PostgresError):
+        # `async with conn.transaction()` cannot roll back on a connection the server closed: its own error
+        # replaces the server's, which is kept as the context.
+        return is_timeout(exc.__context__)
     return isinstance(exc, TimeoutError)
 
 
