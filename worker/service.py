@@ -181,8 +181,10 @@ class BatchService:
         if answers:
             try:
                 report.summary = await self._apply([answer for _, answer in answers], batch.patches)
-            except PoisonError:
-                report.summary, poisoned = await self._apply_bisecting(answers, batch.patches)
+            except PoisonError as exc:
+                split = isinstance(exc, TimedOutError) and len(answers) > 1  # the whole batch again would time out
+                parts = [answers[: len(answers) // 2], answers[len(answers) // 2 :]] if split else [answers]
+                report.summary, poisoned = await self._apply_bisecting(parts, batch.patches)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
@@ -252,12 +254,12 @@ class BatchService:
                 raise
 
     async def _apply_bisecting(
-        self, answers: Sequence[tuple[RawRecord, Command | Rejection]], patches: Patches
+        self, parts: Sequence[Sequence[tuple[RawRecord, Command | Rejection]]], patches: Patches
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
         total = BatchSummary()
         poisoned: list[tuple[RawRecord, DeadLetter]] = []
-        pending: list[Sequence[tuple[RawRecord, Command | Rejection]]] = [answers]
+        pending = list(parts)
         timeouts = TimeoutStrikes(self._poison_max_attempts)
         while pending:
             part = pending.pop(0)
