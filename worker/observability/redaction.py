@@ -211,7 +211,10 @@ def scrub_error_text(text: str, *, long: bool = False) -> str:
     e-mail addresses and URL credentials masked, cut like them. A message keeps its first line only."""
     lines = [line for line in text.splitlines() if not line.lstrip(" |").startswith(_SERVER_DETAIL_LINES)]
     if long:
-        return _scrub_text(_truncate_words("\n".join(lines), _MAX_TRACEBACK_CHARS))
+        text = "\n".join(lines)
+        if len(text) > _MAX_TRACEBACK_CHARS:  # the end holds the exception itself, as in `safe_traceback`
+            text = "…" + text[-(_MAX_TRACEBACK_CHARS - 1) :].lstrip(_ADDRESS_CHARACTERS)
+        return _scrub_text(text)
     return _truncate(_scrub_text(_truncate_words(lines[0] if lines else "", _MAX_ERROR_CHARS)), _MAX_ERROR_CHARS)
 
 
