@@ -55,7 +55,7 @@ class DependencyUnavailableError(Exception):
 OUTAGE_SQLSTATE_CLASSES: Final = frozenset({"08", "53", "57", "58", "40", "28"})
 # 28 (credentials refused) and 3D000 (no such database) too: met while running (a rotated password, a database being
 # restored), they say nothing about the record. At start they are a wrong setting instead (`rejected_setting`).
-# 25P03, 42501, 42P01, XX000 and XX001: an inline call that ran long, a revoked grant, a renamed table, a storage
+# 25P03, 42501, 42P01 and XX000-XX002: an inline call that ran long, a revoked grant, a renamed table, a storage
 # fault. Counted as poison, each would dead-letter every command of the incident as `processing_error`.
 OUTAGE_SQLSTATES: Final = frozenset(
     {"25006", "25P03", "25P04", "55P03", "3D000", "42501", "42P01", "XX000", "XX001", "XX002"}
