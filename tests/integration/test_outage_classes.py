@@ -128,6 +128,22 @@ async def test_server_timeout_on_one_record_isolates_it_and_applies_the_others(s
     assert report.summary.created == len(GOOD)
 
 
+async def test_a_slow_record_in_a_batch_of_its_own_is_dead_lettered(stack: Stack) -> None:
+    """No other record in the batch to pass: the probe of others' writes is what tells the record's timeout from
+    the server's."""
+    await stack.admin.execute(f"ALTER ROLE {stack.role} SET statement_timeout = {TIME_LIMIT_MS}")
+    pool = await _pool(stack)
+    try:
+        (record,) = stack.batch([SLOW_NAME])
+        await asyncio.wait_for(stack.service(pool).handle([record]), timeout=45)
+    finally:
+        await pool.close()
+    assert [(letter_record, letter.reason.value) for letter_record, letter in stack.sink.letters] == [
+        (record, "processing_error")
+    ]
+    assert await stack.stored_names() == set()
+
+
 async def test_command_timeout_on_one_record_isolates_it_and_applies_the_others(stack: Stack) -> None:
     """asyncpg's `command_timeout` (a TimeoutError on the client, the server's statement cancelled); main: retried
     for ever as an outage."""
