@@ -15,7 +15,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database
+from tests.harness.database import migrate_database
+from tests.harness.records import RecordFactory, RecordingSink, command, encode
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.outages import Dependency
