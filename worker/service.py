@@ -4,6 +4,8 @@
 database transaction, or copied to the DLQ. Dependency outages (PostgreSQL, the broker) are waited out with
 backoff, without limit; a failure that is not an outage (a bug, a value PostgreSQL refuses) is retried a bounded
 number of times, then the batch is split and the records that still fail go to the DLQ as `processing_error`.
+A timeout splits the batch at once; a record that times out alone while others' writes pass is poison too
+(`worker.outages.TimeoutStrikes`).
 No framework imports: tests drive this without Kafka.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import asyncpg
 import stamina
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from worker.contract.codes import DlqReason
 from worker.contract.connections import ProviderRegistry
@@ -26,9 +29,10 @@ from worker.contract.decode import Command, DeadLetter, DecodeContext, Rejection
 from worker.domain.customer import patch_of
 from worker.domain.fold import Patches
 from worker.observability import record_context, safe_message
-from worker.outages import Dependency, is_outage
+from worker.outages import Dependency, DependencyUnavailableError, TimeoutStrikes, is_outage, is_timeout, is_waited_out
 from worker.store.batch import BatchSummary, apply_batch
 from worker.store.inline import InlineCreate
+from worker.store.probe import probe_writes
 from worker.tracing import consume_span, traced
 
 log = structlog.get_logger("worker.service")
@@ -82,19 +86,23 @@ def _ignore(dependency: Dependency, available: bool) -> None:
 
 
 async def until_done(
-    operation: Callable[[], Awaitable[T]], dependency: Dependency, on_outage: OutageHook = _ignore
+    operation: Callable[[], Awaitable[T]],
+    dependency: Dependency,
+    on_outage: OutageHook = _ignore,
+    *,
+    outage: Callable[[BaseException], bool] = is_outage,
 ) -> T:
     """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes.
 
     Each failed attempt is logged here, through the redaction pipeline (type and a short message without data);
     stamina's own retry hooks, which log `repr(exc)`, are switched off below."""
     failed = False
-    async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
+    async for attempt in stamina.retry_context(on=outage, attempts=None, timeout=None, wait_max=5.0):
         with attempt:
             try:
                 result = await operation()
             except Exception as exc:
-                if is_outage(exc):
+                if outage(exc):
                     failed = True
                     log.warning(
                         "dependency_retry",
@@ -113,6 +121,10 @@ async def until_done(
 
 class PoisonError(Exception):
     """Raised for a record that fails the same way on every attempt."""
+
+
+class TimedOutError(PoisonError):
+    """Raised at once for a timeout (not counted as an attempt): the batch is split to find out whose it is."""
 
 
 class BatchService:
@@ -169,8 +181,10 @@ class BatchService:
         if answers:
             try:
                 report.summary = await self._apply([answer for _, answer in answers], batch.patches)
-            except PoisonError:
-                report.summary, poisoned = await self._apply_bisecting(answers, batch.patches)
+            except PoisonError as exc:
+                split = isinstance(exc, TimedOutError) and len(answers) > 1  # the whole batch again would time out
+                parts = [answers[: len(answers) // 2], answers[len(answers) // 2 :]] if split else [answers]
+                report.summary, poisoned = await self._apply_bisecting(parts, batch.patches)
                 letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
@@ -208,8 +222,12 @@ class BatchService:
         failures = 0
         while True:
             try:
-                return await until_done(lambda: self._apply_once(answers, patches), "postgres", self._on_outage)
+                return await until_done(
+                    lambda: self._apply_once(answers, patches), "postgres", self._on_outage, outage=is_waited_out
+                )
             except Exception as exc:  # anything but an outage counts towards the poison limit
+                if is_timeout(exc):
+                    raise TimedOutError(type(exc).__name__) from exc
                 failures += 1
                 log.error(
                     "batch_failed",
@@ -224,7 +242,7 @@ class BatchService:
 
     @traced("apply")
     async def _apply_once(self, answers: Sequence[Command | Rejection], patches: Patches) -> BatchSummary:
-        async with self._pool.acquire() as conn:
+        async with _connection(self._pool) as conn:
             try:
                 return await apply_batch(
                     conn, answers, registry=self._registry, now=self._clock(), inline=self._inline, patches=patches
@@ -236,12 +254,13 @@ class BatchService:
                 raise
 
     async def _apply_bisecting(
-        self, answers: Sequence[tuple[RawRecord, Command | Rejection]], patches: Patches
+        self, parts: Sequence[Sequence[tuple[RawRecord, Command | Rejection]]], patches: Patches
     ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
         """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
         total = BatchSummary()
         poisoned: list[tuple[RawRecord, DeadLetter]] = []
-        pending: list[Sequence[tuple[RawRecord, Command | Rejection]]] = [answers]
+        pending = list(parts)
+        timeouts = TimeoutStrikes(self._poison_max_attempts)
         while pending:
             part = pending.pop(0)
             single = len(part) == 1
@@ -249,6 +268,12 @@ class BatchService:
                 summary = await self._apply(
                     [answer for _, answer in part], patches, attempts=self._poison_max_attempts if single else 1
                 )
+            except TimedOutError as exc:
+                if single and await self._timed_out_alone(part[0][0], timeouts):
+                    poisoned.append((part[0][0], DeadLetter(DlqReason.PROCESSING_ERROR, f"timed out alone: {exc}")))
+                else:  # a single one again, in place (the order of its customer's commands holds), or the halves
+                    pending[:0] = [part] if single else [part[: len(part) // 2], part[len(part) // 2 :]]
+                continue
             except PoisonError as exc:
                 if single:
                     poisoned.append((part[0][0], DeadLetter(DlqReason.PROCESSING_ERROR, f"failed repeatedly: {exc}")))
@@ -258,6 +283,43 @@ class BatchService:
                 continue
             total.add(summary)
         return total, poisoned
+
+    async def _timed_out_alone(self, record: RawRecord, timeouts: TimeoutStrikes) -> bool:
+        """Whether `record`, which just timed out alone, is poison. Probes the writes of others first: a probe that
+        fails too makes it the server's timeout, waited out here, not the record's."""
+        try:
+            await self._probe()
+            others_pass = True
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            others_pass = False
+            await until_done(self._probe, "postgres", self._on_outage)
+        strikes = timeouts.timed_out((record.partition, record.offset), others_pass=others_pass)
+        with record_context(None, None, record.partition, record.offset):
+            log.warning(
+                "record_timed_out", others_pass=others_pass, strikes=strikes, max_attempts=self._poison_max_attempts
+            )
+        if strikes is not None and others_pass:
+            await asyncio.sleep(min(0.1 * 2**strikes, 2.0))  # a lock held on the record's row may be released
+        return strikes is None
+
+    async def _probe(self) -> None:
+        async with _connection(self._pool) as conn:
+            await probe_writes(conn)
+
+
+@contextlib.asynccontextmanager
+async def _connection(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A pooled connection; failing to get one in time (a connect timeout) is an outage, never a record's timeout."""
+    try:
+        conn = await pool.acquire()
+    except TimeoutError as exc:
+        raise DependencyUnavailableError("no database connection in time") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 def _log_rejection(record: RawRecord, rejection: Rejection) -> None:
