@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail_parser.set_defaults(func=cmd_events_tail)
 
     _add_outbox(commands)
+    from worker.cli.console import add_console
+
+    add_console(commands)
 
     bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
     from worker_bench.args import add_bench_arguments
