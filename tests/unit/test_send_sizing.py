@@ -27,8 +27,9 @@ class _Recording(KafkaProducer):
         self.sized += 1
         return super().fits(message)
 
-    async def _send_all(self, topic: str, messages: Sequence[Message]) -> None:
+    async def _send_all(self, topic: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
         self.sent.extend(messages)
+        return [(0, len(self.sent) - len(messages) + index) for index in range(len(messages))]
 
 
 SMALL: Message = (b"k", b"v" * 10, [])

@@ -1,0 +1,51 @@
+"""What the table-only operator jobs do to a chunk of rows, each chunk in the caller's transaction: parked events
+back to the outbox, provider jobs retried or cancelled. Each statement returns the ids it acted on; the rest of the
+chunk had changed meanwhile (republished, finished) and is reported as skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from worker.store.db import Conn
+
+# Back to the outbox's end, in parked order: a running worker's relay publishes them (or parks them again).
+_REPUBLISH: Final = (
+    "WITH chosen AS (DELETE FROM parked_events WHERE id = ANY($1::bigint[]) "
+    "RETURNING id, event_id, event_key, event_type, traceparent, payload, schema_id), "
+    "moved AS (INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload, schema_id) "
+    "SELECT event_id, event_key, event_type, traceparent, payload, schema_id FROM chosen ORDER BY id) "
+    "SELECT id FROM chosen"
+)
+# A failed job starts over (its attempts too: they count toward PROVIDER_MAX_ATTEMPTS); a pending one is due now.
+# Running jobs are left alone: a call may be in flight (an expired lease is the runner's to reclaim).
+_RETRY: Final = (
+    "UPDATE provider_jobs SET status = 'pending', next_attempt_at = now(), lease_until = NULL, "
+    "attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END, updated_at = now(), "
+    "last_error = coalesce(last_error, '{}'::jsonb) || jsonb_build_object('retried_by_operator_job', $2::bigint) "
+    "WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'pending') RETURNING id"
+)
+# Cancelled as `skipped` (nothing left to do), the status the runner and the console already know.
+_CANCEL: Final = (
+    "UPDATE provider_jobs SET status = 'skipped', lease_until = NULL, updated_at = now(), "
+    "last_error = coalesce(last_error, '{}'::jsonb) || jsonb_build_object('skipped', 'cancelled_by_operator', "
+    "'operator_job', $2::bigint) WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'pending') RETURNING id"
+)
+STATEMENTS: Final = {"parked_republish": _REPUBLISH, "provider_jobs_retry": _RETRY, "provider_jobs_cancel": _CANCEL}
+
+
+async def act_on_rows(conn: Conn, kind: str, ids: Sequence[int], job_id: int) -> set[int]:
+    """Apply `kind` to the rows `ids`; the ids it acted on."""
+    statement = STATEMENTS[kind]
+    args = (list(ids),) if kind == "parked_republish" else (list(ids), job_id)
+    return {row[0] for row in await conn.fetch(statement, *args)}
+
+
+async def mark_replayed(conn: Conn, ids: Sequence[int], job_id: int) -> None:
+    """Dead letters whose republish the broker acknowledged."""
+    await conn.execute(
+        "UPDATE dead_letters SET replay_state = 'replayed', replayed_at = now(), replay_job_id = $2 "
+        "WHERE id = ANY($1::bigint[])",
+        list(ids),
+        job_id,
+    )
