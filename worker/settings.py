@@ -103,7 +103,7 @@ class ConsoleSettings(BaseSettings):
 
     console_port: int = Field(default=8090, ge=0, le=65535)
     console_host: str = "127.0.0.1"
-    # YAML: `tokens: [{name, role: viewer|operator, sha256: <hex of the token>}]` (`customer-worker console hash-token`).
+    # YAML `tokens: [{name, role: viewer|operator, sha256: <hex>}]`; lines from `customer-worker console hash-token`.
     console_tokens_file: Path | None = None
     # Addresses or networks (comma-separated) whose identity headers are believed; empty: no proxy sign-in.
     console_trusted_proxies: str = ""

@@ -77,7 +77,9 @@ def selection_of(kind: jobs.JobKind, form: MultiDictProxy[Any]) -> tuple[jobs.Se
     provider = ProviderJobQuery.parse(values)
     state = _PROVIDER_STATES.get(provider.state or "", provider.state)
     selection = jobs.ProviderJobFilter(
-        state=state, connection=provider.connection, error_code=provider.error_code,
+        state=state,
+        connection=provider.connection,
+        error_code=provider.error_code,
         organization_id=provider.organization_id,
     )
     return selection, provider.params()
@@ -137,6 +139,12 @@ async def cancel(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPNotFound from None
     asked = await jobs.cancel_job(request.app[POOL], job_id, actor=identity.actor)
-    await audit(request, identity, "job_cancel", outcome="done" if asked else "refused", job_id=job_id,
-                detail={} if asked else {"why": "finished_or_missing"})
+    await audit(
+        request,
+        identity,
+        "job_cancel",
+        outcome="done" if asked else "refused",
+        job_id=job_id,
+        detail={} if asked else {"why": "finished_or_missing"},
+    )
     raise web.HTTPSeeOther(f"/jobs/{job_id}")

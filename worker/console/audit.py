@@ -3,7 +3,7 @@ never a token. A failing audit write fails the action (an unaudited action must 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -17,7 +17,7 @@ async def audit(
     identity: Identity | None,
     action: str,
     *,
-    outcome: str,
+    outcome: Literal["done", "refused", "failed", "started"],
     detail: dict[str, Any] | None = None,
     count: int | None = None,
     job_id: int | None = None,

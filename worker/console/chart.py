@@ -81,7 +81,14 @@ def stacked(title: str, data: Series, *, fixed_order: tuple[str, ...] = (), time
             top = HEIGHT - _BOTTOM - plot_height * (base + value) / maximum
             stamp = _stamp(at, time_format)
             bars.append(
-                Bar(_LEFT + position * slot, top, bar_width, height, _series_of(label, labels), f"{stamp} {label}: {value}")
+                Bar(
+                    _LEFT + position * slot,
+                    top,
+                    bar_width,
+                    height,
+                    _series_of(label, labels),
+                    f"{stamp} {label}: {value}",
+                )
             )
             base += value
     step = max(count // _TICKS, 1)

@@ -99,9 +99,17 @@ def expected_origin(request: web.Request) -> str:
     return f"{'https' if is_https(request) else 'http'}://{request.host}"
 
 
-async def _check_origin(request: web.Request, identity: Identity | None) -> None:
+def same_origin(request: web.Request) -> bool:
+    """The Origin header names this console. Under `Referrer-Policy: no-referrer` a browser sends `Origin: null` on
+    a form's POST (Fetch standard); then its `Sec-Fetch-Site`, which no page can set, must say `same-origin`."""
     origin = request.headers.get("Origin")
-    if origin != expected_origin(request):
+    if origin is not None and origin != "null":
+        return origin == expected_origin(request)
+    return request.headers.get("Sec-Fetch-Site") == "same-origin"
+
+
+async def _check_origin(request: web.Request, identity: Identity | None) -> None:
+    if not same_origin(request):
         await audit(request, identity, "request", outcome="refused", detail={"why": "origin"})
         raise web.HTTPForbidden(text="cross-origin request refused")
 

@@ -71,7 +71,7 @@ class LagMonitor:
                 self.snapshot = LagSnapshot(partitions, time.monotonic(), None)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the loop outlives any failure; the page shows it
                 self.snapshot = LagSnapshot(self.snapshot.partitions, self.snapshot.read_at, type(exc).__name__)
                 log.warning("console_lag_unavailable", error=type(exc).__name__)
             await asyncio.sleep(self.interval)
@@ -87,7 +87,7 @@ class LagMonitor:
         try:
             numbers = consumer.partitions_for_topic(self.settings.commands_topic)
             if not numbers:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 - the public API has no refresh
+                await consumer._client.force_metadata_update()  # the public API has no refresh
                 numbers = consumer.partitions_for_topic(self.settings.commands_topic) or set()
             tps = [TopicPartition(self.settings.commands_topic, number) for number in sorted(numbers)]
             ends = await consumer.end_offsets(tps) if tps else {}

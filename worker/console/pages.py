@@ -85,8 +85,15 @@ def connection_health(rows: q.Rows) -> list[dict[str, Any]]:
     for row in rows:
         item = found.setdefault(
             (row["connection_code"], row["provider"]),
-            {"connection": row["connection_code"], "provider": row["provider"], "waiting": 0, "failed": 0,
-             "stuck": 0, "done": 0, "codes": set()},
+            {
+                "connection": row["connection_code"],
+                "provider": row["provider"],
+                "waiting": 0,
+                "failed": 0,
+                "stuck": 0,
+                "done": 0,
+                "codes": set(),
+            },
         )
         if row["state"] in ("waiting", "failed", "stuck", "done"):
             item[row["state"]] += row["count"]

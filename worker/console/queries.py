@@ -8,22 +8,23 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, TypeVar
+from typing import Any, Final
 
 import asyncpg
 
 from worker.console.filters import DeadLetterQuery, ParkedQuery, ProviderJobQuery, RejectionQuery
+from worker.store.db import Conn
+from worker.store.jobs import Pool
 
 PAGE: Final = 50
 CAP: Final = 100_000  # a count beyond this shows as "100,000+"
-T = TypeVar("T")
 Rows = list[asyncpg.Record]
 
 
-async def gather(pool: asyncpg.Pool, *reads: Callable[[asyncpg.Connection], Awaitable[T]]) -> list[T]:
+async def gather(pool: Pool, *reads: Callable[[Conn], Awaitable[Any]]) -> list[Any]:
     """Independent reads on separate connections, at once: a page costs its slowest query, not their sum."""
 
-    async def one(read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def one(read: Callable[[Conn], Awaitable[Any]]) -> Any:
         async with pool.acquire() as conn:
             return await read(conn)
 
@@ -37,7 +38,7 @@ def capped(sql_from_where: str) -> str:
 # --- overview -------------------------------------------------------------------------------------------------
 
 
-async def answers_per_minute(conn: asyncpg.Connection, since: datetime) -> Rows:
+async def answers_per_minute(conn: Conn, since: datetime) -> Rows:
     return await conn.fetch(
         "SELECT minute, outcome, sum(count)::bigint AS count FROM answer_counts WHERE minute >= $1 "
         "GROUP BY minute, outcome ORDER BY minute",
@@ -45,20 +46,20 @@ async def answers_per_minute(conn: asyncpg.Connection, since: datetime) -> Rows:
     )
 
 
-async def outbox_backlog(conn: asyncpg.Connection) -> asyncpg.Record | None:
+async def outbox_backlog(conn: Conn) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT ({capped('outbox')}) AS count, (SELECT created_at FROM outbox ORDER BY id LIMIT 1) AS oldest"
     )
 
 
-async def parked_by_reason(conn: asyncpg.Connection) -> Rows:
+async def parked_by_reason(conn: Conn) -> Rows:
     return await conn.fetch(
         "SELECT reason, event_type, count(*) AS count, min(parked_at) AS oldest FROM parked_events "
         "GROUP BY reason, event_type ORDER BY count(*) DESC"
     )
 
 
-async def provider_job_states(conn: asyncpg.Connection) -> Rows:
+async def provider_job_states(conn: Conn) -> Rows:
     """Jobs by connection, state and last error code; `done` ones only from the last hour (they are kept until
     pruned, and only show that a connection works)."""
     return await conn.fetch(
@@ -71,25 +72,27 @@ async def provider_job_states(conn: asyncpg.Connection) -> Rows:
     )
 
 
-async def workers_seen(conn: asyncpg.Connection) -> Rows:
+async def workers_seen(conn: Conn) -> Rows:
     return await conn.fetch(
         "SELECT worker_id, host, pid, started_at, last_seen_at, partitions, version, "
         "now() - last_seen_at AS silent_for FROM workers_seen ORDER BY last_seen_at DESC LIMIT 50"
     )
 
 
-async def dead_letter_states(conn: asyncpg.Connection) -> Rows:
+async def dead_letter_states(conn: Conn) -> Rows:
     return await conn.fetch(
         "SELECT replay_state, count(*) AS count FROM dead_letters GROUP BY replay_state ORDER BY replay_state"
     )
 
 
-async def rejections_since(conn: asyncpg.Connection, since: datetime) -> int:
-    value = await conn.fetchval("SELECT coalesce(sum(count), 0)::bigint FROM rejection_counts WHERE minute >= $1", since)
+async def rejections_since(conn: Conn, since: datetime) -> int:
+    value = await conn.fetchval(
+        "SELECT coalesce(sum(count), 0)::bigint FROM rejection_counts WHERE minute >= $1", since
+    )
     return int(value or 0)
 
 
-async def open_operator_jobs(conn: asyncpg.Connection) -> Rows:
+async def open_operator_jobs(conn: Conn) -> Rows:
     return await conn.fetch(
         "SELECT id, kind, state, total, done_count, failed_count, skipped_count, returned_count, created_by, "
         "created_at FROM operator_jobs WHERE state IN ('pending', 'running') ORDER BY id LIMIT 20"
@@ -105,9 +108,7 @@ _DLQ_COLUMNS: Final = (
 )
 
 
-async def dead_letter_page(
-    conn: asyncpg.Connection, query: DeadLetterQuery, after: tuple[datetime, int] | None
-) -> Rows:
+async def dead_letter_page(conn: Conn, query: DeadLetterQuery, after: tuple[datetime, int] | None) -> Rows:
     where = query.where()
     if after is not None:
         where.keyset("(failed_at, id) < ({}::timestamptz, {}::bigint)", after)
@@ -117,16 +118,16 @@ async def dead_letter_page(
     )
 
 
-async def dead_letter_one(conn: asyncpg.Connection, ident: int) -> asyncpg.Record | None:
+async def dead_letter_one(conn: Conn, ident: int) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_DLQ_COLUMNS} FROM dead_letters WHERE id = $1", ident)
 
 
-async def dead_letter_count(conn: asyncpg.Connection, query: DeadLetterQuery) -> int:
+async def dead_letter_count(conn: Conn, query: DeadLetterQuery) -> int:
     where = query.where()
     return int(await conn.fetchval(capped(f"dead_letters WHERE {where.sql()}"), *where.args))
 
 
-async def dead_letter_buckets(conn: asyncpg.Connection, query: DeadLetterQuery) -> Rows:
+async def dead_letter_buckets(conn: Conn, query: DeadLetterQuery) -> Rows:
     where = query.where()
     bucket = "hour" if query.window in ("1h", "6h", "24h") else "day"
     return await conn.fetch(
@@ -136,7 +137,7 @@ async def dead_letter_buckets(conn: asyncpg.Connection, query: DeadLetterQuery) 
     )
 
 
-async def dead_letter_top(conn: asyncpg.Connection, query: DeadLetterQuery, column: str) -> Rows:
+async def dead_letter_top(conn: Conn, query: DeadLetterQuery, column: str) -> Rows:
     """Top values of `reason`, `organization_id` or a validation code within the filter."""
     where = query.where()
     expression = {"reason": "reason", "organization_id": "organization_id", "code": "unnest(codes)"}[column]
@@ -150,7 +151,7 @@ async def dead_letter_top(conn: asyncpg.Connection, query: DeadLetterQuery, colu
 # --- parked events and provider jobs --------------------------------------------------------------------------
 
 
-async def parked_page(conn: asyncpg.Connection, query: ParkedQuery, after: int | None) -> Rows:
+async def parked_page(conn: Conn, query: ParkedQuery, after: int | None) -> Rows:
     where = query.where()
     if after is not None:
         where.add("id < {}", after)
@@ -161,12 +162,12 @@ async def parked_page(conn: asyncpg.Connection, query: ParkedQuery, after: int |
     )
 
 
-async def parked_count(conn: asyncpg.Connection, query: ParkedQuery) -> int:
+async def parked_count(conn: Conn, query: ParkedQuery) -> int:
     where = query.where()
     return int(await conn.fetchval(capped(f"parked_events WHERE {where.sql()}"), *where.args))
 
 
-async def provider_job_page(conn: asyncpg.Connection, query: ProviderJobQuery, after: int | None) -> Rows:
+async def provider_job_page(conn: Conn, query: ProviderJobQuery, after: int | None) -> Rows:
     """Oldest first (the id order is the creation order)."""
     where = query.where()
     if after is not None:
@@ -180,12 +181,12 @@ async def provider_job_page(conn: asyncpg.Connection, query: ProviderJobQuery, a
     )
 
 
-async def provider_job_count(conn: asyncpg.Connection, query: ProviderJobQuery) -> int:
+async def provider_job_count(conn: Conn, query: ProviderJobQuery) -> int:
     where = query.where()
     return int(await conn.fetchval(capped(f"provider_jobs WHERE {where.sql()}"), *where.args))
 
 
-async def provider_job_errors(conn: asyncpg.Connection, query: ProviderJobQuery) -> Rows:
+async def provider_job_errors(conn: Conn, query: ProviderJobQuery) -> Rows:
     where = query.where()
     return await conn.fetch(
         "SELECT connection_code, last_error->>'error_code' AS error_code, count(*) AS count, min(created_at) AS oldest "
@@ -198,7 +199,7 @@ async def provider_job_errors(conn: asyncpg.Connection, query: ProviderJobQuery)
 # --- rejections, audit, operator jobs -------------------------------------------------------------------------
 
 
-async def rejection_top(conn: asyncpg.Connection, query: RejectionQuery) -> Rows:
+async def rejection_top(conn: Conn, query: RejectionQuery) -> Rows:
     where = query.where()
     return await conn.fetch(
         "SELECT organization_id, code, path, sum(count)::bigint AS count, max(minute) AS last_minute "
@@ -207,7 +208,7 @@ async def rejection_top(conn: asyncpg.Connection, query: RejectionQuery) -> Rows
     )
 
 
-async def rejection_buckets(conn: asyncpg.Connection, query: RejectionQuery) -> Rows:
+async def rejection_buckets(conn: Conn, query: RejectionQuery) -> Rows:
     where = query.where()
     bucket = "hour" if query.window in ("1h", "6h", "24h") else "day"
     return await conn.fetch(
@@ -217,8 +218,9 @@ async def rejection_buckets(conn: asyncpg.Connection, query: RejectionQuery) -> 
     )
 
 
-async def audit_page(conn: asyncpg.Connection, after: tuple[datetime, int] | None, actor: str | None) -> Rows:
-    conditions, args = [], []
+async def audit_page(conn: Conn, after: tuple[datetime, int] | None, actor: str | None) -> Rows:
+    conditions: list[str] = []
+    args: list[Any] = []
     if actor:
         args.append(actor)
         conditions.append(f"actor = ${len(args)}")
@@ -233,14 +235,14 @@ async def audit_page(conn: asyncpg.Connection, after: tuple[datetime, int] | Non
     )
 
 
-async def operator_jobs(conn: asyncpg.Connection) -> Rows:
+async def operator_jobs(conn: Conn) -> Rows:
     return await conn.fetch(
         "SELECT id, kind, state, total, done_count, failed_count, skipped_count, returned_count, created_by, "
         "created_at, finished_at, cancel_requested FROM operator_jobs ORDER BY created_at DESC, id DESC LIMIT 50"
     )
 
 
-async def operator_job(conn: asyncpg.Connection, ident: int) -> asyncpg.Record | None:
+async def operator_job(conn: Conn, ident: int) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, kind, state, filter::text AS filter, total, done_count, failed_count, skipped_count, "
         "returned_count, created_by, created_at, started_at, finished_at, cancel_requested, rate_per_second, "
@@ -249,7 +251,7 @@ async def operator_job(conn: asyncpg.Connection, ident: int) -> asyncpg.Record |
     )
 
 
-async def operator_job_items(conn: asyncpg.Connection, ident: int) -> Rows:
+async def operator_job_items(conn: Conn, ident: int) -> Rows:
     """The items that did not simply go through (failed, skipped, came back), first 100."""
     return await conn.fetch(
         "SELECT item_id, result, detail, at FROM operator_job_items WHERE job_id = $1 AND result <> 'sent' "
@@ -284,4 +286,3 @@ def series(rows: Rows, key: str, since: datetime | None = None, step_seconds: in
         if position is not None:
             values[str(row[key])][position] += int(row["count"])
     return Series(buckets, labels, values)
-

@@ -16,7 +16,15 @@ from aiohttp import web
 from worker.console import actions, pages
 from worker.console.audit import audit
 from worker.console.auth import ProxyTrust, SessionStore, TokenStore, parse_networks
-from worker.console.guard import COOKIE, SESSION, SESSION_KEY, authenticate, security_headers, set_session_cookie
+from worker.console.guard import (
+    COOKIE,
+    SESSION,
+    SESSION_KEY,
+    Handler,
+    authenticate,
+    security_headers,
+    set_session_cookie,
+)
 from worker.console.lag import LagMonitor
 from worker.console.render import render, setup
 from worker.console.state import CONSOLE, KAFKA, LAG, POOL, PROXY, SESSIONS, TOKENS
@@ -58,7 +66,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 @web.middleware
-async def error_pages(request: web.Request, handler: pages.Handler) -> web.StreamResponse:
+async def error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
     """4xx/5xx as a page (or the plain reason for htmx); never a traceback or an exception's text."""
     try:
         return await handler(request)
