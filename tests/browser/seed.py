@@ -76,8 +76,13 @@ async def seed(stack: ConsoleStack) -> Seeded:
         # A Stripe create the provider refuses for good (400): a failed provider job, retried from the console.
         stack.stripe.fail_next(400, method="POST", path="/v1/customers")
         linked = _command(
-            ORG, "canary-external-stripe", CANARY_NAMES[1], CANARY_EMAILS[1], CANARY_PHONES[1],
-            payment_provider="stripe", sync_with_provider=True,
+            ORG,
+            "canary-external-stripe",
+            CANARY_NAMES[1],
+            CANARY_EMAILS[1],
+            CANARY_PHONES[1],
+            payment_provider="stripe",
+            sync_with_provider=True,
         )
         await producer.send_and_wait(env["COMMANDS_TOPIC"], value=orjson.dumps(linked), key=_key(linked))
         seeded.created.append("canary-external-stripe")
@@ -104,13 +109,29 @@ async def _replayable(stack: ConsoleStack, producer: AIOKafkaProducer) -> tuple[
     sent = await producer.send_and_wait(stack.env["DLQ_TOPIC"], value=value, key=_key(document), headers=headers)
     assert stack.pool is not None
     row = DeadLetterRow(
-        stack.env["DLQ_TOPIC"], sent.partition, sent.offset, stack.env["COMMANDS_TOPIC"], 0, 999, "processing_error",
-        (), (), ORG, document["message_id"], len(value), hashlib.sha256(value).digest(), False, None, None,
+        stack.env["DLQ_TOPIC"],
+        sent.partition,
+        sent.offset,
+        stack.env["COMMANDS_TOPIC"],
+        0,
+        999,
+        "processing_error",
+        (),
+        (),
+        ORG,
+        document["message_id"],
+        len(value),
+        hashlib.sha256(value).digest(),
+        False,
+        None,
+        None,
     )
     await record_dead_letters(stack.pool, [row])
     ident = await stack.fetchval(
         "SELECT id FROM dead_letters WHERE dlq_topic = $1 AND dlq_offset = $2 AND dlq_partition = $3",
-        stack.env["DLQ_TOPIC"], sent.offset, sent.partition,
+        stack.env["DLQ_TOPIC"],
+        sent.offset,
+        sent.partition,
     )
     return "canary-external-replay", int(ident)
 
@@ -119,22 +140,28 @@ async def _parked(stack: ConsoleStack) -> str:
     """An event the broker once refused as too large (its payload names a canary: it must never be shown)."""
     event_id = uuid.uuid4()
     payload = orjson.dumps(
-        {"event_id": str(event_id), "event_type": "customer.created", "organization_id": ORG,
-         "customer": {"name": CANARY_NAMES[1], "email": CANARY_EMAILS[1]}}
+        {
+            "event_id": str(event_id),
+            "event_type": "customer.created",
+            "organization_id": ORG,
+            "customer": {"name": CANARY_NAMES[1], "email": CANARY_EMAILS[1]},
+        }
     )
     await stack.fetchval(
         "INSERT INTO parked_events (outbox_id, event_id, event_key, event_type, payload, created_at, reason, error) "
         "VALUES (1, $1, $2, 'customer.created', $3, now(), 'too_large', "
         "'MessageSizeTooLargeError: <b>the broker refused</b> the record') RETURNING id",
-        event_id, f"{ORG}:canary-external-parked", payload,
+        event_id,
+        f"{ORG}:canary-external-parked",
+        payload,
     )
     return str(event_id)
 
 
-async def _settled(stack: ConsoleStack, seeded: Seeded, timeout: float = 45) -> None:
+async def _settled(stack: ConsoleStack, seeded: Seeded, seconds: float = 45) -> None:
     """Wait for the worker to have answered everything: customers, dead letters, the failed provider job."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while loop.time() < deadline:
         customers = await stack.fetchval("SELECT count(*) FROM customers WHERE external_id = ANY($1)", seeded.created)
         letters = await stack.fetchval("SELECT count(*) FROM dead_letters WHERE reason <> 'processing_error'")

@@ -123,7 +123,7 @@ class ConsoleStack:
             await asyncio.wait_for(task, 30)
 
         self._exit.push_async_callback(stop_worker)
-        while not worker.health.ready:  # noqa: ASYNC110 - the worker's own readiness
+        while not worker.health.ready:
             if task.done():
                 raise AssertionError(f"worker stopped early: {task.result()}")
             await asyncio.sleep(0.05)
