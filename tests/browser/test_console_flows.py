@@ -263,7 +263,7 @@ def test_post_without_csrf_token_or_from_another_origin_gets_403(
     page.goto(stack.url + "/dead-letters")
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     url = stack.url + "/actions/dlq_replay/preview"
-    form = {"scope": "matching", "reason": "invalid_json"}
+    form: dict[str, str | float | bool] = {"scope": "matching", "reason": "invalid_json"}
     assert page.request.post(url, form=form, headers={"Origin": stack.url}).status == 403
     assert page.request.post(url, form={**form, "csrf": "forged"}, headers={"Origin": stack.url}).status == 403
     other = page.request.post(url, form={**form, "csrf": csrf or ""}, headers={"Origin": "http://evil.example"})

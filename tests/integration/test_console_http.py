@@ -1,0 +1,79 @@
+"""The console over HTTP without a browser: proxy sign-in (trusted addresses only), the Secure cookie behind a TLS
+proxy, deny by default, refusals audited. The browser flows are in tests/browser/."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests.integration.helpers import migrate_database
+from worker.console.auth import TokenStore
+from worker.console.lag import LagMonitor
+from worker.console.server import build_app
+from worker.settings import ConsoleSettings, KafkaSettings
+
+KAFKA = KafkaSettings(kafka_bootstrap_servers="127.0.0.1:1")  # never reached: the lag reader is not started
+PROXY_HEADERS = {"X-Forwarded-User": "carol", "X-Forwarded-Groups": "staff,cw-operators"}
+
+
+@pytest.fixture
+async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    await migrate_database(fresh_database)
+    async with asyncpg.create_pool(fresh_database, min_size=1, max_size=4) as created:
+        yield created
+
+
+async def _client(pool: asyncpg.Pool[asyncpg.Record], trusted: str) -> TestClient:  # type: ignore[type-arg]
+    console = ConsoleSettings(console_trusted_proxies=trusted, console_operator_group="cw-operators")
+    app = build_app(pool, console, KAFKA, tokens=TokenStore.empty(), lag=LagMonitor(KAFKA))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+async def test_a_trusted_proxy_signs_its_user_in_with_the_groups_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    client = await _client(pool, "127.0.0.1")
+    try:
+        response = await client.get("/audit", headers=PROXY_HEADERS, allow_redirects=False)
+        assert response.status == 200
+        assert "carol" in await response.text() and "operator" in await response.text()
+        assert "HttpOnly" in response.headers["Set-Cookie"] and "SameSite=Strict" in response.headers["Set-Cookie"]
+        assert "Secure" not in response.headers["Set-Cookie"]
+        client.session.cookie_jar.clear()
+        behind_tls = await client.get("/", headers={**PROXY_HEADERS, "X-Forwarded-Proto": "https"})
+        assert "Secure" in behind_tls.headers["Set-Cookie"]
+    finally:
+        await client.close()
+
+
+async def test_proxy_headers_from_an_untrusted_address_are_ignored(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    client = await _client(pool, "10.0.0.0/8")
+    try:
+        response = await client.get("/", headers=PROXY_HEADERS, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == "/sign-in"
+        assert "Set-Cookie" not in response.headers
+    finally:
+        await client.close()
+
+
+async def test_deny_by_default_and_refusals_are_audited(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    client = await _client(pool, "")
+    try:
+        for path in ("/", "/dead-letters", "/jobs/1", "/audit"):
+            response = await client.get(path, allow_redirects=False)
+            assert response.status == 303, path
+            assert response.headers["X-Frame-Options"] == "DENY"
+        post = await client.post("/actions/dlq_replay/start", data={"scope": "matching"})
+        assert post.status == 401
+        forged_sign_in = await client.post("/sign-in", data={"token": "x"}, headers={"Origin": "http://evil.example"})
+        assert forged_sign_in.status == 403
+        rows = await pool.fetch("SELECT actor, outcome, filter->>'why' AS why FROM audit_log ORDER BY id")
+        assert [(row["actor"], row["outcome"], row["why"]) for row in rows] == [
+            ("anonymous", "refused", "not_signed_in"),
+            ("anonymous", "refused", "origin"),
+        ]
+    finally:
+        await client.close()
