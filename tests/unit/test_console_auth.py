@@ -81,3 +81,23 @@ def test_sessions_end_on_close_and_on_expiry() -> None:
     expired = SessionStore(ttl_seconds=-1)
     old, _ = expired.open(ERIN)
     assert expired.get(old) is None
+
+
+def test_hash_token_prints_a_line_the_tokens_file_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from worker.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("my-long-random-token\n"))
+    assert main(["console", "hash-token", "--name", "ops-frank", "--role", "operator", "--stdin"]) == 0
+    line = capsys.readouterr().out
+    assert "my-long-random-token" not in line
+    frank = _store(tmp_path, "tokens:\n" + line).identify("my-long-random-token")
+    assert frank is not None and (frank.actor, frank.role) == ("ops-frank", Role.OPERATOR)
+    assert main(["console", "hash-token", "--name", "ops-gina"]) == 0  # a new token: on stderr, shown once
+    printed = capsys.readouterr()
+    token = printed.err.strip().splitlines()[-1]
+    gina = _store(tmp_path, "tokens:\n" + printed.out).identify(token)
+    assert gina is not None and gina.role is Role.VIEWER

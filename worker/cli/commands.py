@@ -180,7 +180,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from worker.observability import configure_logging
 
     configure_logging("WARNING" if args.demo else "INFO", "console")
-    return asyncio.run(run_dev(data_dir, demo=args.demo, partitions=args.partitions))
+    return asyncio.run(run_dev(data_dir, demo=args.demo, partitions=args.partitions, console=args.console))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--partitions", type=int, default=3, help="partitions of the topics it creates (default 3)")
     dev.add_argument(
+        "--console",
+        action="store_true",
+        help="also serve the operator console on CONSOLE_PORT (default 8090) with a dev operator token it prints",
+    )
+    dev.add_argument(
         "--print-env",
         action="store_true",
         help='print the export lines of the running dev stack, for eval "$(customer-worker dev --print-env)"',

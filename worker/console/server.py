@@ -120,7 +120,12 @@ def build_app(
 
 
 async def serve(
-    database_url: object, console: ConsoleSettings, kafka: KafkaSettings, stop: asyncio.Event | None = None
+    database_url: object,
+    console: ConsoleSettings,
+    kafka: KafkaSettings,
+    stop: asyncio.Event | None = None,
+    *,
+    install_signal_handlers: bool = True,
 ) -> int:
     """Serve until `stop` is set (or SIGINT/SIGTERM): the pages, the operator jobs and the lag reader."""
     tokens = TokenStore.load(console.console_tokens_file)
@@ -131,7 +136,7 @@ async def serve(
     web_runner = web.AppRunner(app, access_log=None)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
+    if install_signal_handlers:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
     await web_runner.setup()

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
 from worker.dev import embedded_stack
+from worker.dev.console import with_console
 from worker.errors import ConfigurationError
 from worker.ops.publish import publish_values
 from worker.ops.topics import create_worker_topics
@@ -120,7 +121,7 @@ def _announce(settings: Settings, data_dir: Path) -> None:
     )
 
 
-async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
+async def run_dev(data_dir: Path, *, demo: bool, partitions: int, console: bool = False) -> int:
     with embedded_stack(data_dir) as (dsn, bootstrap):
         os.environ.update(dev_environment(dsn, bootstrap))
         # Tansu holds a forming group's joins for half the session timeout: 2 s here instead of the default's 5 s
@@ -133,6 +134,8 @@ async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
             _check_http_port(settings.http_port)  # before announcing a port a client could not reach
             _announce(settings, data_dir)
             try:
+                if console:
+                    return await with_console(worker, settings, data_dir)
                 return await worker.run()
             finally:
                 env_file(data_dir).unlink(missing_ok=True)
