@@ -121,9 +121,10 @@ async def test_a_record_that_fails_again_comes_back_as_returned_and_is_not_repla
     row = await db.fetchrow("SELECT * FROM dead_letters WHERE id = $1", returned)
     assert (row["returned_from_id"], row["replay_state"]) == (original, "new")
     assert await db.fetchval("SELECT replay_state FROM dead_letters WHERE id = $1", original) == "returned"
-    assert await db.fetchval(
-        "SELECT result FROM operator_job_items WHERE job_id = $1 AND item_id = $2", job_id, original
-    ) == "returned"
+    assert (
+        await db.fetchval("SELECT result FROM operator_job_items WHERE job_id = $1 AND item_id = $2", job_id, original)
+        == "returned"
+    )
     status = await job_status(db, job_id)
     assert status is not None and status.returned == 1
 
