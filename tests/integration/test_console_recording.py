@@ -92,7 +92,8 @@ async def test_the_worker_records_its_dead_letters_counts_and_heartbeat(stack: R
         )
 
         await _until(conn, "SELECT sum(count) FROM answer_counts WHERE outcome = 'duplicate'")
-        answers = dict(await conn.fetch("SELECT outcome, sum(count)::int FROM answer_counts GROUP BY outcome"))
+        counted = await conn.fetch("SELECT outcome, sum(count)::int AS n FROM answer_counts GROUP BY outcome")
+        answers = {row["outcome"]: row["n"] for row in counted}
         assert answers == {"created": 1, "rejected": 1, "duplicate": 1, "dead_lettered": 2}
         rejections = await conn.fetch("SELECT organization_id, code, path, count FROM rejection_counts")
         assert [tuple(r) for r in rejections] == [(org, "invalid_email_format", "email", 1)]
@@ -100,6 +101,7 @@ async def test_the_worker_records_its_dead_letters_counts_and_heartbeat(stack: R
         # The maintenance loop's heartbeat (every 5 s) names the partitions the process holds.
         worker = await _until(conn, "SELECT worker_id FROM workers_seen WHERE partitions = '{0,1,2}'", timeout=15)
         seen = await conn.fetchrow("SELECT * FROM workers_seen WHERE worker_id = $1", worker)
+        assert seen is not None
         assert seen["pid"] > 0 and seen["version"] and seen["last_seen_at"] >= seen["started_at"]
 
         # No personal data anywhere in the console's tables.

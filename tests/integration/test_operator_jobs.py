@@ -119,6 +119,7 @@ async def test_a_record_that_fails_again_comes_back_as_returned_and_is_not_repla
     # The worker dead-letters it again; the copy carries the job's headers back, so its row names the job.
     returned = await _until(db, "SELECT id FROM dead_letters WHERE returned_from_job_id = $1", job_id)
     row = await db.fetchrow("SELECT * FROM dead_letters WHERE id = $1", returned)
+    assert row is not None
     assert (row["returned_from_id"], row["replay_state"]) == (original, "new")
     assert await db.fetchval("SELECT replay_state FROM dead_letters WHERE id = $1", original) == "returned"
     assert (

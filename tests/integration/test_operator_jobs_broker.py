@@ -95,7 +95,7 @@ async def test_a_refused_republish_leaves_the_row_not_replayed(
     details = {r["detail"] for r in await pool.fetch("SELECT detail FROM operator_job_items WHERE job_id = $1", job_id)}
     assert details == {"refused by the broker: too_large"}
     with pytest.raises(TimeoutError):
-        await read_topic(f"127.0.0.1:{proxy.port}", settings.commands_topic, until=lambda rs: bool(rs), timeout=2)
+        await read_topic(f"127.0.0.1:{proxy.port}", settings.commands_topic, until=bool, timeout=2)
 
 
 async def test_an_unreachable_broker_is_waited_out_and_nothing_is_marked(
