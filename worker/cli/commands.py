@@ -150,27 +150,6 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_outbox_list(args: argparse.Namespace) -> int:
-    from worker.ops.parked import list_events, selection_of
-
-    settings = _settings(DatabaseSettings)
-    selection = selection_of(args.id, args.reason, args.event_type)
-    for line in asyncio.run(list_events(settings.database_url, selection, args.limit)):
-        print(line)
-    return 0
-
-
-def cmd_outbox_republish(args: argparse.Namespace) -> int:
-    from worker.ops.parked import republish, selection_of
-
-    if not (args.all or args.id or args.reason or args.event_type):
-        raise ConfigurationError("outbox republish: choose --all, or --id / --reason / --event-type")
-    settings = _settings(DatabaseSettings)
-    count = asyncio.run(republish(settings.database_url, selection_of(args.id, args.reason, args.event_type)))
-    print(f"moved {count} parked event(s) back to the outbox; a running worker publishes them")
-    return 0
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
     from worker.dev.command import default_data_dir, print_env, run_dev
 

@@ -12,14 +12,13 @@ from worker.cli.commands import (
     cmd_dlq_replay,
     cmd_events_tail,
     cmd_migrate,
-    cmd_outbox_list,
-    cmd_outbox_republish,
     cmd_publish,
     cmd_run,
     cmd_schema,
     cmd_schema_register,
     cmd_topics_create,
 )
+from worker.cli.operator_commands import add_operator_commands
 from worker.contract.codes import DlqReason
 from worker.settings import Settings
 
@@ -44,27 +43,6 @@ def _run_epilog() -> str:
         "  2  bad configuration: a missing or malformed setting, an unreadable file, HTTP_PORT already in use\n"
         "  3  migrations pending (run `customer-worker migrate` first)\n"
     )
-
-
-def _add_outbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    outbox = commands.add_parser("outbox", help="events the broker refused for good (parked events)")
-    actions = outbox.add_subparsers(dest="outbox_command", required=True)
-    filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--id", type=int, action="append", help="a parked event's id (repeatable)")
-    filters.add_argument("--reason", choices=["too_large", "invalid_record"], help="only this refusal reason")
-    filters.add_argument("--event-type", help="only this event type, e.g. customer.rejected")
-    listing = actions.add_parser(
-        "list", parents=[filters], help="print parked events, one JSON object per line (payload left out)"
-    )
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    listing.set_defaults(func=cmd_outbox_list)
-    again = actions.add_parser(
-        "republish",
-        parents=[filters],
-        help="move parked events back to the outbox, to be published again by a running worker",
-    )
-    again.add_argument("--all", action="store_true", help="every parked event (no filter)")
-    again.set_defaults(func=cmd_outbox_republish)
 
 
 def _version() -> str:
@@ -196,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail_parser.add_argument("--limit", type=int, help="stop after N matching events")
     tail_parser.set_defaults(func=cmd_events_tail)
 
-    _add_outbox(commands)
+    add_operator_commands(commands)
     from worker.cli.console import add_console
 
     add_console(commands)

@@ -222,7 +222,7 @@ class JobRunner:
     def __init__(
         self,
         pool: Pool,
-        settings: KafkaSettings,
+        settings: KafkaSettings | None,
         *,
         lease_seconds: float = LEASE_SECONDS,
         poll_seconds: float = 1.0,
@@ -263,7 +263,9 @@ class JobRunner:
 
     async def _run_claimed(self, job: asyncpg.Record) -> None:
         log.info("operator_job_running", job_id=job["id"], kind=job["kind"], total=job["total"])
-        replay = ReplayChunks(self._settings) if job["kind"] == "dlq_replay" else None
+        if job["kind"] == "dlq_replay" and self._settings is None:
+            raise ValueError("a DLQ replay job needs the Kafka settings")
+        replay = ReplayChunks(self._settings) if job["kind"] == "dlq_replay" and self._settings else None
         act: ChunkResult = replay if replay is not None else _table_chunk
         try:
             state = await self._chunks(job, act)

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from worker.ops.topics import start_consumer
 from worker.outages import DependencyUnavailableError
@@ -28,7 +29,7 @@ from worker.store.jobs import Pool
 from worker.store.operator_actions import mark_replayed
 from worker.transport.dead_letter_log import REPLAY_ITEM_HEADER, REPLAY_JOB_HEADER
 from worker.transport.options import client_options
-from worker.transport.producers import DLQ_HEADERS, KafkaProducer, Message, RecordRefusedError
+from worker.transport.producers import DLQ_HEADERS, KafkaProducer, Message, RecordRefusedError, raise_outage
 from worker.transport.records import TRUNCATED_HEADER
 
 _FETCH_SECONDS: Final = 10.0
@@ -55,7 +56,11 @@ class ReplayChunks:
 
     async def __call__(self, pool: Pool, job: asyncpg.Record, ids: list[int], owner: str) -> bool:
         rows = await pool.fetch(_ROWS, ids)
-        records = await self._fetch(rows)
+        try:
+            records = await self._fetch(rows)
+        except KafkaError as exc:
+            raise_outage(exc)  # unreachable, timed out: waited out by the runner
+            raise
         results: dict[int, tuple[str, str | None]] = {item: ("skipped", "changed") for item in ids}
         chosen: list[tuple[int, Message]] = []
         for row in rows:
