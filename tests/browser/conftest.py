@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.browser.seed import Seeded, seed
 from tests.browser.stack import ConsoleStack
@@ -37,10 +37,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict[str, Any]:
-    """Debian's chromium instead of Playwright's download, which cannot work on a closed network."""
-    return {"executable_path": CHROMIUM, "args": CHROMIUM_FLAGS}
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium (Playwright's own download cannot work on a closed network), for one module at a time.
+
+    Module scope, not pytest-playwright's session scope: Playwright's sync API keeps an event loop running in the
+    main thread while it is started, and the asyncio tests that come after the browser tests in the same run could
+    not run their own loop."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    context = chromium.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="session")

@@ -159,18 +159,22 @@ def test_replay_dry_run_confirm_progress_applied_and_audited(
     assert sorted((row["item_id"], row["result"]) for row in items) == sorted(
         [(seeded.replayable_id, "sent"), (envelope_id, "returned")]
     )
-    copies = stack.call(stack.fetch("SELECT replay_state FROM dead_letters WHERE returned_from_job_id = $1", job_id))
-    assert [row["replay_state"] for row in copies] == ["returned"]
+    # The original is marked returned; the copy that came back is a new row naming the job, not part of it.
+    states = stack.call(stack.fetch("SELECT id, replay_state, returned_from_job_id FROM dead_letters"))
+    assert {row["id"]: row["replay_state"] for row in states}[envelope_id] == "returned"
+    assert [row["replay_state"] for row in states if row["returned_from_job_id"] == job_id] == ["new"]
     audit = stack.call(
         stack.fetch("SELECT actor, outcome, count FROM audit_log WHERE action = 'dlq_replay' AND job_id = $1", job_id)
     )
     assert [(row["actor"], row["outcome"], row["count"]) for row in audit] == [("ops-alice", "started", 2)]
-    page.goto(stack.url + "/dead-letters?state=returned&window=30d")
-    expect(page.get_by_role("link", name=f"from job #{job_id}")).to_have_count(1)
-    # Everything matching "invalid_envelope" now: the original that came back and its copy are not eligible.
-    page.goto(stack.url + "/dead-letters?reason=invalid_envelope")
+    page.goto(stack.url + "/dead-letters?reason=invalid_envelope&window=30d")
+    expect(page.locator("tr[data-dead-letter] .came-back", has_text=f"job #{job_id}")).to_have_count(1)
+    expect(page.locator("tr[data-dead-letter]", has_text="returned")).to_have_count(1)
+    shot(page, "dead-letters-after-replay")
+    # Everything matching "invalid_envelope" now: the original that came back is not eligible any more; the HTML
+    # organization's record and the copy are (a new job, its own decision).
     page.get_by_role("button", name="Replay all matching…").click()
-    expect(page.locator('[data-figure="dry-run-count"]')).to_have_text("1")  # only the HTML-org one, never replayed
+    expect(page.locator('[data-figure="dry-run-count"]')).to_have_text("2")
 
 
 def test_parked_event_republished(page: Page, console_stack: ConsoleStack, seeded: Seeded, shot: Any) -> None:
