@@ -77,3 +77,17 @@ async def test_deny_by_default_and_refusals_are_audited(pool: asyncpg.Pool[async
         ]
     finally:
         await client.close()
+
+
+def test_bench_console_prints_every_page_timing(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+    from worker_bench.console import PAGES
+
+    monkeypatch.setenv("DATABASE_URL", pg_dsn)  # a database of its own on this server, dropped afterwards
+    code = main(["bench-console", "--dead-letters", "600", "--provider-jobs", "600", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert "seeded 600 dead letters and 600 provider jobs" in out
+    assert all(f"\n{page} " in out for page in PAGES)
+    assert code == 0 and f"{len(PAGES)} of {len(PAGES)} pages under 300 ms" in out

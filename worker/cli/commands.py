@@ -203,3 +203,9 @@ def cmd_bench_validation(args: argparse.Namespace) -> int:
     from worker_bench import validation as bench_validation
 
     return bench_validation.run(args)
+
+
+def cmd_bench_console(args: argparse.Namespace) -> int:
+    from worker_bench import console as bench_console
+
+    return bench_console.run(args)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from worker.cli.commands import (
     cmd_bench,
+    cmd_bench_console,
     cmd_bench_validation,
     cmd_dev,
     cmd_dlq_replay,
@@ -190,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(validation)
     validation.set_defaults(func=cmd_bench_validation)
+
+    console_bench = commands.add_parser(
+        "bench-console", help="console page timings with 100,000 dead letters and 100,000 provider jobs"
+    )
+    from worker_bench.console import add_arguments as add_console_bench_arguments
+
+    add_console_bench_arguments(console_bench)
+    console_bench.set_defaults(func=cmd_bench_console)
 
     schema = commands.add_parser("schema", help="write JSON Schema and AsyncAPI files")
     schema.add_argument(
