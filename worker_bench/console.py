@@ -157,7 +157,8 @@ async def measure(dsn: str, rounds: int) -> list[tuple[str, list[float]]]:
 
 async def _cursor(pool: asyncpg.Pool[asyncpg.Record]) -> str:
     row = await pool.fetchrow(
-        "SELECT failed_at, id FROM dead_letters ORDER BY failed_at DESC, id DESC OFFSET 5000 LIMIT 1"
+        "SELECT failed_at, id FROM dead_letters ORDER BY failed_at DESC, id DESC "
+        "OFFSET least(5000, (SELECT count(*) / 2 FROM dead_letters)) LIMIT 1"
     )
     assert row is not None
     return f"{row['failed_at'].isoformat()}~{row['id']}".replace("+", "%2B")
