@@ -95,7 +95,7 @@ def stacked(title: str, data: Series, *, fixed_order: tuple[str, ...] = (), time
     ticks = [
         Tick(_LEFT + position * slot, _stamp(at, time_format))
         for position, at in enumerate(data.buckets)
-        if position % step == 0
+        if position % step == 0 and _LEFT + position * slot < WIDTH - 36  # a label must fit in the picture
     ]
     legend = [Legend(label, _series_of(label, labels), sum(data.values[label])) for label in labels]
     return Chart(title, WIDTH, HEIGHT, bars, ticks, legend, maximum, _LEFT, HEIGHT - _BOTTOM)
