@@ -130,7 +130,8 @@ class ConsoleStack:
         self.pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
         self._exit.push_async_callback(self.pool.close)
         kafka = self.kafka_settings()
-        console = ConsoleSettings(console_port=self.port)
+        # One item a second: a job lasts long enough for its page to show it running, poll, and be cancelled.
+        console = ConsoleSettings(console_port=self.port, console_job_rate=1.0)
         lag = LagMonitor(kafka, interval=1.0)
         app = build_app(self.pool, console, kafka, tokens=TokenStore.load(tokens_file(self.folder)), lag=lag)
         runner = web.AppRunner(app, access_log=None)

@@ -135,7 +135,9 @@ def test_replay_dry_run_confirm_progress_applied_and_audited(
     expect(page.locator('[data-figure="dry-run-count"]')).to_have_text("2")
     shot(page, "replay-confirm")
     assert stack.call(stack.fetchval("SELECT count(*) FROM operator_jobs WHERE kind = 'dlq_replay'")) == 0
-    page.get_by_role("button", name=re.compile("^Confirm")).click()
+    # The job page polls its progress (htmx) while the job runs, and stops polling once it is done.
+    with page.expect_request(re.compile(r"/jobs/\d+/progress$")):
+        page.get_by_role("button", name=re.compile("^Confirm")).click()
     expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
     job_id = int(page.url.rsplit("/", 1)[1])
     _wait_done(page)
@@ -175,6 +177,19 @@ def test_replay_dry_run_confirm_progress_applied_and_audited(
     # organization's record and the copy are (a new job, its own decision).
     page.get_by_role("button", name="Replay all matching…").click()
     expect(page.locator('[data-figure="dry-run-count"]')).to_have_text("2")
+    # Started, then cancelled while it runs (one item a second): it stops between chunks, audited.
+    page.get_by_role("button", name=re.compile("^Confirm")).click()
+    page.get_by_role("button", name="Cancel this job").click()
+    expect(page.locator('#progress [data-state="cancelled"]')).to_be_visible(timeout=30_000)
+    cancelled = int(page.url.rsplit("/", 1)[1])
+    done = stack.call(stack.fetchval("SELECT done_count FROM operator_jobs WHERE id = $1", cancelled))
+    assert done < 2
+    assert (
+        stack.call(
+            stack.fetchval("SELECT count(*) FROM audit_log WHERE action = 'job_cancel' AND job_id = $1", cancelled)
+        )
+        == 1
+    )
 
 
 def test_parked_event_republished(page: Page, console_stack: ConsoleStack, seeded: Seeded, shot: Any) -> None:
