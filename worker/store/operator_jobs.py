@@ -69,7 +69,10 @@ def where(
 ) -> tuple[str, list[Any]]:
     """The WHERE clause of the rows `kind` would act on (eligible, matching, inside the frozen selection)."""
     table = TABLES[kind]
-    parts = [_ELIGIBLE[kind]]
+    explicit = selection is not None and selection.get("ids") is not None
+    # Rows chosen one by one: a dead letter already replayed may be replayed again (the worker answers a command
+    # it applied as a duplicate); by filter, only the ones never replayed.
+    parts = ["true" if explicit and kind == "dlq_replay" else _ELIGIBLE[kind]]
     args: list[Any] = []
     for name, value in sorted(filters.items()):
         if value is None:
