@@ -207,6 +207,15 @@ async def finish_job(pool: Pool, job_id: int, owner: str, state: str, error: str
     )
 
 
+async def release_lease(pool: Pool, job_id: int, owner: str) -> None:
+    """Give a running job back (a runner stopping): the next runner claims it at once and goes on."""
+    await pool.execute(
+        "UPDATE operator_jobs SET lease_until = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        job_id,
+        owner,
+    )
+
+
 async def note_error(pool: Pool, job_id: int, error: str) -> None:
     await pool.execute("UPDATE operator_jobs SET last_error = $2 WHERE id = $1", job_id, error)
 
