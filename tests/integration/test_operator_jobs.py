@@ -206,3 +206,30 @@ async def test_parked_events_are_republished_by_a_job(stack: RunningWorker, db: 
         stack.bootstrap, stack.topics["events"], until=lambda rs: sum(org.encode() in r.value for r in rs) >= 3
     )
     assert sum(org.encode() in r.value for r in events) == 3
+
+
+async def test_a_stopped_runner_gives_the_job_back_and_a_broken_job_fails(
+    stack: RunningWorker, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    org = _org()
+    await _dead_letter(stack, db, [command(org, {"external_id": f"cus_{n}"}) for n in range(4)])
+    job_id = await start_job(db, "dlq_replay", DeadLetterFilter(organization_id=org), actor="test", rate_per_second=2)
+    first = JobRunner(db, stack.kafka_settings(), owner="stopping-runner")
+    task = asyncio.create_task(first.run_job(job_id))
+    await _until(db, "SELECT done_count >= 2 FROM operator_jobs WHERE id = $1", job_id)
+    await first.stop()  # as the console does on shutdown
+    stopped = await asyncio.wait_for(task, timeout=20)
+    assert stopped is not None and stopped.state == "running"
+    assert await db.fetchval("SELECT lease_until <= now() FROM operator_jobs WHERE id = $1", job_id)
+    # Given back: the next runner claims it at once (no lease to wait out) and finishes it.
+    status = await JobRunner(db, stack.kafka_settings(), owner="next").run_job(job_id)
+    assert status is not None and (status.state, status.done) == ("done", 4)
+
+    # A job that fails for a reason of its own (here a filter no version knows) ends failed, not retried forever.
+    broken = await db.fetchval(
+        "INSERT INTO operator_jobs (kind, filter, selection, total, created_by, rate_per_second) "
+        "VALUES ('dlq_replay', '{\"no_such_filter\": 1}', '{\"max_id\": 10}', 1, 'test', 10) RETURNING id"
+    )
+    status = await JobRunner(db, stack.kafka_settings()).run_job(broken)
+    assert status is not None and status.state == "failed"
+    assert status.last_error is not None and status.last_error.startswith("ValueError")

@@ -108,8 +108,10 @@ async def _until_signal(work: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from worker.ops.dlq import ReplayFilter, format_summary, replay
+    from worker.store.db import create_pool
 
     settings = _settings(KafkaSettings)
+    database = _settings(DatabaseSettings)
     selection = ReplayFilter(
         reason=args.reason,
         organization_id=args.organization,
@@ -119,13 +121,23 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     )
 
     async def work(stop: asyncio.Event) -> int:
-        stats = await replay(
-            settings, selection, dry_run=args.dry_run, limit=args.limit, watch_seconds=args.watch, stop=stop
-        )
+        pool = await create_pool(database.database_url, size=3)
+        try:
+            stats = await replay(
+                settings,
+                selection,
+                pool=pool,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                watch_seconds=args.watch,
+                stop=stop,
+            )
+        finally:
+            await pool.close()
         print(format_summary(stats, settings), flush=True)
         if stats.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if stats.stuck else 0
+        return EXIT_FAILED if stats.stuck or stats.not_replayed else 0
 
     return asyncio.run(_until_signal(work))
 

@@ -262,19 +262,30 @@ class JobRunner:
         return await job_status(self._pool, job_id)
 
     async def _run_claimed(self, job: asyncpg.Record) -> None:
+        """Run a claimed job to a final state; a failure that is not an outage ends it as `failed` (it would fail
+        the same way for every runner that claimed it again)."""
         log.info("operator_job_running", job_id=job["id"], kind=job["kind"], total=job["total"])
-        if job["kind"] == "dlq_replay" and self._settings is None:
-            raise ValueError("a DLQ replay job needs the Kafka settings")
+        error: str | None = None
         replay = ReplayChunks(self._settings) if job["kind"] == "dlq_replay" and self._settings else None
-        act: ChunkResult = replay if replay is not None else _table_chunk
         try:
-            state = await self._chunks(job, act)
+            if job["kind"] == "dlq_replay" and replay is None:
+                raise ValueError("a DLQ replay job needs the Kafka settings")
+            state = await self._chunks(job, replay if replay is not None else _table_chunk)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job (no payload in it), then logged
+            if is_outage(exc):
+                state = None  # the database went away while stopping: the lease runs out, the job resumes
+            else:
+                state, error = "failed", f"{type(exc).__name__}: {safe_message(exc)}"
+                log.error("operator_job_failed", job_id=job["id"], kind=job["kind"], error_type=type(exc).__name__)
         finally:
             if replay is not None:
                 await replay.close()
-        if state is not None:
-            await sql.finish_job(self._pool, job["id"], self.owner, state)
-            log.info("operator_job_finished", job_id=job["id"], kind=job["kind"], state=state)
+        if state is None:
+            # Stopped (the console or the command line ends): resumable at once by the next runner.
+            await _quietly(sql.release_lease(self._pool, job["id"], self.owner))
+            return
+        await sql.finish_job(self._pool, job["id"], self.owner, state, error)
+        log.info("operator_job_finished", job_id=job["id"], kind=job["kind"], state=state)
 
     async def _chunks(self, job: asyncpg.Record, act: ChunkResult) -> str | None:
         """Run until done or cancelled (the final state), or None when stopped or the lease was lost."""
@@ -297,7 +308,6 @@ class JobRunner:
                 failures = 0
             except Exception as exc:
                 if not is_outage(exc):
-                    await sql.note_error(self._pool, job["id"], f"{type(exc).__name__}: {safe_message(exc)}")
                     raise
                 failures += 1
                 note = f"waiting for {type(exc).__name__} (attempt {failures})"
@@ -307,7 +317,8 @@ class JobRunner:
                 continue
             # The rate: a chunk of n items takes at least n / rate seconds.
             await self._sleep(len(ids) / rate - (time.monotonic() - started))
-        return None
+        # Stopping: a cancel asked meanwhile (the command line's Ctrl-C) ends the job here.
+        return "cancelled" if await sql.renew_lease(self._pool, job["id"], self.owner, self._lease) else None
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:

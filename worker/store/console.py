@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -42,6 +42,7 @@ class DeadLetterRow(NamedTuple):
     truncated: bool
     returned_from_job_id: int | None
     returned_from_id: int | None
+    failed_at: datetime | None = None
 
 
 # Idempotent on the DLQ coordinates (a retried recording writes nothing twice). A record that a replay job sent and
@@ -50,13 +51,14 @@ class DeadLetterRow(NamedTuple):
 _DEAD_LETTERS: Final = (
     "WITH x AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::int8[], "
     "$7::text[], $8::jsonb[], $9::jsonb[], $10::text[], $11::text[], $12::int4[], $13::bytea[], $14::bool[], "
-    "$15::int8[], $16::int8[]) AS x(dt, dp, doff, st, sp, so, reason, codes, paths, org, mid, size, sha, trunc, "
-    "job, orig)), "
+    "$15::int8[], $16::int8[], $19::timestamptz[]) AS x(dt, dp, doff, st, sp, so, reason, codes, paths, org, mid, "
+    "size, sha, trunc, job, orig, fa)), "
     "ins AS (INSERT INTO dead_letters (dlq_topic, dlq_partition, dlq_offset, source_topic, source_partition, "
     "source_offset, reason, codes, paths, organization_id, message_id, value_size, value_sha256, truncated, "
-    "returned_from_job_id, returned_from_id) "
+    "returned_from_job_id, returned_from_id, failed_at) "
     "SELECT dt, dp, doff, st, sp, so, reason, ARRAY(SELECT jsonb_array_elements_text(codes)), "
-    "ARRAY(SELECT jsonb_array_elements_text(paths)), org, mid, size, sha, trunc, job, orig FROM x ORDER BY dp, doff "
+    "ARRAY(SELECT jsonb_array_elements_text(paths)), org, mid, size, sha, trunc, job, orig, coalesce(fa, now()) "
+    "FROM x ORDER BY dp, doff "
     "ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING RETURNING returned_from_job_id, returned_from_id), "
     "orig AS (UPDATE dead_letters AS d SET replay_state = 'returned' FROM ins "
     "WHERE d.id = ins.returned_from_id AND d.replay_job_id = ins.returned_from_job_id RETURNING d.id), "
@@ -66,7 +68,7 @@ _DEAD_LETTERS: Final = (
     "jobs AS (UPDATE operator_jobs AS j SET returned_count = j.returned_count + r.n "
     "FROM (SELECT job_id, count(*) AS n FROM items GROUP BY job_id) AS r WHERE j.id = r.job_id RETURNING j.id), "
     "counted AS (INSERT INTO answer_counts (minute, outcome, worker_id, count) "
-    "SELECT date_trunc('minute', now()), 'dead_lettered', $17, count(*) FROM ins HAVING count(*) > 0 "
+    "SELECT date_trunc('minute', now()), 'dead_lettered', $17, count(*) FROM ins HAVING $18 AND count(*) > 0 "
     "ON CONFLICT (minute, outcome, worker_id) DO UPDATE SET count = answer_counts.count + excluded.count) "
     "SELECT (SELECT count(*) FROM ins)"
 )
@@ -104,15 +106,48 @@ def worker_id() -> str:
     return _process[pid]
 
 
-async def record_dead_letters(pool: Pool | Conn, rows: Sequence[DeadLetterRow]) -> int:
-    """Insert the `dead_letters` rows of DLQ copies the broker acknowledged; returns how many were new."""
+async def record_dead_letters(pool: Pool | Conn, rows: Sequence[DeadLetterRow], *, count: bool = True) -> int:
+    """Insert the `dead_letters` rows of DLQ copies the broker acknowledged; returns how many were new. `count`:
+    also count them as answered (`dead_lettered`) this minute (not for rows of old records, indexed later)."""
     if not rows:
         return 0
     columns = list(zip(*rows, strict=True))
     codes = [orjson.dumps(list(value)).decode() for value in columns[7]]
     paths = [orjson.dumps(list(value)).decode() for value in columns[8]]
-    new: int = await pool.fetchval(_DEAD_LETTERS, *columns[:7], codes, paths, *columns[9:], worker_id())
+    new: int = await pool.fetchval(
+        _DEAD_LETTERS, *columns[:7], codes, paths, *columns[9:16], worker_id(), count, columns[16]
+    )
     return new
+
+
+async def ids_at(pool: Pool | Conn, topic: str, coordinates: Sequence[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """The `dead_letters` ids of DLQ records, by (partition, offset)."""
+    if not coordinates:
+        return {}
+    rows = await pool.fetch(
+        "SELECT d.id, d.dlq_partition, d.dlq_offset FROM dead_letters AS d JOIN unnest($2::int4[], $3::int8[]) "
+        "AS c(p, o) ON d.dlq_partition = c.p AND d.dlq_offset = c.o WHERE d.dlq_topic = $1",
+        topic,
+        [partition for partition, _ in coordinates],
+        [offset for _, offset in coordinates],
+    )
+    return {(row["dlq_partition"], row["dlq_offset"]): row["id"] for row in rows}
+
+
+async def job_items(pool: Pool | Conn, job_id: int) -> dict[int, tuple[str, str | None]]:
+    rows = await pool.fetch("SELECT item_id, result, detail FROM operator_job_items WHERE job_id = $1", job_id)
+    return {row["item_id"]: (row["result"], row["detail"]) for row in rows}
+
+
+async def returned_from(pool: Pool | Conn, job_id: int) -> list[Any]:
+    """The rows of records a replay job sent that came back to the DLQ."""
+    return list(
+        await pool.fetch(
+            "SELECT id, dlq_partition, dlq_offset, reason FROM dead_letters WHERE returned_from_job_id = $1 "
+            "ORDER BY id",
+            job_id,
+        )
+    )
 
 
 async def count_answers(

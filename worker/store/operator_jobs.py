@@ -69,7 +69,10 @@ def where(
 ) -> tuple[str, list[Any]]:
     """The WHERE clause of the rows `kind` would act on (eligible, matching, inside the frozen selection)."""
     table = TABLES[kind]
-    parts = [_ELIGIBLE[kind]]
+    explicit = selection is not None and selection.get("ids") is not None
+    # Rows chosen one by one: a dead letter already replayed may be replayed again (the worker answers a command
+    # it applied as a duplicate); by filter, only the ones never replayed.
+    parts = ["true" if explicit and kind == "dlq_replay" else _ELIGIBLE[kind]]
     args: list[Any] = []
     for name, value in sorted(filters.items()):
         if value is None:
@@ -201,6 +204,15 @@ async def finish_job(pool: Pool, job_id: int, owner: str, state: str, error: str
         owner,
         state,
         error,
+    )
+
+
+async def release_lease(pool: Pool, job_id: int, owner: str) -> None:
+    """Give a running job back (a runner stopping): the next runner claims it at once and goes on."""
+    await pool.execute(
+        "UPDATE operator_jobs SET lease_until = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        job_id,
+        owner,
     )
 
 

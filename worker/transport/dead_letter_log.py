@@ -32,7 +32,6 @@ REPLAY_JOB_HEADER: Final = "x-replay-job"
 of the record replayed). The worker copies a record's headers to the DLQ unchanged, so a replayed record that fails
 again carries both back, and its row names the job and the original."""
 REPLAY_ITEM_HEADER: Final = "x-replay-item"
-_PARSED_REASONS: Final = frozenset({DlqReason.INVALID_ENVELOPE, DlqReason.PROCESSING_ERROR})
 _PARSE_LIMIT: Final = 1 << 20
 _MAX_ID: Final = 200
 _ENVELOPE_FIELDS: Final = ("message_id", "organization_id", "customer")
@@ -78,7 +77,7 @@ def dead_letter_row(
     topic: str, at: tuple[int, int], record: RawRecord, letter: DeadLetter, max_record_size: int
 ) -> DeadLetterRow:
     value = record.value or b""
-    organization_id, message_id = _envelope_ids(value) if letter.reason in _PARSED_REASONS else (None, None)
+    organization_id, message_id = envelope_ids(value)
     headers = dict(record.headers)
     return DeadLetterRow(
         dlq_topic=topic,
@@ -98,6 +97,7 @@ def dead_letter_row(
         truncated=record_size(record.key, record.value, record.headers) + 512 > max_record_size,
         returned_from_job_id=_int_header(headers.get(REPLAY_JOB_HEADER)),
         returned_from_id=_int_header(headers.get(REPLAY_ITEM_HEADER)),
+        failed_at=None,
     )
 
 
@@ -131,7 +131,8 @@ def _paths(letter: DeadLetter) -> list[str]:
     return [name for name in _ENVELOPE_FIELDS if letter.error.startswith(name)][:1]
 
 
-def _envelope_ids(value: bytes) -> tuple[str | None, str | None]:
+def envelope_ids(value: bytes) -> tuple[str | None, str | None]:
+    """The organization and message ids a value names, when it is a JSON object (a claim, never verified)."""
     if len(value) > _PARSE_LIMIT:
         return None, None
     try:
