@@ -2,10 +2,10 @@
 jobs (issue 20 §Scale; the target is under 300 ms a page). A benchmark that prints, not a timed test.
 
 Seeds a new database (an embedded PostgreSQL, or a new database on DATABASE_URL's server, dropped afterwards) with
-set-based INSERT ... SELECT: dead letters over 30 days, provider jobs in every state over a thousand customers
-(no personal column filled), rejection counts per organization, code, path and minute, answer counts for the last
-three hours, parked events, audit rows and operator jobs. Then serves the console in-process and requests each page
-`--rounds` times over HTTP, signed in as an operator, and prints the median and the worst."""
+`worker_bench.console_scale.seed_console_scale` (set-based: dead letters over a week, provider jobs in every state,
+a day of answer and rejection counts, parked events, workers, operator jobs, audit rows; nothing personal). Then
+serves the console in-process and requests each page `--rounds` times over HTTP, signed in as an operator, and
+prints the median and the worst."""
 
 from __future__ import annotations
 
@@ -30,61 +30,15 @@ from worker.console.server import build_app
 from worker.dev import EmbeddedPostgres, free_port
 from worker.settings import ConsoleSettings, KafkaSettings
 from worker.store.migrations import migrate_dsn
+from worker_bench.console_scale import seed_console_scale
 
 TARGET_MS: Final = 300.0
 TOKEN: Final = "bench-" + uuid.uuid4().hex
-_SEED: Final = (
-    # Customers: ids and keys only, no personal column.
-    """INSERT INTO customers (id, organization_id, external_id, created_at, updated_at)
-       SELECT gen_random_uuid(), 'org_' || (n % 50), 'cus_' || n, now(), now() FROM generate_series(1, 1000) AS n""",
-    """INSERT INTO dead_letters (dlq_topic, dlq_partition, dlq_offset, source_topic, source_partition, source_offset,
-         reason, codes, paths, organization_id, message_id, value_size, value_sha256, failed_at, replay_state)
-       SELECT 'customers.upsert.v1.dlq', n % 12, n, 'customers.upsert.v1', n % 12, n * 3,
-         (ARRAY['invalid_json', 'invalid_envelope', 'too_large', 'processing_error'])[1 + n % 4],
-         CASE WHEN n % 4 = 1 THEN ARRAY['message_id_invalid'] WHEN n % 4 = 0 THEN ARRAY['json_syntax'] ELSE '{}' END,
-         CASE WHEN n % 4 = 1 THEN ARRAY['message_id'] ELSE '{}' END,
-         CASE WHEN n % 4 = 0 THEN NULL ELSE 'org_' || (n % 50) END, 'msg-' || n, 200 + n % 5000,
-         sha256(n::text::bytea), now() - make_interval(secs => n * 25.92),
-         (ARRAY['new', 'new', 'new', 'replayed', 'returned'])[1 + n % 5]
-       FROM generate_series(1, $1::int) AS n""",
-    """INSERT INTO provider_jobs (organization_id, customer_id, message_id, kind, provider, connection_code, status,
-         attempts, next_attempt_at, lease_until, last_error, created_at, updated_at)
-       SELECT c.organization_id, c.id, 'job-' || n, 'update', 'stripe', 'stripe_' || (n % 3),
-         (ARRAY['pending', 'running', 'failed', 'done', 'done', 'done', 'skipped'])[1 + n % 7], n % 6,
-         now() + make_interval(secs => n % 600),
-         CASE WHEN n % 7 = 1 THEN now() + make_interval(secs => (n % 60) - 30) END,
-         CASE WHEN n % 7 IN (0, 2) THEN jsonb_build_object('error_code',
-           (ARRAY['rate_limited', 'unauthorized', 'server_error', 'invalid_request'])[1 + n % 4],
-           'http_status', 400) END,
-         now() - make_interval(secs => n * 20), now() - make_interval(secs => n * 10)
-       FROM generate_series(1, $1::int) AS n
-       JOIN (SELECT id, organization_id, row_number() OVER () - 1 AS k FROM customers) AS c ON c.k = n % 1000""",
-    """INSERT INTO rejection_counts (organization_id, code, path, minute, worker_id, count)
-       SELECT 'org_' || (n % 50),
-         (ARRAY['invalid_email_format', 'not_a_valid_country_code', 'value_is_invalid'])[1 + n % 3],
-         (ARRAY['email', 'country', 'currency', 'billing_configuration.document_locale'])[1 + n % 4],
-         date_trunc('minute', now()) - make_interval(mins => n / 12), 'bench:' || (n % 2), 1 + n % 7
-       FROM generate_series(1, 100000) AS n ON CONFLICT DO NOTHING""",
-    """INSERT INTO answer_counts (minute, outcome, worker_id, count)
-       SELECT date_trunc('minute', now()) - make_interval(mins => m), o, 'bench:0', 100 + (m * 7) % 50
-       FROM generate_series(0, 720) AS m,
-         unnest(ARRAY['created', 'updated', 'rejected', 'duplicate', 'dead_lettered']) AS o""",
-    """INSERT INTO parked_events (outbox_id, event_id, event_key, event_type, payload, created_at, reason, error)
-       SELECT n, gen_random_uuid(), 'org_' || (n % 50) || ':cus_' || n, 'customer.updated', '\\x7b7d', now(),
-         (ARRAY['too_large', 'invalid_record'])[1 + n % 2], 'MessageSizeTooLargeError'
-       FROM generate_series(1, 2000) AS n""",
-    """INSERT INTO audit_log (actor, role, action, filter, count, outcome, remote_addr)
-       SELECT 'ops-' || (n % 5), 'operator', 'dlq_replay.dry_run', '{"reason": "invalid_json"}', n % 100, 'done',
-         '10.0.0.' || (n % 200) FROM generate_series(1, 20000) AS n""",
-    """INSERT INTO workers_seen (worker_id, host, pid, started_at, last_seen_at, partitions, version)
-       SELECT 'bench:' || n, 'bench', n, now(), now(), ARRAY[n, n + 4, n + 8], 'bench'
-       FROM generate_series(0, 3) AS n""",
-)
 PAGES: Final = (
     "/",
     "/dead-letters",
     "/dead-letters?window=30d",
-    "/dead-letters?window=30d&reason=invalid_envelope&organization=org_7",
+    "/dead-letters?window=30d&reason=invalid_envelope&organization=org_scale_7",
     "/dead-letters?window=30d&code=json_syntax&state=new",
     "/dead-letters?window=30d&after={cursor}",
     "/dead-letters/{dead_letter}",
@@ -95,29 +49,22 @@ PAGES: Final = (
     "/provider-jobs?state=stuck",
     "/rejections",
     "/rejections?window=30d",
-    "/rejections?window=7d&organization=org_3",
+    "/rejections?window=7d&organization=org_scale_3",
     "/audit",
     "/jobs",
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dead-letters", type=int, default=100_000, help="dead letters to seed (default 100,000)")
-    parser.add_argument("--provider-jobs", type=int, default=100_000, help="provider jobs to seed (default 100,000)")
+    parser.add_argument(
+        "--records", type=int, default=100_000, help="dead letters, and provider jobs, to seed (default 100,000 each)"
+    )
     parser.add_argument("--rounds", type=int, default=7, help="requests per page (default 7; the first warms up)")
 
 
-async def seed(dsn: str, dead_letters: int, provider_jobs: int) -> None:
+async def seed(dsn: str, records: int) -> None:
     await migrate_dsn(dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        sizes = {"dead_letters": dead_letters, "provider_jobs": provider_jobs}
-        for statement in _SEED:
-            table = statement.split("INSERT INTO ", 1)[1].split(" ", 1)[0]
-            await conn.execute(statement, *([sizes[table]] if table in sizes else []))
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
+    await seed_console_scale(dsn, records)
 
 
 async def measure(dsn: str, rounds: int) -> list[tuple[str, list[float]]]:
@@ -192,9 +139,9 @@ async def _main(args: argparse.Namespace) -> int:
         dsn = _with_database(server_dsn, name)
         try:
             started = time.perf_counter()
-            await seed(dsn, args.dead_letters, args.provider_jobs)
+            await seed(dsn, args.records)
             print(
-                f"seeded {args.dead_letters:,} dead letters and {args.provider_jobs:,} provider jobs "
+                f"seeded {args.records:,} dead letters and {args.records:,} provider jobs "
                 f"in {time.perf_counter() - started:.1f} s"
             )
             return report(await measure(dsn, args.rounds))

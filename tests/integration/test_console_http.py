@@ -86,7 +86,7 @@ def test_bench_console_prints_every_page_timing(
     from worker_bench.console import PAGES
 
     monkeypatch.setenv("DATABASE_URL", pg_dsn)  # a database of its own on this server, dropped afterwards
-    code = main(["bench-console", "--dead-letters", "600", "--provider-jobs", "600", "--rounds", "2"])
+    code = main(["bench-console", "--records", "600", "--rounds", "2"])
     out = capsys.readouterr().out
     assert "seeded 600 dead letters and 600 provider jobs" in out
     assert all(f"\n{page} " in out for page in PAGES)
