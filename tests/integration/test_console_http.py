@@ -91,3 +91,35 @@ def test_bench_console_prints_every_page_timing(
     assert "seeded 600 dead letters and 600 provider jobs" in out
     assert all(f"\n{page} " in out for page in PAGES)
     assert code == 0 and f"{len(PAGES)} of {len(PAGES)} pages under 300 ms" in out
+
+
+async def test_a_database_that_is_down_is_a_503_page_not_a_crash() -> None:
+    from worker.dev import free_port
+
+    down = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", min_size=0)
+    client = await _client(down, "127.0.0.1")
+    try:
+        response = await client.get("/dead-letters", headers=PROXY_HEADERS)
+        assert response.status == 503
+        assert "PostgreSQL cannot be reached" in await response.text()
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    finally:
+        await client.close()
+        await down.close()
+
+
+def test_a_console_port_in_use_exits_2_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from worker.cli import EXIT_CONFIG, main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("CONSOLE_PORT", str(taken.getsockname()[1]))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        assert main(["console"]) == EXIT_CONFIG
+    assert "CONSOLE_PORT: port" in capsys.readouterr().err

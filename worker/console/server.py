@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 from pathlib import Path
 from typing import Final
@@ -28,7 +29,9 @@ from worker.console.guard import (
 from worker.console.lag import LagMonitor
 from worker.console.render import render, setup
 from worker.console.state import CONSOLE, KAFKA, LAG, POOL, PROXY, SESSIONS, TOKENS
+from worker.errors import ConfigurationError
 from worker.ops.jobs import JobRunner
+from worker.outages import is_outage
 from worker.settings import ConsoleSettings, KafkaSettings, revealed
 
 log = structlog.get_logger(__name__)
@@ -74,6 +77,13 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400 or request.path.startswith("/static/"):
             raise
         return render(request, "error.html", {"title": exc.reason, "message": exc.text or exc.reason}, exc.status)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # PostgreSQL down or busy: say so, and the page works again once it is back (nothing to restart).
+        log.warning("console_database_unavailable", error=type(exc).__name__)
+        message = "PostgreSQL cannot be reached at the moment; reload when it is back."
+        return render(request, "error.html", {"title": "Database unavailable", "message": message}, 503)
 
 
 def build_app(
@@ -129,7 +139,9 @@ async def serve(
 ) -> int:
     """Serve until `stop` is set (or SIGINT/SIGTERM): the pages, the operator jobs and the lag reader."""
     tokens = TokenStore.load(console.console_tokens_file)
-    pool = await asyncpg.create_pool(revealed(database_url), min_size=1, max_size=8)  # type: ignore[arg-type]
+    # No connection at start (min_size=0): the console starts while PostgreSQL is down and serves a 503 page until
+    # it is back; the job runner waits it out too.
+    pool = await asyncpg.create_pool(revealed(database_url), min_size=0, max_size=8)  # type: ignore[arg-type]
     runner = JobRunner(pool, kafka)
     lag = LagMonitor(kafka)
     app = build_app(pool, console, kafka, tokens=tokens, lag=lag)
@@ -143,7 +155,12 @@ async def serve(
     jobs_task = asyncio.create_task(runner.run(), name="console-jobs")
     try:
         site = web.TCPSite(web_runner, console.console_host, console.console_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(f"CONSOLE_PORT: port {console.console_port} is already in use") from None
         lag.start()
         if not len(tokens) and not console.console_trusted_proxies:
             log.warning("console_nobody_can_sign_in", hint="set CONSOLE_TOKENS_FILE or CONSOLE_TRUSTED_PROXIES")
