@@ -42,6 +42,10 @@ async def test_a_trusted_proxy_signs_its_user_in_with_the_groups_role(pool: asyn
         assert "carol" in await response.text() and "operator" in await response.text()
         assert "HttpOnly" in response.headers["Set-Cookie"] and "SameSite=Strict" in response.headers["Set-Cookie"]
         assert "Secure" not in response.headers["Set-Cookie"]
+        # The proxy names another user on the same browser: the first user's session is over, not carried on.
+        other = await client.get("/audit", headers={"X-Forwarded-User": "dan"})
+        assert other.status == 200 and "dan" in await other.text() and "carol" not in await other.text()
+        assert "Set-Cookie" in other.headers
         client.session.cookie_jar.clear()
         behind_tls = await client.get("/", headers={**PROXY_HEADERS, "X-Forwarded-Proto": "https"})
         assert "Secure" in behind_tls.headers["Set-Cookie"]

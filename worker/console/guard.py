@@ -74,11 +74,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     key = request.cookies.get(COOKIE)
     session = sessions.get(key)
     opened = False
-    if session is None:
-        identity = request.app[PROXY].identify(request.remote, dict(request.headers))
-        if identity is not None:
-            key, session = sessions.open(identity)
-            opened = True
+    proxied = request.app[PROXY].identify(request.remote, dict(request.headers))
+    if session is not None and session.identity.via == "proxy" and session.identity != proxied:
+        sessions.close(key)  # the proxy now names someone else (or no one): that session is over
+        session = None
+    if session is None and proxied is not None:
+        key, session = sessions.open(proxied)
+        opened = True
     if session is None or key is None:
         if request.method != "GET":
             await audit(request, None, "request", outcome="refused", detail={"why": "not_signed_in"})
