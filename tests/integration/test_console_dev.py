@@ -24,10 +24,11 @@ def test_dev_console_serves_the_console_with_a_printed_dev_token(tmp_path: Path)
     env = {**os.environ, "HTTP_PORT": str(free_port()), "CONSOLE_PORT": str(port)}
     for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "CONSOLE_TOKENS_FILE", "PROVIDERS_FILE"):
         env.pop(name, None)
+    errors = (tmp_path / "stderr.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "worker", "dev", "--console", "--data-dir", str(tmp_path / "devstack")],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errors,
         text=True,
         env=env,
     )
@@ -36,7 +37,8 @@ def test_dev_console_serves_the_console_with_a_printed_dev_token(tmp_path: Path)
         line, deadline = "", time.monotonic() + 60
         while "Console:" not in line and time.monotonic() < deadline:
             line = process.stdout.readline()
-            assert line or process.poll() is None, "dev stopped before announcing the console"
+            if not line and process.poll() is not None:
+                raise AssertionError((tmp_path / "stderr.log").read_text()[-3000:])
         found = re.search(r"Console: (http://\S+/)\s+\(sign in with the dev token (\S+)\)", line)
         assert found, line
         base, token = found.group(1).rstrip("/"), found.group(2)
@@ -54,4 +56,5 @@ def test_dev_console_serves_the_console_with_a_printed_dev_token(tmp_path: Path)
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(30)
+        errors.close()
     assert code == 0
