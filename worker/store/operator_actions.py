@@ -42,10 +42,11 @@ async def act_on_rows(conn: Conn, kind: str, ids: Sequence[int], job_id: int) ->
 
 
 async def mark_replayed(conn: Conn, ids: Sequence[int], job_id: int) -> None:
-    """Dead letters whose republish the broker acknowledged."""
+    """Dead letters whose republish the broker acknowledged (one that already came back from this job stays
+    'returned': see `worker.store.console`)."""
     await conn.execute(
-        "UPDATE dead_letters SET replay_state = 'replayed', replayed_at = now(), replay_job_id = $2 "
-        "WHERE id = ANY($1::bigint[])",
+        "UPDATE dead_letters SET replayed_at = now(), replay_state = CASE WHEN replay_state = 'returned' AND "
+        "replay_job_id = $2 THEN 'returned' ELSE 'replayed' END, replay_job_id = $2 WHERE id = ANY($1::bigint[])",
         list(ids),
         job_id,
     )
