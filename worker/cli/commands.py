@@ -111,7 +111,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from worker.store.db import create_pool
 
     settings = _settings(KafkaSettings)
-    database = _settings(DatabaseSettings)
+    database = None if args.dry_run else _settings(DatabaseSettings)  # a dry run writes nothing
     selection = ReplayFilter(
         reason=args.reason,
         organization_id=args.organization,
@@ -121,7 +121,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     )
 
     async def work(stop: asyncio.Event) -> int:
-        pool = await create_pool(database.database_url, size=3)
+        pool = await create_pool(database.database_url, size=3) if database is not None else None
         try:
             stats = await replay(
                 settings,
@@ -133,7 +133,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                 stop=stop,
             )
         finally:
-            await pool.close()
+            if pool is not None:
+                await pool.close()
         print(format_summary(stats, settings), flush=True)
         if stats.interrupted:
             return EXIT_INTERRUPTED
