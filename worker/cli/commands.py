@@ -81,7 +81,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from worker.ops.publish import publish_file
     from worker.security import load_signing_keys
 
-    settings = _settings(KafkaSettings)
+    # A dry run only reads the file: it needs no broker.
+    settings = None if args.dry_run else _settings(KafkaSettings)
     signing = _settings(SigningSettings)
     keys = load_signing_keys(signing.signing_keys_file, require_signatures=False)
     return asyncio.run(
