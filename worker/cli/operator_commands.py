@@ -13,7 +13,7 @@ from worker.cli.commands import _settings, _until_signal
 from worker.errors import ConfigurationError
 from worker.settings import DatabaseSettings
 
-PROVIDER_JOB_STATES = ("pending", "running", "done", "skipped", "failed")
+PROVIDER_JOB_STATES = ("pending", "running", "done", "skipped", "failed", "cancelled")
 
 
 def _provider_filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -129,8 +129,8 @@ def _add_jobs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     listing.set_defaults(func=cmd_jobs_list)
     for name, func, what in (
-        ("retry", cmd_jobs_retry, "failed jobs start over, pending ones are due now"),
-        ("cancel", cmd_jobs_cancel, "pending and failed jobs end as skipped (cancelled_by_operator)"),
+        ("retry", cmd_jobs_retry, "failed and cancelled jobs are due again, pending ones due now"),
+        ("cancel", cmd_jobs_cancel, "pending and running jobs end as cancelled, without a call"),
     ):
         action = actions.add_parser(name, parents=[filters], help=f"{what}; as a job, audited, Ctrl-C cancels it")
         action.add_argument("--all", action="store_true", help="every job it applies to (no filter)")

@@ -54,8 +54,8 @@ _CONDITIONS: Final[dict[str, dict[str, str]]] = {
 _ELIGIBLE: Final = {
     "dlq_replay": "replay_state = 'new'",  # a returned original is superseded by its new copy
     "parked_republish": "true",
-    "provider_jobs_retry": "status IN ('failed', 'pending')",
-    "provider_jobs_cancel": "status IN ('failed', 'pending')",
+    "provider_jobs_retry": "status IN ('failed', 'cancelled', 'pending')",
+    "provider_jobs_cancel": "status IN ('pending', 'running')",
 }
 _JOB_COLUMNS: Final = (
     "id, kind, filter, selection, state, total, done_count, failed_count, skipped_count, returned_count, "
