@@ -81,7 +81,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from worker.ops.publish import publish_file
     from worker.security import load_signing_keys
 
-    settings = _settings(KafkaSettings)
+    # A dry run only reads the file: it needs no broker.
+    settings = None if args.dry_run else _settings(KafkaSettings)
     signing = _settings(SigningSettings)
     keys = load_signing_keys(signing.signing_keys_file, require_signatures=False)
     return asyncio.run(
@@ -111,7 +112,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from worker.store.db import create_pool
 
     settings = _settings(KafkaSettings)
-    database = _settings(DatabaseSettings)
+    database = None if args.dry_run else _settings(DatabaseSettings)  # a dry run writes nothing
     selection = ReplayFilter(
         reason=args.reason,
         organization_id=args.organization,
@@ -121,7 +122,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     )
 
     async def work(stop: asyncio.Event) -> int:
-        pool = await create_pool(database.database_url, size=3)
+        pool = await create_pool(database.database_url, size=3) if database is not None else None
         try:
             stats = await replay(
                 settings,
@@ -133,7 +134,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                 stop=stop,
             )
         finally:
-            await pool.close()
+            if pool is not None:
+                await pool.close()
         print(format_summary(stats, settings), flush=True)
         if stats.interrupted:
             return EXIT_INTERRUPTED

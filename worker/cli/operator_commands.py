@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from worker.cli.commands import _settings, _until_signal
 from worker.errors import ConfigurationError
 from worker.settings import DatabaseSettings
 
-PROVIDER_JOB_STATES = ("pending", "running", "done", "skipped", "failed")
+PROVIDER_JOB_STATES = ("pending", "running", "done", "skipped", "failed", "cancelled")
 
 
 def _provider_filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,8 +72,13 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
 
     settings = _settings(DatabaseSettings)
     selection = selection_of(args.id, args.reason, args.event_type)
-    for line in asyncio.run(list_events(settings.database_url, selection, args.limit)):
+    lines = asyncio.run(list_events(settings.database_url, selection, args.limit))
+    for line in lines:
         print(line)
+    if not lines:
+        # stdout stays empty for scripts; a person sees that the command ran and found nothing.
+        filtered = any((args.id, args.reason, args.event_type))
+        print("no parked events" + (" match the filter" if filtered else ""), file=sys.stderr)
     return 0
 
 
@@ -111,7 +117,7 @@ def add_operator_commands(commands: argparse._SubParsersAction[argparse.Argument
 
 
 def _add_jobs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    jobs = commands.add_parser("jobs", help="provider jobs: list, retry or cancel (needs DATABASE_URL)")
+    jobs = commands.add_parser("jobs", help="provider jobs: list, retry or cancel", description="Needs DATABASE_URL.")
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--id", type=int, action="append", help="a provider job's id (repeatable)")
@@ -123,8 +129,8 @@ def _add_jobs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     listing.set_defaults(func=cmd_jobs_list)
     for name, func, what in (
-        ("retry", cmd_jobs_retry, "failed jobs start over, pending ones are due now"),
-        ("cancel", cmd_jobs_cancel, "pending and failed jobs end as skipped (cancelled_by_operator)"),
+        ("retry", cmd_jobs_retry, "failed and cancelled jobs are due again, pending ones due now"),
+        ("cancel", cmd_jobs_cancel, "pending and running jobs end as cancelled, without a call"),
     ):
         action = actions.add_parser(name, parents=[filters], help=f"{what}; as a job, audited, Ctrl-C cancels it")
         action.add_argument("--all", action="store_true", help="every job it applies to (no filter)")
@@ -133,14 +139,21 @@ def _add_jobs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _add_parked(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, note: str) -> None:
-    parked = commands.add_parser(name, help=f"events the broker refused for good (parked events){note}")
+    parked = commands.add_parser(
+        name,
+        help=f"events the broker refused for good (parked events){note}",
+        description="Needs DATABASE_URL. Republished events are sent by a running worker.",
+    )
     actions = parked.add_subparsers(dest="parked_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--id", type=int, action="append", help="a parked event's id (repeatable)")
     filters.add_argument("--reason", choices=["too_large", "invalid_record"], help="only this refusal reason")
     filters.add_argument("--event-type", help="only this event type, e.g. customer.rejected")
     listing = actions.add_parser(
-        "list", parents=[filters], help="print parked events, one JSON object per line (payload left out)"
+        "list",
+        parents=[filters],
+        help="print parked events, one JSON object per line (payload left out)",
+        description="Needs DATABASE_URL.",
     )
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     listing.set_defaults(func=cmd_parked_list)
@@ -148,6 +161,7 @@ def _add_parked(commands: argparse._SubParsersAction[argparse.ArgumentParser], n
         "republish",
         parents=[filters],
         help="move parked events back to the outbox, to be published again by a running worker (a job, audited)",
+        description="Needs DATABASE_URL. A running worker publishes the events moved back.",
     )
     again.add_argument("--organization", help="only events of this organization_id")
     again.add_argument("--all", action="store_true", help="every parked event (no filter)")

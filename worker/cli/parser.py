@@ -23,7 +23,10 @@ from worker.cli.operator_commands import add_operator_commands
 from worker.contract.codes import DlqReason
 from worker.settings import Settings
 
-DESCRIPTION = "The `customer-worker` command (SPEC §10). Each subcommand reads only the settings it needs."
+DESCRIPTION = (
+    "Keeps Lago-shaped customer records in sync: Kafka commands in, PostgreSQL, result events out. Each command "
+    "reads only the settings (environment variables) it needs: `customer-worker COMMAND --help` names them."
+)
 
 
 def _run_epilog() -> str:
@@ -121,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish commands from a JSON-lines file ('-' for stdin)",
         description="Every non-empty line must be one JSON object (a command, SPEC §2). Lines are sent byte for "
         "byte, keyed {organization_id}:{external_id}, signed with the organization's first key of "
-        "SIGNING_KEYS_FILE. Nothing is sent when a line is invalid, unless --skip-invalid.",
+        "SIGNING_KEYS_FILE. Nothing is sent when a line is invalid, unless --skip-invalid. Needs "
+        "KAFKA_BOOTSTRAP_SERVERS (not for --dry-run); COMMANDS_TOPIC and the other KAFKA_* settings apply.",
     )
     publish.add_argument("file", help="JSON-lines file of commands, or '-' to read stdin")
     publish.add_argument("--dry-run", action="store_true", help="check every line and count, send nothing")
@@ -134,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="republish dead-lettered records to the commands topic",
         description="Replays the records the DLQ held when it started (never those written afterwards, so it "
         "always ends), minus their dlq-* headers. Prints a summary at the end and on Ctrl-C/SIGTERM "
-        "(exit 130 then).",
+        "(exit 130 then). Runs as an operator job (audited, a result per record, shown by the console). Needs "
+        "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (a dry run: Kafka only); reads DLQ_TOPIC, writes COMMANDS_TOPIC; "
+        "the other KAFKA_* settings apply.",
     )
     replay.add_argument(
         "--reason",
@@ -161,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tail",
         help="follow the events topic",
         description="Prints events as they are published, until Ctrl-C: one JSON object per line, or a readable "
-        "line per event on a terminal.",
+        "line per event on a terminal. Needs KAFKA_BOOTSTRAP_SERVERS; reads EVENTS_TOPIC; the other KAFKA_* "
+        "settings apply.",
     )
     tail_parser.add_argument("--organization", help="only events of this organization_id")
     tail_parser.add_argument("--type", action="append", metavar="EVENT_TYPE", help="only this event type (repeatable)")

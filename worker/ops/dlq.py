@@ -129,21 +129,24 @@ async def replay(
     settings: KafkaSettings,
     selection: ReplayFilter,
     *,
-    pool: Pool,
+    pool: Pool | None,
     dry_run: bool = False,
     limit: int | None = None,
     watch_seconds: float = DEFAULT_WATCH_SECONDS,
     stop: asyncio.Event | None = None,
     rate_per_second: float = 1000.0,
 ) -> ReplayStats:
-    """Replay (or, with `dry_run`, count) the matching records the DLQ held at start; `stop` ends it early."""
+    """Replay (or, with `dry_run`, count) the matching records the DLQ held at start; `stop` ends it early. A dry
+    run needs no database (`pool` may be None): it writes nothing."""
+    if pool is None and not dry_run:
+        raise ValueError("a replay needs the database (its job and the dead letters' rows)")
     stop = stop or asyncio.Event()
     stats = ReplayStats(dry_run=dry_run)
     chosen = await _index(settings, selection, pool, stats, limit=limit, stop=stop)
     if stop.is_set():
         stats.interrupted = True
         return stats
-    if dry_run or not chosen:
+    if dry_run or not chosen or pool is None:
         for _, reason, partition in chosen:
             stats.replayed_by_reason[reason] += 1
             stats.replayed_by_partition[partition] += 1
@@ -175,7 +178,7 @@ async def replay(
 async def _index(
     settings: KafkaSettings,
     selection: ReplayFilter,
-    pool: Pool,
+    pool: Pool | None,
     stats: ReplayStats,
     *,
     limit: int | None,

@@ -153,7 +153,7 @@ async def list_provider_jobs(
     """Provider jobs, oldest first, one JSON object per line: states, connection, error code; never the request
     (it holds the customer's data) nor the provider's error text."""
     clause, args = where("provider_jobs_retry", filters, {"ids": list(ids)} if ids else None)
-    clause = clause.replace("status IN ('failed', 'pending')", "true", 1)  # listing shows every state
+    clause = clause.replace("status IN ('failed', 'cancelled', 'pending')", "true", 1)  # listing shows every state
     pool = await create_pool(dsn, size=1)
     try:
         rows = await pool.fetch(

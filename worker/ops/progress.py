@@ -30,6 +30,7 @@ class ProgressReporter:
         self._stream = stream if stream is not None else sys.stderr
         self._done = 0
         self._last_line = 0.0
+        self._printed = 0
         self._bar: Progress | None = None
         self._task: object = None
         if is_terminal(self._stream):
@@ -53,6 +54,8 @@ class ProgressReporter:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
+        elif self._done != self._printed:
+            self._print_count()  # the last count, not the first of a burst that came within one interval
 
     @property
     def done(self) -> int:
@@ -66,8 +69,12 @@ class ProgressReporter:
         now = time.monotonic()
         if now - self._last_line >= _PLAIN_INTERVAL:
             self._last_line = now
-            of = f"/{self._total}" if self._total is not None else ""
-            print(f"{self._label}: {self._done}{of}", file=self._stream, flush=True)
+            self._print_count()
+
+    def _print_count(self) -> None:
+        of = f"/{self._total}" if self._total is not None else ""
+        print(f"{self._label}: {self._done}{of}", file=self._stream, flush=True)
+        self._printed = self._done
 
     def note(self, text: str) -> None:
         """A line that stays (above the bar on a terminal)."""

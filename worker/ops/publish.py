@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import shutil
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def _valid_lines(source: IO[bytes]) -> Iterator[bytes]:
 
 
 async def publish_file(
-    settings: KafkaSettings,
+    settings: KafkaSettings | None,
     path: str,
     keys: SigningKeys,
     *,
@@ -152,6 +153,7 @@ async def publish_file(
     out: IO[str] | None = None,
 ) -> int:
     """Check, then (unless `dry_run`, or bad lines without `skip_invalid`) send; prints a summary; exit status.
+    `settings` may be None for a dry run, which talks to no broker.
 
     Two passes over the input, so memory stays flat however long the file: stdin is spooled to a temporary file
     (in memory while small) to be read twice."""
@@ -165,9 +167,12 @@ async def publish_file(
             print(f"... and {len(report.invalid) - _SHOWN_ERRORS} more invalid line(s)", file=sys.stderr)
         blocked = bool(report.invalid) and not skip_invalid
         if not dry_run and not blocked and report.valid:
+            if settings is None:
+                raise ConfigurationError("publish: KAFKA_BOOTSTRAP_SERVERS is needed to send (or pass --dry-run)")
             source.seek(0)
             await _send(settings, _valid_lines(source), keys, report, stop)
-    print(summary(report, settings, dry_run=dry_run, blocked=blocked), file=out, flush=True)
+    topic = settings.commands_topic if settings is not None else commands_topic_of_environment()
+    print(summary(report, topic, dry_run=dry_run, blocked=blocked), file=out, flush=True)
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INVALID if blocked else 0
@@ -207,8 +212,13 @@ async def _send(
         await producer.stop()
 
 
-def summary(report: PublishReport, settings: KafkaSettings, *, dry_run: bool, blocked: bool) -> str:
-    topic = settings.commands_topic
+def commands_topic_of_environment() -> str:
+    """COMMANDS_TOPIC as the worker reads it, without the broker settings a dry run does not need."""
+    default: str = KafkaSettings.model_fields["commands_topic"].default
+    return os.environ.get("COMMANDS_TOPIC") or default
+
+
+def summary(report: PublishReport, topic: str, *, dry_run: bool, blocked: bool) -> str:
     invalid = len(report.invalid)
     if dry_run:
         verdict = "would send nothing (fix them or pass --skip-invalid)" if blocked else f"would send {report.valid}"

@@ -47,7 +47,8 @@ class DeadLetterRow(NamedTuple):
 
 # Idempotent on the DLQ coordinates (a retried recording writes nothing twice). A record that a replay job sent and
 # that came back marks its original row and the job's item as returned, and counts as dead-lettered, in the same
-# statement.
+# statement. It can come back before the job has recorded its send (the worker is quick): the job's own writes
+# (`mark_replayed`, `record_items`, `finish_job`) then see this row and keep or set 'returned' themselves.
 _DEAD_LETTERS: Final = (
     "WITH x AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::int8[], "
     "$7::text[], $8::jsonb[], $9::jsonb[], $10::text[], $11::text[], $12::int4[], $13::bytea[], $14::bool[], "
@@ -60,8 +61,8 @@ _DEAD_LETTERS: Final = (
     "ARRAY(SELECT jsonb_array_elements_text(paths)), org, mid, size, sha, trunc, job, orig, coalesce(fa, now()) "
     "FROM x ORDER BY dp, doff "
     "ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING RETURNING returned_from_job_id, returned_from_id), "
-    "orig AS (UPDATE dead_letters AS d SET replay_state = 'returned' FROM ins "
-    "WHERE d.id = ins.returned_from_id AND d.replay_job_id = ins.returned_from_job_id RETURNING d.id), "
+    "orig AS (UPDATE dead_letters AS d SET replay_state = 'returned', replay_job_id = ins.returned_from_job_id "
+    "FROM ins WHERE d.id = ins.returned_from_id AND ins.returned_from_job_id IS NOT NULL RETURNING d.id), "
     "items AS (UPDATE operator_job_items AS i SET result = 'returned', at = now() FROM ins "
     "WHERE i.job_id = ins.returned_from_job_id AND i.item_id = ins.returned_from_id AND i.result = 'sent' "
     "RETURNING i.job_id), "

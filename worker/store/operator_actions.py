@@ -17,19 +17,21 @@ _REPUBLISH: Final = (
     "SELECT event_id, event_key, event_type, traceparent, payload, schema_id FROM chosen ORDER BY id) "
     "SELECT id FROM chosen"
 )
-# A failed job starts over (its attempts too: they count toward PROVIDER_MAX_ATTEMPTS); a pending one is due now.
-# Running jobs are left alone: a call may be in flight (an expired lease is the runner's to reclaim).
+# A failed (or cancelled) job is due again now, its worker faults forgiven (they are what PROVIDER_MAX_ATTEMPTS
+# bounds); `attempts` stays, being the claims' fencing token. A pending one is only made due now. Running jobs are
+# left alone: a call may be in flight (an expired lease is the runner's to reclaim).
 _RETRY: Final = (
-    "UPDATE provider_jobs SET status = 'pending', next_attempt_at = now(), lease_until = NULL, "
-    "attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END, updated_at = now(), "
-    "last_error = coalesce(last_error, '{}'::jsonb) || jsonb_build_object('retried_by_operator_job', $2::bigint) "
-    "WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'pending') RETURNING id"
+    "UPDATE provider_jobs SET status = 'pending', next_attempt_at = now(), lease_until = NULL, worker_faults = 0, "
+    "updated_at = now(), last_error = coalesce(last_error, '{}'::jsonb) || "
+    "jsonb_build_object('retried_by_operator_job', $2::bigint) "
+    "WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'cancelled', 'pending') RETURNING id"
 )
-# Cancelled as `skipped` (nothing left to do), the status the runner and the console already know.
+# As `worker.store.jobs.cancel_jobs` (the provider runner's own rule): pending and running jobs end as `cancelled`,
+# without a call or an event; a running one's outcome is then not written (its fence fails).
 _CANCEL: Final = (
-    "UPDATE provider_jobs SET status = 'skipped', lease_until = NULL, updated_at = now(), "
-    "last_error = coalesce(last_error, '{}'::jsonb) || jsonb_build_object('skipped', 'cancelled_by_operator', "
-    "'operator_job', $2::bigint) WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'pending') RETURNING id"
+    "UPDATE provider_jobs SET status = 'cancelled', lease_until = NULL, updated_at = now(), "
+    "last_error = coalesce(last_error, '{}'::jsonb) || jsonb_build_object('cancelled', true, 'operator_job', "
+    "$2::bigint) WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'running') RETURNING id"
 )
 STATEMENTS: Final = {"parked_republish": _REPUBLISH, "provider_jobs_retry": _RETRY, "provider_jobs_cancel": _CANCEL}
 
@@ -42,10 +44,11 @@ async def act_on_rows(conn: Conn, kind: str, ids: Sequence[int], job_id: int) ->
 
 
 async def mark_replayed(conn: Conn, ids: Sequence[int], job_id: int) -> None:
-    """Dead letters whose republish the broker acknowledged."""
+    """Dead letters whose republish the broker acknowledged (one that already came back from this job stays
+    'returned': see `worker.store.console`)."""
     await conn.execute(
-        "UPDATE dead_letters SET replay_state = 'replayed', replayed_at = now(), replay_job_id = $2 "
-        "WHERE id = ANY($1::bigint[])",
+        "UPDATE dead_letters SET replayed_at = now(), replay_state = CASE WHEN replay_state = 'returned' AND "
+        "replay_job_id = $2 THEN 'returned' ELSE 'replayed' END, replay_job_id = $2 WHERE id = ANY($1::bigint[])",
         list(ids),
         job_id,
     )

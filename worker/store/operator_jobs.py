@@ -54,8 +54,8 @@ _CONDITIONS: Final[dict[str, dict[str, str]]] = {
 _ELIGIBLE: Final = {
     "dlq_replay": "replay_state = 'new'",  # a returned original is superseded by its new copy
     "parked_republish": "true",
-    "provider_jobs_retry": "status IN ('failed', 'pending')",
-    "provider_jobs_cancel": "status IN ('failed', 'pending')",
+    "provider_jobs_retry": "status IN ('failed', 'cancelled', 'pending')",
+    "provider_jobs_cancel": "status IN ('pending', 'running')",
 }
 _JOB_COLUMNS: Final = (
     "id, kind, filter, selection, state, total, done_count, failed_count, skipped_count, returned_count, "
@@ -183,10 +183,15 @@ async def record_items(conn: Conn, job_id: int, owner: str, results: Sequence[tu
     )
     if counted is None:
         return False
+    # A sent record that already came back (see `worker.store.console`) is recorded as returned.
     await conn.execute(
-        "INSERT INTO operator_job_items (job_id, item_id, result, detail) "
-        "SELECT $1, i, r, d FROM unnest($2::bigint[], $3::text[], $4::text[]) AS x(i, r, d) "
-        "ON CONFLICT (job_id, item_id) DO NOTHING",
+        "WITH ins AS (INSERT INTO operator_job_items (job_id, item_id, result, detail) "
+        "SELECT $1, i, CASE WHEN r = 'sent' AND EXISTS (SELECT 1 FROM dead_letters AS c WHERE c.returned_from_id = i "
+        "AND c.returned_from_job_id = $1) THEN 'returned' ELSE r END, d "
+        "FROM unnest($2::bigint[], $3::text[], $4::text[]) AS x(i, r, d) "
+        "ON CONFLICT (job_id, item_id) DO NOTHING RETURNING result) "
+        "UPDATE operator_jobs SET returned_count = returned_count + (SELECT count(*) FROM ins WHERE result = "
+        "'returned') WHERE id = $1",
         job_id,
         [item for item, _, _ in results],
         [result for _, result, _ in results],
@@ -195,7 +200,17 @@ async def record_items(conn: Conn, job_id: int, owner: str, results: Sequence[tu
     return True
 
 
+# Records that came back while their send was being recorded (both transactions in flight) are settled here.
+_SETTLE_RETURNED: Final = (
+    "WITH r AS (UPDATE operator_job_items AS i SET result = 'returned', at = now() WHERE i.job_id = $1 AND "
+    "i.result = 'sent' AND EXISTS (SELECT 1 FROM dead_letters AS c WHERE c.returned_from_id = i.item_id AND "
+    "c.returned_from_job_id = $1) RETURNING 1) "
+    "UPDATE operator_jobs SET returned_count = returned_count + (SELECT count(*) FROM r) WHERE id = $1"
+)
+
+
 async def finish_job(pool: Pool, job_id: int, owner: str, state: str, error: str | None = None) -> None:
+    await pool.execute(_SETTLE_RETURNED, job_id)
     await pool.execute(
         "UPDATE operator_jobs SET state = $3, finished_at = now(), lease_owner = NULL, lease_until = NULL, "
         "last_error = coalesce($4, last_error), skipped_count = skipped_count + greatest(total - done_count - "
