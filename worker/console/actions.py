@@ -34,7 +34,9 @@ KINDS: Final[dict[str, Kind]] = {
     "provider_jobs_retry": Kind("Retry", "provider jobs", "retried", "/provider-jobs"),
     "provider_jobs_cancel": Kind("Cancel", "provider jobs", "cancelled", "/provider-jobs"),
 }
-_PROVIDER_STATES: Final = {"waiting": "pending", "failed": "failed", "running": "running", "stuck": "running"}
+# The page's states as `provider_jobs.status`; a stuck job is a running one past its lease (cancel ends it; the
+# worker's runner claims it again by itself, so there is nothing to retry).
+_PROVIDER_STATES: Final = {"waiting": "pending", "stuck": "running"}
 
 
 def _kind(request: web.Request) -> tuple[jobs.JobKind, Kind]:

@@ -12,7 +12,7 @@ from typing import Any, Final
 WINDOWS: Final = {"1h": 1, "6h": 6, "24h": 24, "7d": 168, "30d": 720}
 DEFAULT_WINDOW: Final = "24h"
 DLQ_STATES: Final = ("new", "replayed", "returned", "skipped")
-JOB_STATES: Final = ("waiting", "running", "stuck", "failed", "done", "skipped")
+JOB_STATES: Final = ("waiting", "running", "stuck", "failed", "cancelled", "done", "skipped")
 
 
 def _text(values: Mapping[str, str], name: str, limit: int = 200) -> str | None:

@@ -60,14 +60,15 @@ async def parked_by_reason(conn: Conn) -> Rows:
 
 
 async def provider_job_states(conn: Conn) -> Rows:
-    """Jobs by connection, state and last error code; `done` ones only from the last hour (they are kept until
-    pruned, and only show that a connection works)."""
+    """Jobs by connection, state and last error code; finished ones (done, skipped, cancelled) only from the last
+    hour (they are kept until pruned, and only show what a connection did lately)."""
     return await conn.fetch(
         "SELECT connection_code, provider, "
         "CASE WHEN status = 'pending' THEN 'waiting' "
         "     WHEN status = 'running' AND lease_until < now() THEN 'stuck' ELSE status END AS state, "
         "last_error->>'error_code' AS error_code, count(*) AS count, max(updated_at) AS last_at "
-        "FROM provider_jobs WHERE status NOT IN ('done', 'skipped') OR updated_at > now() - interval '1 hour' "
+        "FROM provider_jobs "
+        "WHERE status NOT IN ('done', 'skipped', 'cancelled') OR updated_at > now() - interval '1 hour' "
         "GROUP BY 1, 2, 3, 4"
     )
 
@@ -190,7 +191,7 @@ async def provider_job_errors(conn: Conn, query: ProviderJobQuery) -> Rows:
     where = query.where()
     return await conn.fetch(
         "SELECT connection_code, last_error->>'error_code' AS error_code, count(*) AS count, min(created_at) AS oldest "
-        f"FROM provider_jobs WHERE {where.sql()} AND status NOT IN ('done', 'skipped') GROUP BY 1, 2 "
+        f"FROM provider_jobs WHERE {where.sql()} AND status NOT IN ('done', 'skipped', 'cancelled') GROUP BY 1, 2 "
         "ORDER BY 3 DESC LIMIT 20",
         *where.args,
     )
