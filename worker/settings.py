@@ -117,7 +117,7 @@ class ConsoleSettings(BaseSettings):
 
 
 class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
-    """Everything `customer-worker run` needs; names beyond SPEC §10 are documented in the README."""
+    """Everything `customer-worker run` needs; every one is documented in docs/configuration.md."""
 
     providers_file: Path | None = None
     require_signatures: bool = False
@@ -125,7 +125,7 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     # Where /healthz, /readyz and /metrics listen; the processes of `WORKER_PROCESSES` > 1 listen on 127.0.0.1.
     http_host: str = "0.0.0.0"
-    # Worker processes in this replica (one core each), under one HTTP endpoint: see README "Processes".
+    # Worker processes in this replica (one core each), under one HTTP endpoint: see docs/operations.md "Processes".
     worker_processes: int = Field(default=1, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     log_format: Literal["json", "console"] = "json"
