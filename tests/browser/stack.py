@@ -17,9 +17,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from tests.conftest import new_database
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database, new_database
 from worker.app import Worker, load_configuration
 from worker.console.auth import TokenStore
 from worker.console.lag import LagMonitor

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database
 from worker.console.auth import TokenStore
 from worker.console.lag import LagMonitor
 from worker.console.server import build_app
