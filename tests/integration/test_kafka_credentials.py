@@ -24,7 +24,7 @@ from aiokafka.protocol.admin import (
     SaslHandShakeResponse_v1,
 )
 
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database
 from worker.dev import free_port
 from worker.outages import DependencyUnavailableError, rejected_setting
 from worker.preflight import check_kafka_credentials

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.helpers import (
+from tests.harness.in_process import RunningWorker, running_worker
+from tests.harness.records import (
     command,
     encode,
     header_dict,
@@ -25,7 +26,6 @@ from tests.integration.helpers import (
     read_topic,
     trace_id,
 )
-from tests.integration.worker_stack import RunningWorker, running_worker
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUpdated

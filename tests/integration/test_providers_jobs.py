@@ -25,7 +25,8 @@ from tests.fakes.adyen_fake import DEFAULT_ADYEN_KEY, DEFAULT_MERCHANT_ACCOUNT, 
 from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database, new_traceparent
+from tests.harness.database import migrate_database
+from tests.harness.records import RecordFactory, RecordingSink, command, encode, new_traceparent
 from worker.contract.connections import Connection, ConnectionConfig, ProviderName, ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.contract.events import AnyEvent

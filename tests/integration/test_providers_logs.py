@@ -22,8 +22,8 @@ from structlog.testing import capture_logs
 from tests.fakes.adyen_fake import adyen_error_body
 from tests.fakes.gocardless_fake import FakeGoCardless
 from tests.fakes.stripe_fake import FakeStripe
+from tests.harness.records import RecordFactory, RecordingSink, command, encode
 from tests.integration import test_providers_jobs as support
-from tests.integration.helpers import RecordFactory, RecordingSink, command, encode
 from tests.integration.test_providers_jobs import CREATE_PATH, FINISHED, ORG, PROVIDERS, ProviderHarness, connection
 from worker.contract.decode import DecodeContext
 from worker.observability import configure_logging

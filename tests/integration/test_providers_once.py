@@ -16,8 +16,8 @@ import pytest
 import stripe
 
 from tests.fakes.stripe_fake import FakeStripe
+from tests.harness.records import command, encode
 from tests.integration import test_providers_jobs
-from tests.integration.helpers import command, encode
 from tests.integration.test_providers_jobs import ORG, ProviderHarness
 from worker.contract.connections import Connection
 from worker.contract.decode import Command, DecodeContext, decode

@@ -1,7 +1,7 @@
-"""The configuration reference of docs/operations.md, generated from the settings model (`worker.settings.Settings`).
+"""The configuration reference of docs/configuration.md, generated from the settings model (`worker.settings.Settings`).
 
     python -m worker.dev.config_reference           # prints the table
-    python -m worker.dev.config_reference --write   # rewrites it in docs/operations.md, between the markers
+    python -m worker.dev.config_reference --write   # rewrites it in docs/configuration.md, between the markers
 
 A test checks that the document holds exactly what this generates, so a new setting cannot go undocumented: a field
 without a `description=` and without an entry below fails the generation.
@@ -23,7 +23,7 @@ from worker.settings import Settings
 
 START: Final = "<!-- config-reference:start (generated: python -m worker.dev.config_reference --write) -->"
 END: Final = "<!-- config-reference:end -->"
-DOCUMENT: Final = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+DOCUMENT: Final = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 # Meanings of the settings that carry no `description=` in the model.
 _DESCRIPTIONS: Final = {

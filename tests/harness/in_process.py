@@ -1,12 +1,15 @@
 """A real `Worker` running in-process on topics and (optionally) a database of its own, with a producer for its
 commands topic and its HTTP port ready: the stack of the pipeline, CLI, tracing and observability tests.
 
-`running_worker` yields once /readyz answers 200 and stops the worker on exit, asserting it exits with EXIT_OK."""
+`running_worker` yields once /readyz answers 200 and stops the worker on exit, asserting it exits with EXIT_OK.
+`running_stack` adds the environment the CLI needs to reach it (dlq replay, publish, events tail, metrics);
+`live_worker` one on a given database with its `/metrics` (the observability tests)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +20,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import new_database
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database, new_database
+from tests.harness.records import environ_without, run_cli
 from worker.app import EXIT_OK, Worker, load_configuration
 from worker.dev import create_topics, free_port
 from worker.settings import KafkaSettings, Settings
@@ -153,3 +156,57 @@ async def running_worker(
             worker.request_stop()
             code = await asyncio.wait_for(task, timeout=30)
         assert code == EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CLI's view of a running worker
+# ----------------------------------------------------------------------------------------------------------------
+
+CLI_PARTITIONS = 3
+
+
+class Stack(RunningWorker):
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        """The process environment a user would have after `eval "$(customer-worker dev --print-env)"`."""
+        base = environ_without({*self.env, *CLEARED_SETTINGS})
+        client = {k: v for k, v in self.env.items() if k not in ("KAFKA_GROUP_ID", "KAFKA_SESSION_TIMEOUT_MS")}
+        return {**base, **client, **extra}
+
+    def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`customer-worker ARGS` as a subprocess (stdout, stderr captured as text)."""
+        return run_cli(*args, env=self.cli_env(), stdin=stdin.decode() if stdin is not None else None, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(pg_dsn: str, bootstrap: str, name: str) -> AsyncIterator[Stack]:
+    async with running_worker(pg_dsn, bootstrap, name, kind=Stack, partitions=CLI_PARTITIONS) as stack:
+        yield stack
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A worker on a given database, for the observability tests
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LiveWorker(RunningWorker):
+    async def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200
+            return await response.text()
+
+
+@contextlib.asynccontextmanager
+async def live_worker(dsn: str, kafka_bootstrap: str) -> AsyncIterator[LiveWorker]:
+    """A worker on the database `dsn` (migrated here), one partition per topic, ready."""
+    async with running_worker(
+        dsn,
+        kafka_bootstrap,
+        "live",
+        kind=LiveWorker,
+        fresh_database=False,
+        partitions=1,
+        extra_env={"SHUTDOWN_TIMEOUT": "5"},
+        ready_timeout=60,
+    ) as live:
+        yield live

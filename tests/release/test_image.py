@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import new_database
-from tests.integration.helpers import command, encode, key_of, payload, read_topic
+from tests.harness.database import new_database
+from tests.harness.records import command, encode, key_of, payload, read_topic
 from worker.dev import create_topics, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = pytest.mark.timeout(1500)
 
 SHUTDOWN_TIMEOUT = 10
 

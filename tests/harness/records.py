@@ -1,5 +1,5 @@
-"""Shared helpers for the pipeline integration tests: command builders, raw records, a recording DLQ sink, and
-small Kafka readers that see a topic from its beginning without a consumer group."""
+"""Command builders, raw records, a recording DLQ sink, small Kafka readers that see a topic from its beginning
+without a consumer group, and the `customer-worker` CLI as a subprocess."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.contract.decode import DeadLetter
 from worker.service import RawRecord
-from worker.store import migrations
 
 JSON_HEADERS: tuple[tuple[str, bytes], ...] = (("content-type", b"application/json"),)
 
@@ -97,10 +96,6 @@ class RecordingSink:
 
     async def send(self, letters: Sequence[tuple[RawRecord, DeadLetter]]) -> None:
         self.letters.extend(letters)
-
-
-async def migrate_database(dsn: str) -> None:
-    await migrations.migrate_dsn(dsn)
 
 
 def header_dict(record: Any) -> dict[str, bytes]:

@@ -14,15 +14,13 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.adversarial.helpers import (
+from tests.harness.adversarial import (
     MiB,
     Stack,
     assert_every_partition_answers,
     headers_of,
     peak_rss_mib,
 )
-
-pytestmark = [pytest.mark.slow]
 
 LIMIT = MiB - 512  # just under the 1 MiB command limit, so every record is decoded (none is too_large)
 

@@ -30,7 +30,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from worker.dev import free_port
 from worker.settings import Settings
-from worker.store import migrations
 
 RESULT_EVENT_TYPES: Final = frozenset({"customer.created", "customer.updated", "customer.rejected", "customer.skipped"})
 # Settings of the parent's environment must not leak into a worker: each test sets what it means.
@@ -444,10 +443,6 @@ class Launcher:
 # ----------------------------------------------------------------------------------------------------------------
 # Database
 # ----------------------------------------------------------------------------------------------------------------
-
-
-async def migrate_database(dsn: str) -> None:
-    await migrations.migrate_dsn(dsn)
 
 
 @dataclass(frozen=True, slots=True)

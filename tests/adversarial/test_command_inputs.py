@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.helpers import command, encode, key_of, payload
+from tests.harness.in_process import running_worker
+from tests.harness.records import command, encode, key_of, payload
 from tests.integration.test_pipeline_kafka import PARTITIONS, MiB, Pipeline
-from tests.integration.worker_stack import running_worker
 from worker.contract.customer import MAX_TAX_CODES, MAX_TEXT, MAX_URL
 from worker.contract.events import CustomerCreated, CustomerRejected
 

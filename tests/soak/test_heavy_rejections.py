@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial.helpers import Stack
-from tests.adversarial.test_heavy_records import REJECTION_KINDS, fifty_worst_case_records
-
-pytestmark = [pytest.mark.slow]
+from tests.harness.adversarial import Stack
+from tests.soak.test_heavy_records import REJECTION_KINDS, fifty_worst_case_records
 
 
 @pytest.mark.timeout(600)

@@ -1,6 +1,7 @@
 """The adversarial suite's harness: one real worker process on the embedded stack, tails of its output topics, and
 the wedge check that every adversarial case ends with.
 
+`worker_stack` starts the worker (the module fixture `stack` of tests/adversarial/ and tests/soak/).
 `assert_every_partition_answers` publishes one valid command to each partition of the commands topic and requires
 each to be answered by its `customer.created` event: a case that stuck a partition, killed the worker or stopped the
 relay fails there, whatever the case itself asserted.
@@ -12,18 +13,22 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.record.util import calc_crc32c
 
-from tests.faults.harness import WorkerProcess
+from tests.harness.database import migrate_database, new_database
+from tests.harness.processes import Launcher, WorkerProcess, worker_env
+from worker.dev import create_topics
 
 Headers = list[tuple[str, bytes]]
 MiB = 1024 * 1024
+PARTITIONS = 3
 _CRC_AT = 17  # record batch v2: the CRC32C (4 bytes) of everything from the attributes (byte 21) on
 
 
@@ -148,6 +153,34 @@ class Stack:
 
         [letter] = await self.dlq.wait_for(copies, timeout=timeout, worker=self.worker)
         return letter
+
+
+@contextlib.asynccontextmanager
+async def worker_stack(
+    kafka_bootstrap: str, pg_dsn: str, log_dir: Path, overrides: Mapping[str, str]
+) -> AsyncIterator[Stack]:
+    """One worker process on the session's servers, with topics and a database of its own; `overrides` are more
+    settings (a module's `WORKER_SETTINGS`)."""
+    suffix = uuid.uuid4().hex[:10]
+    topics = {role: f"adv.{role}.{suffix}" for role in ("commands", "events", "dlq")}
+    await create_topics(kafka_bootstrap, list(topics.values()), partitions=PARTITIONS)
+    launcher = Launcher(log_dir)
+    async with new_database(pg_dsn, prefix="adv") as dsn:
+        await migrate_database(dsn)
+        env = worker_env(
+            database_url=dsn, bootstrap=kafka_bootstrap, topics=topics, group_id=f"adv-{suffix}", **overrides
+        )
+        worker = launcher.start(env, name="adversarial")
+        events, dlq = Tail(kafka_bootstrap, topics["events"]), Tail(kafka_bootstrap, topics["dlq"])
+        try:
+            await worker.wait_http("/readyz", 200, timeout=60)
+            await events.start()
+            await dlq.start()
+            yield Stack(kafka_bootstrap, topics, dsn, PARTITIONS, worker, events, dlq)
+        finally:
+            await events.stop()
+            await dlq.stop()
+            launcher.cleanup()
 
 
 async def assert_every_partition_answers(stack: Stack, timeout: float = 60.0) -> None:  # noqa: ASYNC109

@@ -8,10 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 
 def test_a_small_bench_prints_every_figure() -> None:
     env = {

@@ -1,4 +1,4 @@
-"""Fixtures of the deployment tests: podman settings and the project's image, built by scripts/image.sh."""
+"""Fixtures of the release tests: podman settings and the project's image, built by scripts/image.sh."""
 
 from __future__ import annotations
 
