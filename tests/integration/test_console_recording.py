@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.helpers import command, encode, key_of, read_topic
-from tests.integration.worker_stack import RunningWorker, running_worker
+from tests.harness.in_process import RunningWorker, running_worker
+from tests.harness.records import command, encode, key_of, read_topic
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.service import RawRecord

@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.helpers import command, encode, key_of, payload, read_topic
-from tests.integration.worker_stack import RunningWorker, running_worker
+from tests.harness.in_process import RunningWorker, running_worker
+from tests.harness.records import command, encode, key_of, payload, read_topic
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.ops.jobs import DeadLetterFilter, Ids, JobRunner, ParkedFilter, dry_run, job_status, start_job

@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.faults.proxy import ProxiedTansu, RefusingProxy
-from tests.integration.helpers import command, encode, key_of, read_topic
+from tests.harness.proxy import ProxiedTansu, RefusingProxy
+from tests.harness.records import command, encode, key_of, read_topic
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.dev import create_topics, free_port

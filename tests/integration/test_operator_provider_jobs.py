@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from tests.fakes.stripe_fake import FakeStripe, stripe_error_body
-from tests.integration.helpers import environ_without, migrate_database
+from tests.harness.database import migrate_database
+from tests.harness.records import environ_without
 from tests.integration.test_providers_jobs import ProviderHarness, connection
 from worker.ops.jobs import Ids, JobRunner, ProviderJobFilter, dry_run, start_job
 from worker.settings import KafkaSettings
