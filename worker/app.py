@@ -35,10 +35,11 @@ from worker.service import BatchReport, BatchService, RawRecord, until_done
 from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
-from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
+from worker.store.maintenance import console_heartbeat, open_provider_jobs, outbox_backlog, prune_retained
 from worker.supervision import LoopSupervisor
 from worker.transport.consumer import CommandConsumer, Finish, start_broker
-from worker.transport.producers import DeadLetterProducer, KafkaProducer
+from worker.transport.dead_letter_log import RecordedDeadLetters
+from worker.transport.producers import KafkaProducer
 
 log = structlog.get_logger("worker.app")
 
@@ -187,10 +188,8 @@ class Worker:
                 max_clock_skew=timedelta(seconds=settings.max_clock_skew),
             ),
             registry=registry,
-            dead_letters=DeadLetterProducer(
-                producer,
-                settings.dlq_topic,
-                on_dropped=lambda count: self.metrics.skipped("dead_letter_refused", count),
+            dead_letters=RecordedDeadLetters(
+                producer, settings.dlq_topic, pool, on_dropped=lambda n: self.metrics.skipped("dead_letter_refused", n)
             ),
             poison_max_attempts=settings.poison_max_attempts,
             on_outage=self._on_outage,
@@ -390,6 +389,7 @@ class Worker:
                 backlog = await outbox_backlog(pool)
                 self.metrics.set_outbox(backlog.rows, backlog.oldest_seconds)
                 self.metrics.set_provider_jobs(await open_provider_jobs(pool, statement_timeout=_MAINTENANCE_INTERVAL))
+                await console_heartbeat(pool, self._partitions)
                 self.health.database_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.health.database_ok = False

@@ -26,6 +26,7 @@ from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent, build_event
 from worker.domain.fold import Applied, Outcome, Patches, ProviderJob, Refused, Skipped, fold_customer
 from worker.ids import customer_id, new_ids
+from worker.store.console import count_answers
 from worker.store.db import Conn
 from worker.store.inline import InlineCreate, create_inline
 from worker.store.outbox import event_arrays, insert_sql
@@ -80,6 +81,16 @@ class BatchSummary:
     """The provider jobs the batch writes (customer, job, traceparent); not a count like the fields above."""
     events: int = 0
 
+    def outcome_counts(self) -> dict[str, int]:
+        """Answers per outcome, as the console counts them (`answer_counts.outcome`)."""
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "rejected": self.rejected + self.invalid_signature,
+            "skipped": self.skipped,
+            "duplicate": self.duplicates,
+        }
+
     def add(self, other: BatchSummary) -> None:
         """Fold in the summary of another part of the same batch (poison isolation applies a batch in parts)."""
         self.created += other.created
@@ -125,6 +136,7 @@ async def apply_batch(
                 events.append(provider_events[position])  # after the command's primary event (SPEC §11)
             position += 1
         await _write(conn, outcomes.values(), events, summary)
+        await count_answers(conn, fresh, outcomes.values(), summary.outcome_counts(), now)
         summary.events = len(events)
     return summary
 
