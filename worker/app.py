@@ -28,7 +28,8 @@ from worker.service import BatchService, Prepared
 from worker.startup import Startup, start_http
 from worker.store.db import create_pool
 from worker.supervision import LoopSupervisor
-from worker.transport.producers import DeadLetterProducer, KafkaProducer
+from worker.transport.dead_letter_log import RecordedDeadLetters
+from worker.transport.producers import KafkaProducer
 
 __all__ = ["EXIT_OK", "EXIT_PENDING_MIGRATIONS", "Configuration", "Worker", "load_configuration"]
 
@@ -147,11 +148,12 @@ class Worker:
             drain_timeout=budget.share(shutdown.PROVIDER_JOBS),
             on_events=relay.notify,
         )
+        letters = RecordedDeadLetters(producer, settings.dlq_topic, pool, on_dropped=metrics.dead_letters_dropped)
         service = BatchService(
             pool=pool,
             decode_context=self._config.decode_context(),
             connections=connections,
-            dead_letters=DeadLetterProducer(producer, settings.dlq_topic, on_dropped=metrics.dead_letters_dropped),
+            dead_letters=letters,
             poison_max_attempts=settings.poison_max_attempts,
             on_outage=self._watch,
             inline=runner if connections.all else None,
@@ -160,10 +162,11 @@ class Worker:
             on_events=relay.notify,
             on_jobs=runner.notify,
         )
+        partitions = Partitions(metrics, self.health)
         consumer = CommandConsumer(
             settings,
             service,
-            Partitions(metrics, self.health).assigned,
+            partitions.assigned,
             grace=budget.share(shutdown.BATCH_IN_FLIGHT),
             on_delivered=self.progress.delivered,
         )
@@ -175,7 +178,7 @@ class Worker:
             outage=self._watch.any_down,
         )
         maintenance = Maintenance(
-            pool, metrics, self.health, self.progress, retention_days=settings.inbox_retention_days
+            pool, metrics, self.health, self.progress, partitions.held, retention_days=settings.inbox_retention_days
         )
         return _Parts(consumer, relay, runner, adapters, maintenance, lag)
 
@@ -184,8 +187,8 @@ class Worker:
         budget = self._budget
         log.info("worker_stopping")
         self.loops.stopping()
-        loops["maintenance"].cancel()
-        loops["lag_collector"].cancel()
+        for upkeep in ("maintenance", "lag_collector"):
+            loops[upkeep].cancel()
         await shutdown.within(parts.consumer.stop(), budget.until(shutdown.CONSUMER))
         parts.runner.stop()  # finishes the jobs in hand for up to its share, gives the rest back
         if "provider_runner" in loops:

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
 
 from worker.faults import crash_point
-from worker.service import until_done
+from worker.retries import until_done
 from worker.settings import Settings
 from worker.transport.options import client_options
 from worker.transport.producers import raise_outage

@@ -81,6 +81,9 @@ class Partitions:
         self._health = health
         self._held: set[int] = set()
 
+    def held(self) -> set[int]:
+        return set(self._held)
+
     def assigned(self, partitions: set[int]) -> None:
         """Called after each revocation and each assignment."""
         # Each rebalance logs this twice (revoked, then assigned): the adversarial suite counts them.

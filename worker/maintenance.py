@@ -1,8 +1,10 @@
-"""The maintenance loop: inbox retention, and the backlog gauges (outbox, provider jobs) read from PostgreSQL."""
+"""The maintenance loop: inbox retention, the backlog gauges (outbox, provider jobs) read from PostgreSQL, and the
+console's heartbeat of this process."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Final
 
@@ -11,7 +13,7 @@ import structlog
 
 from worker.observability import Health, Metrics
 from worker.observability.liveness import ConsumerProgress
-from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
+from worker.store.maintenance import console_heartbeat, open_provider_jobs, outbox_backlog, prune_retained
 
 log = structlog.get_logger("worker.app")
 
@@ -25,13 +27,16 @@ class Maintenance:
         metrics: Metrics,
         health: Health,
         progress: ConsumerProgress,
+        held: Callable[[], set[int]],
         *,
         retention_days: float,
     ) -> None:
+        """`held()`: the partitions this process holds, for the console's heartbeat."""
         self._pool = pool
         self._metrics = metrics
         self._health = health
         self._progress = progress
+        self._held = held
         self._retention = timedelta(days=retention_days)
 
     async def run(self) -> None:
@@ -46,6 +51,7 @@ class Maintenance:
             backlog = await outbox_backlog(pool)
             self._metrics.set_outbox(backlog.rows, backlog.oldest_seconds)
             self._metrics.set_provider_jobs(await open_provider_jobs(pool, statement_timeout=INTERVAL))
+            await console_heartbeat(pool, self._held())
             self._health.database_ok = True
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._health.database_ok = False

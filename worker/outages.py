@@ -12,8 +12,11 @@ know (a newer server's `53xxx`, say) arrives as `UnknownPostgresError` with its 
 | class 58 | system error | I/O error of the server |
 | class 40 but 40002 | transaction rollback | serialization failure, deadlock (40002, a deferred constraint, is not) |
 | 25006 | read-only SQL transaction | what a demoted primary or a hot standby answers a write |
-| 25P04 | transaction timeout | like a cancelled statement |
+| 25P03 | idle-in-transaction timeout | the session waited on something else (an inline provider call) |
+| 25P04 | transaction timeout | a time limit, see below |
 | 55P03 | lock not available | another transaction holds the lock (`lock_timeout`) |
+| 42501, 42P01 | insufficient privilege, undefined table | a revoked grant, a renamed or missing table: an incident |
+| XX000, XX001, XX002 | internal error, data or index corrupted | a storage or server fault |
 | class 28, 3D000 | credentials refused, no such database | a setting; exit 2 at start (`rejected_setting`) |
 
 Client side, connection-level failures are outages too (`OSError`, `TimeoutError`, asyncpg's `InterfaceError`
@@ -21,10 +24,21 @@ about a closed connection, `InternalClientError` such as a protocol desync or a 
 primary, a cached plan invalidated by a migration). Client-side *data* errors are not: asyncpg's `DataError` (a
 value it cannot encode), `ClientConfigurationError` and unsupported-feature errors come from the record or the
 code and count toward `POISON_MAX_ATTEMPTS`.
+
+**Timeouts** (`is_timeout`) are outages for every caller but the one that applies a batch of records: a statement
+cancelled by `statement_timeout`, PostgreSQL's `transaction_timeout` (25P04, which PostgreSQL 17+ reports by closing
+the connection) and asyncpg's `command_timeout` (`TimeoutError`) may be a sick server or one record that is slow
+(a trigger, a lock held on its row). Applying a batch, the worker isolates the record by bisection and counts a
+record's timeout against `POISON_MAX_ATTEMPTS` only when it timed out alone and the same kind of write by others
+passes right after (`TimeoutStrikes`); a timeout that others share is waited out like any outage. A cancel by an
+administrator (57014 with another message) stays a plain outage. The server's message tells them apart, as
+`lc_messages` in English writes it (the default); under another language every 57014 stays an outage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import asyncpg
@@ -41,7 +55,11 @@ class DependencyUnavailableError(Exception):
 OUTAGE_SQLSTATE_CLASSES: Final = frozenset({"08", "53", "57", "58", "40", "28"})
 # 28 (credentials refused) and 3D000 (no such database) too: met while running (a rotated password, a database being
 # restored), they say nothing about the record. At start they are a wrong setting instead (`rejected_setting`).
-OUTAGE_SQLSTATES: Final = frozenset({"25006", "25P04", "55P03", "3D000"})
+# 25P03, 42501, 42P01 and XX000-XX002: an inline call that ran long, a revoked grant, a renamed table, a storage
+# fault. Counted as poison, each would dead-letter every command of the incident as `processing_error`.
+OUTAGE_SQLSTATES: Final = frozenset(
+    {"25006", "25P03", "25P04", "55P03", "3D000", "42501", "42P01", "XX000", "XX001", "XX002"}
+)
 NOT_OUTAGE_SQLSTATES: Final = frozenset({"40002"})
 
 _CLIENT_DATA_ERRORS: Final = (
@@ -64,7 +82,11 @@ OUTAGES: Final = (
     asyncpg.StatementCompletionUnknownError,
     asyncpg.ReadOnlySQLTransactionError,
     asyncpg.TransactionTimeoutError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
     asyncpg.LockNotAvailableError,
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.UndefinedTableError,
+    asyncpg.InternalServerError,
     asyncpg.InvalidAuthorizationSpecificationError,
     asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidCachedStatementError,
@@ -91,6 +113,49 @@ def is_outage(exc: BaseException) -> bool:
         return False
     # What remains of asyncpg's InterfaceError is about the connection: closed, released, pool closing.
     return isinstance(exc, (*OUTAGES, asyncpg.InterfaceError))
+
+
+_STATEMENT_TIMEOUT: Final = "canceling statement due to statement timeout"
+_TRANSACTION_TIMEOUT: Final = "due to transaction timeout"
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A time limit hit while a statement or a transaction ran (see the module's docstring)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        if sqlstate == "57014":
+            return message.startswith(_STATEMENT_TIMEOUT)
+        if sqlstate == "25P04":
+            return True
+        # PostgreSQL 17+ ends the session on `transaction_timeout`: asyncpg reports the lost connection with the
+        # server's message.
+        return isinstance(exc, asyncpg.ConnectionDoesNotExistError) and _TRANSACTION_TIMEOUT in message
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc.__context__, asyncpg.PostgresError):
+        # `async with conn.transaction()` cannot roll back on a connection the server closed: its own error
+        # replaces the server's, which is kept as the context.
+        return is_timeout(exc.__context__)
+    return isinstance(exc, TimeoutError)
+
+
+def is_waited_out(exc: BaseException) -> bool:
+    """An outage to wait out where a timeout is not: applying a batch, which isolates timeouts instead."""
+    return is_outage(exc) and not is_timeout(exc)
+
+
+@dataclass(slots=True)
+class TimeoutStrikes:
+    """For records that time out alone: poison after `limit` timeouts, each followed by a probe of the same writes
+    that passed (others pass). A timeout whose probe failed too is the server's, not the record's: no strike."""
+
+    limit: int
+    _strikes: dict[Hashable, int] = field(default_factory=dict)
+
+    def timed_out(self, record: Hashable, *, others_pass: bool) -> int | None:
+        """The record's strikes so far, or None once it is poison."""
+        strikes = self._strikes.get(record, 0) + others_pass
+        self._strikes[record] = strikes
+        return None if strikes >= self.limit else strikes
 
 
 # SQLSTATE class 28 (invalid authorization: wrong password, unknown role, no pg_hba entry) and 3D000 (no such

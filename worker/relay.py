@@ -43,7 +43,7 @@ _DELETE: Final = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 class EventSender(Protocol):
     max_record_size: int
 
-    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> None:
+    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> object:
         """Raises RecordRefusedError for a refusal for good, anything else for an outage. `sizes_checked`: the
         caller already held every record to `max_record_size`, so the sender does not size them again."""
 

@@ -12,24 +12,22 @@ The story of a batch, in the order it happens (`BatchService` is the consumer's 
 3. Dead letters: copied to the DLQ, acknowledged by the broker.
 4. The consumer commits the offsets once `apply` returns; the relay publishes the outbox (woken here).
 
-Dependency outages (PostgreSQL, the broker) are waited out with backoff, without limit (`until_done`); a failure that
-is not an outage (a bug, a value PostgreSQL refuses) is retried a bounded number of times, then the batch is split
-and the records that still fail go to the DLQ as `processing_error`. No framework imports: tests drive this without
-Kafka.
+Outages are waited out and a batch that keeps failing is split down to its poison records (`worker.retries`). No
+framework imports: tests drive this without Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
-import stamina
 import structlog
 
 from worker.contract.codes import DlqReason
@@ -50,16 +48,15 @@ from worker.domain.fold import (
 )
 from worker.domain.inline import inline_creates, link_inline
 from worker.domain.jobs import InlineResult
-from worker.observability import BatchObserver, record_context, safe_message
-from worker.outages import Dependency, is_outage
+from worker.isolation import Isolation
+from worker.observability import BatchObserver, record_context
+from worker.retries import OutageHook, ignore_outage, until_done
 from worker.store.batch import BatchTransaction, batch_transaction
+from worker.store.probe import probe
 from worker.tracing import consume_span, traced
 from worker.transport.raw import RawRecord
 
 log = structlog.get_logger("worker.service")
-# stamina's default hooks log `repr(exc)` (an asyncpg DETAIL can quote a row); `until_done` logs retries itself.
-stamina.instrumentation.set_on_retry_hooks([])
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -97,50 +94,10 @@ class Report:
 
 Transaction = Callable[[asyncpg.Pool], contextlib.AbstractAsyncContextManager[BatchTransaction]]
 """Opens one batch's unit of work (`store.batch.batch_transaction`; a test may wrap it)."""
-OutageHook = Callable[[Dependency, bool], None]
-"""Called with (dependency, available): False on each retry during an outage, True once the operation succeeded."""
-
-
-def _ignore(dependency: Dependency, available: bool) -> None:
-    return None
 
 
 def _nothing() -> None:
     return None
-
-
-async def until_done(
-    operation: Callable[[], Awaitable[T]], dependency: Dependency, on_outage: OutageHook = _ignore
-) -> T:
-    """Retry `operation` through outages, with capped exponential backoff and jitter, for as long as it takes.
-
-    Each failed attempt is logged here, through the redaction pipeline (type and a short message without data);
-    stamina's own retry hooks, which log `repr(exc)`, are switched off above."""
-    failed = False
-    async for attempt in stamina.retry_context(on=is_outage, attempts=None, timeout=None, wait_max=5.0):
-        with attempt:
-            try:
-                result = await operation()
-            except Exception as exc:
-                if is_outage(exc):
-                    failed = True
-                    log.warning(
-                        "dependency_retry",
-                        dependency=dependency,
-                        attempt=attempt.num,
-                        error_type=type(exc).__name__,
-                        error=safe_message(exc),
-                    )
-                    on_outage(dependency, False)
-                raise
-            if failed:
-                on_outage(dependency, True)
-            return result
-    raise AssertionError("unreachable: retry_context without limits only ends by returning or raising")
-
-
-class PoisonError(Exception):
-    """Raised for a record that fails the same way on every attempt."""
 
 
 class BatchService:
@@ -153,7 +110,7 @@ class BatchService:
         dead_letters: DeadLetterSink,
         poison_max_attempts: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_outage: OutageHook = _ignore,
+        on_outage: OutageHook = ignore_outage,
         inline: InlineCreator | None = None,
         inline_budget: float = 2.0,
         observer: BatchObserver | None = None,
@@ -170,6 +127,9 @@ class BatchService:
         self._poison_max_attempts = poison_max_attempts
         self._clock = clock
         self._on_outage = on_outage
+        self._isolation = Isolation(
+            functools.partial(probe, pool), max_attempts=poison_max_attempts, on_outage=on_outage
+        )
         self._inline = inline
         self._inline_budget = inline_budget
         self._observer = observer
@@ -217,11 +177,9 @@ class BatchService:
         admitted = batch.admitted
         letters = list(batch.letters)
         if admitted:
-            try:
-                report.summary = await self._apply([item for _, item in admitted], batch.patches)
-            except PoisonError:
-                report.summary, poisoned = await self._apply_bisecting(admitted, batch.patches)
-                letters.extend(poisoned)
+            attempt = functools.partial(self.apply_once, patches=batch.patches)
+            report.summary, poisoned = await self._isolation.apply(attempt, admitted)
+            letters.extend(poisoned)
         if letters:
             letters.sort(key=lambda letter: (letter[0].partition, letter[0].offset))
             await until_done(lambda: self._dead_letters.send(letters), "kafka", self._on_outage)
@@ -255,6 +213,7 @@ class BatchService:
             events = result_events(fresh, outcomes, provider_events, now, summary)
             await tx.write(final_states(outcomes.values()), events)
             await tx.enqueue_jobs(summary.enqueued_jobs)
+            await tx.count_for_console(fresh, outcomes.values(), summary, now)
         return summary
 
     async def _create_inline(self, outcomes: dict[int, Outcome], now: datetime) -> dict[int, OutboxEvent]:
@@ -290,49 +249,6 @@ class BatchService:
                     with contextlib.suppress(Exception):
                         patches[key] = patch_of(decoded.customer)
         return decoded_all
-
-    async def _apply(self, batch: Sequence[Admitted], patches: Patches, attempts: int | None = None) -> BatchSummary:
-        limit = attempts or self._poison_max_attempts
-        failures = 0
-        while True:
-            try:
-                return await until_done(lambda: self.apply_once(batch, patches), "postgres", self._on_outage)
-            except Exception as exc:  # anything but an outage counts towards the poison limit
-                failures += 1
-                log.error(
-                    "batch_failed",
-                    error_type=type(exc).__name__,
-                    attempt=failures,
-                    max_attempts=limit,
-                    size=len(batch),
-                )
-                if failures >= limit:
-                    raise PoisonError(type(exc).__name__) from exc
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
-
-    async def _apply_bisecting(
-        self, admitted: Sequence[tuple[RawRecord, Admitted]], patches: Patches
-    ) -> tuple[BatchSummary, list[tuple[RawRecord, DeadLetter]]]:
-        """Isolate the poison by bisection, halves in order, so the good records are still applied in order."""
-        total = BatchSummary()
-        poisoned: list[tuple[RawRecord, DeadLetter]] = []
-        pending: list[Sequence[tuple[RawRecord, Admitted]]] = [admitted]
-        while pending:
-            part = pending.pop(0)
-            single = len(part) == 1
-            try:
-                summary = await self._apply(
-                    [item for _, item in part], patches, attempts=self._poison_max_attempts if single else 1
-                )
-            except PoisonError as exc:
-                if single:
-                    poisoned.append((part[0][0], DeadLetter(DlqReason.PROCESSING_ERROR, f"failed repeatedly: {exc}")))
-                else:
-                    middle = len(part) // 2
-                    pending[:0] = [part[:middle], part[middle:]]
-                continue
-            total.add(summary)
-        return total, poisoned
 
 
 def _log_rejection(record: RawRecord, rejection: Rejection) -> None:

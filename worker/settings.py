@@ -95,6 +95,27 @@ class SigningSettings(BaseSettings):
     signing_keys_file: Path | None = None
 
 
+class ConsoleSettings(BaseSettings):
+    """`customer-worker console`: the operators' web console (docs/console.md). Deny by default: with neither a tokens
+    file nor trusted proxies, nobody can sign in."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    console_port: int = Field(default=8090, ge=0, le=65535)
+    console_host: str = "127.0.0.1"
+    # YAML `tokens: [{name, role: viewer|operator, sha256: <hex>}]`; lines from `customer-worker console hash-token`.
+    console_tokens_file: Path | None = None
+    # Addresses or networks (comma-separated) whose identity headers are believed; empty: no proxy sign-in.
+    console_trusted_proxies: str = ""
+    console_proxy_user_header: str = "X-Forwarded-User"
+    console_proxy_groups_header: str = "X-Forwarded-Groups"
+    # A proxy user in this group (comma-separated groups header) is an operator; every other one a viewer.
+    console_operator_group: str = "customer-worker-operators"
+    console_session_hours: float = Field(default=8.0, gt=0)
+    # Records per second a replay, republish or retry job sends.
+    console_job_rate: float = Field(default=200.0, gt=0)
+
+
 class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     """Everything `customer-worker run` needs; every one is documented in docs/configuration.md."""
 

@@ -15,7 +15,7 @@ from worker.errors import EXIT_OK, EXIT_PENDING_MIGRATIONS, ConfigurationError
 from worker.observability import DependencyWatch, Health, HealthServer
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
-from worker.service import until_done
+from worker.retries import until_done
 from worker.settings import Settings
 from worker.store import migrations
 from worker.transport.producers import KafkaProducer

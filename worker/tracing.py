@@ -11,24 +11,33 @@ publish span continues the trace of the events it sends (the relay runs apart fr
 continues the job's trace. The instrumentation packages for asyncpg and httpx (the Stripe SDK's client) add their
 own spans underneath when exporting. aiokafka's is left out: it would inject a second `traceparent` into the
 events, whose header is the command's own (SPEC §11).
+
+Spans are redacted exactly like log lines. The worker's own spans record an exception with the log's short message
+and traceback (asyncpg's DETAIL, which can quote a row, and pydantic's input values left out), not OpenTelemetry's
+`str(exc)`; and every span, the instrumentation libraries' too, passes a redacting processor before any exporter:
+attributes of the span, its events and links lose personal-data and secret keys and have e-mail addresses and URL
+credentials masked, and exception texts lose the server's DETAIL and HINT lines. The rules live with the log
+redaction (`worker.observability.redaction`, a higher layer), which registers them here (`use_redaction`); until
+then exception texts are dropped, keeping only the type.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
     # The SDK (about 50 ms of imports) is loaded only when tracing is turned on: an untraced worker starts without it.
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+    from opentelemetry.util.types import Attributes
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,12 +47,47 @@ SERVICE_NAME: Final = "customer-worker"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
 
+class Redaction(Protocol):
+    """The log redaction's rules, applied to spans (see the module's docstring)."""
+
+    def attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def error_message(self, exc: BaseException) -> str: ...
+
+    def error_traceback(self, exc: BaseException) -> str: ...
+
+    def error_text(self, text: str, *, long: bool = False) -> str:
+        """An exception text that someone else rendered: `str(exc)`, or a formatted traceback when `long`."""
+        ...
+
+
+class _TypesOnly:
+    """Before `use_redaction`: nothing free-form is kept."""
+
+    def attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in attributes.items() if not isinstance(value, str)}
+
+    def error_message(self, exc: BaseException) -> str:
+        return ""
+
+    def error_traceback(self, exc: BaseException) -> str:
+        return ""
+
+    def error_text(self, text: str, *, long: bool = False) -> str:
+        return ""
+
+
 class _State:
     tracer: Tracer | None = None
     provider: TracerProvider | None = None
+    redaction: Redaction = _TypesOnly()
 
 
 _state = _State()
+
+
+def use_redaction(redaction: Redaction) -> None:
+    _state.redaction = redaction
 
 
 def enabled() -> bool:
@@ -56,7 +100,7 @@ def install(processor: SpanProcessor) -> TracerProvider:
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
 
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
-    provider.add_span_processor(processor)
+    provider.add_span_processor(_redacting(processor))
     _state.provider = provider
     _state.tracer = provider.get_tracer("worker.tracing")
     return provider
@@ -120,8 +164,95 @@ def _batch_span(
         parent = trace.set_span_in_context(NonRecordingSpan(contexts[0]))
     else:
         links = [Link(c) for c in contexts]
-    with tracer.start_as_current_span(name, context=parent, kind=kind, links=links, attributes=attributes):
+    with _span(tracer, name, context=parent, kind=kind, links=links, attributes=attributes):
         yield
+
+
+@contextmanager
+def _span(tracer: Tracer, name: str, **options: Any) -> Iterator[Span]:
+    """`start_as_current_span`, but an exception is recorded as a log line shows it, not as `str(exc)`."""
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False, **options) as span:
+        try:
+            yield span
+        except Exception as exc:
+            record_error(span, exc)
+            raise
+
+
+def record_error(span: Span, exc: BaseException) -> None:
+    redaction = _state.redaction
+    message = redaction.error_message(exc)
+    exception_type = type(exc).__qualname__
+    if type(exc).__module__ not in {"builtins", "__main__"}:
+        exception_type = f"{type(exc).__module__}.{exception_type}"
+    span.add_event(
+        "exception",
+        {
+            "exception.type": exception_type,
+            "exception.message": message,
+            "exception.stacktrace": redaction.error_traceback(exc),
+            "exception.escaped": "False",
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+
+
+def _redacting(inner: SpanProcessor) -> SpanProcessor:
+    """`inner` seeing every span redacted: the worker's own, and those of the asyncpg and httpx instrumentation,
+    which record `str(exc)` (asyncpg's includes the DETAIL line, `Key (organization_id, external_id)=(...)`)."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor  # noqa: PLC0415
+
+    class RedactingSpanProcessor(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+            inner.on_start(span, parent_context)
+
+        def on_end(self, span: ReadableSpan) -> None:
+            inner.on_end(_redacted(span))
+
+        def shutdown(self) -> None:
+            inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return inner.force_flush(timeout_millis)
+
+    def _redacted(span: ReadableSpan) -> ReadableSpan:
+        redaction = _state.redaction
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, redaction.error_text(status.description))
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=_attributes(redaction, span.attributes),
+            events=[
+                Event(event.name, _attributes(redaction, event.attributes, exception=True), event.timestamp)
+                for event in span.events
+            ],
+            links=[Link(link.context, _attributes(redaction, link.attributes)) for link in span.links],
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    return RedactingSpanProcessor()
+
+
+_EXCEPTION_TEXTS: Final = frozenset({"exception.message", "exception.stacktrace"})
+
+
+def _attributes(redaction: Redaction, attributes: Attributes, *, exception: bool = False) -> dict[str, Any]:
+    if not attributes:
+        return {}
+    kept = redaction.attributes({k: v for k, v in attributes.items() if not (exception and k in _EXCEPTION_TEXTS)})
+    if exception:
+        for key in _EXCEPTION_TEXTS & attributes.keys():
+            text = attributes[key]
+            kept[key] = redaction.error_text(text, long=key == "exception.stacktrace") if isinstance(text, str) else ""
+    return kept
 
 
 def consume_span(records: Sequence[Any]) -> Any:
@@ -148,7 +279,7 @@ def traced(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callabl
             tracer = _state.tracer
             if tracer is None:
                 return await func(*args, **kwargs)
-            with tracer.start_as_current_span(name):
+            with _span(tracer, name):
                 return await func(*args, **kwargs)
 
         return wrapper
@@ -186,7 +317,7 @@ def provider_call(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coro
         connection = args[1]
         provider = getattr(connection, "provider", "unknown")
         attributes = {"provider": str(provider), "provider.connection": str(getattr(connection, "code", ""))}
-        with tracer.start_as_current_span(f"provider {provider}", kind=SpanKind.CLIENT, attributes=attributes):
+        with _span(tracer, f"provider {provider}", kind=SpanKind.CLIENT, attributes=attributes):
             return await func(*args, **kwargs)
 
     return wrapper

@@ -73,6 +73,24 @@ async def test_replay_ends_when_the_worker_dead_letters_the_record_again(stack: 
     sent = await _records(stack, "commands", lambda r: r.value == bad, 2)
     assert len(sent) == 2  # the original and the one replay; the replay's sends were acknowledged before it ended
 
+    # The replay was a job of the console's kind: audited, its record marked, the copy that came back linked to it.
+    async with stack.db() as conn:
+        audit = await conn.fetch("SELECT role, action, count, outcome, job_id FROM audit_log ORDER BY id")
+        [job_id] = {row["job_id"] for row in audit}
+        assert [(r["role"], r["action"], r["count"], r["outcome"]) for r in audit] == [
+            ("cli", "dlq_replay", 1, "started"),
+            ("cli", "dlq_replay", 1, "done"),
+        ]
+        rows = await conn.fetch(
+            "SELECT dlq_offset, replay_state, returned_from_job_id FROM dead_letters WHERE value_sha256 = sha256($1) "
+            "ORDER BY id",
+            bad,
+        )
+        assert [(r["replay_state"], r["returned_from_job_id"]) for r in rows] == [("returned", None), ("new", job_id)]
+        # However quick the worker was (the copy can be recorded before the job records its send).
+        assert await conn.fetchval("SELECT result FROM operator_job_items WHERE job_id = $1", job_id) == "returned"
+        assert await conn.fetchval("SELECT returned_count FROM operator_jobs WHERE id = $1", job_id) == 1
+
 
 async def test_dry_run_counts_by_reason_and_partition_and_sends_nothing(stack: Stack) -> None:
     org = _org()

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from asyncpg.exceptions._base import PostgresMessage
 
-from worker.outages import OUTAGES, is_outage, rejected_setting
+from worker.outages import OUTAGES, TimeoutStrikes, is_outage, is_timeout, is_waited_out, rejected_setting
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,6 +63,75 @@ async def test_statement_cancelled_is_an_outage(conn: asyncpg.Connection[Any]) -
     exc = await raised(lambda: conn.execute("SELECT pg_sleep(5)"))
     assert getattr(exc, "sqlstate", None) == "57014"
     assert is_outage(exc)
+    # Issue 18, case 7: applying a batch, a timeout is isolated by bisection instead of waited out.
+    assert is_timeout(exc) and not is_waited_out(exc)
+
+
+async def test_issue18_a_cancel_by_an_administrator_is_no_timeout(
+    conn: asyncpg.Connection[Any], fresh_database: str
+) -> None:
+    """Same SQLSTATE as a statement timeout (57014), but nothing about the statement: waited out everywhere."""
+    victim = await asyncpg.connect(fresh_database)
+    try:
+        sleeping = asyncio.ensure_future(victim.execute("SELECT pg_sleep(5)"))
+        pid = victim.get_server_pid()
+        while not await conn.fetchval(  # noqa: ASYNC110 - polling the server until the sleep has started
+            "SELECT pg_cancel_backend($1) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", pid
+        ):
+            await asyncio.sleep(0.02)
+        exc = await raised(lambda: sleeping)
+        assert getattr(exc, "sqlstate", None) == "57014"
+        assert is_outage(exc) and is_waited_out(exc) and not is_timeout(exc)
+    finally:
+        await victim.close()
+
+
+async def test_issue18_command_timeout_and_transaction_timeout_are_timeouts(fresh_database: str) -> None:
+    client = await asyncpg.connect(fresh_database, command_timeout=0.05)
+    try:
+        exc = await raised(lambda: client.execute("SELECT pg_sleep(5)"))
+        assert isinstance(exc, TimeoutError) and is_timeout(exc) and not is_waited_out(exc)
+    finally:
+        await client.close()
+    server = await asyncpg.connect(fresh_database)
+    try:
+        if server.get_server_version().major < 17:
+            pytest.skip("transaction_timeout is PostgreSQL 17+")
+        await server.execute("SET transaction_timeout = 100")
+
+        async def long_transaction() -> None:
+            async with server.transaction():
+                await server.execute("SELECT pg_sleep(5)")
+
+        # The server ends the session: asyncpg reports a lost connection with the server's reason, and in a
+        # transaction block, the failed rollback, with the lost connection as its context.
+        exc = await raised(long_transaction)
+        assert isinstance(exc, asyncpg.InterfaceError)
+        assert is_outage(exc) and is_timeout(exc) and not is_waited_out(exc), (type(exc), exc)
+        assert is_timeout(exc.__context__)  # type: ignore[arg-type]
+    finally:
+        await server.close()
+
+
+async def test_issue18_idle_in_transaction_timeout_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
+    """What an inline provider call that ran long leaves: the server ended the session meanwhile."""
+    await conn.execute("SET idle_in_transaction_session_timeout = 50")
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("SELECT 1")
+    await asyncio.sleep(0.3)  # idle past the server's limit, as during a slow call
+    exc = await raised(lambda: conn.execute("SELECT 1"))
+    assert is_outage(exc) and not is_timeout(exc), (type(exc), exc)
+
+
+def test_issue18_timeout_strikes_count_only_when_others_pass() -> None:
+    strikes = TimeoutStrikes(limit=3)
+    assert strikes.timed_out("a", others_pass=False) == 0  # everyone times out: the server's, not the record's
+    assert strikes.timed_out("a", others_pass=True) == 1
+    assert strikes.timed_out("b", others_pass=True) == 1  # per record
+    assert strikes.timed_out("a", others_pass=False) == 1
+    assert strikes.timed_out("a", others_pass=True) == 2
+    assert strikes.timed_out("a", others_pass=True) is None  # poison
 
 
 async def test_admin_shutdown_and_connection_loss_are_outages(
@@ -174,14 +243,20 @@ async def test_record_caused_failures_are_not_outages(
         ("40002", False),  # a deferred constraint: the record's
         ("25006", True),  # read-only transaction
         ("25P04", True),
+        ("25P03", True),  # idle-in-transaction timeout (an inline call that ran long)
         ("55P03", True),  # lock not available
+        ("42501", True),  # a revoked grant
+        ("42P01", True),  # a renamed or dropped table
+        ("XX000", True),  # internal error
+        ("XX001", True),  # data corrupted
+        ("XX002", True),  # index corrupted
         ("23505", False),
         ("23502", False),
         ("22001", False),
         ("54000", False),  # program limit exceeded (a row too big for an index): the record's
         ("P0001", False),
-        ("XX000", False),
-        ("42P01", False),
+        ("42601", False),  # a syntax error: the code's
+        ("42703", False),  # undefined column
         ("28P01", True),  # wrong password: while running (a rotated password) an outage; at start, exit 2
         ("3D000", True),
     ],

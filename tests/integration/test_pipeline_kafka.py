@@ -32,6 +32,8 @@ from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUp
 from worker.contract.framing import frame
 from worker.dev import create_topics
 from worker.ops.dlq import ReplayFilter, replay
+from worker.settings import KafkaSettings
+from worker.store.db import create_pool
 from worker.transport.producers import DLQ_HEADERS, DeadLetterProducer, KafkaProducer
 from worker.transport.raw import RawRecord
 
@@ -254,6 +256,14 @@ async def test_unreadable_records_are_dead_lettered_byte_for_byte(pipeline: Pipe
     assert header_dict(event)["event-type"] == b"customer.created"
 
 
+async def _replay(pipeline: Pipeline, settings: KafkaSettings, selection: ReplayFilter) -> Any:
+    pool = await create_pool(pipeline.dsn, size=2)
+    try:
+        return await replay(settings, selection, pool=pool, watch_seconds=0)
+    finally:
+        await pool.close()
+
+
 async def test_dlq_replay_filters_and_is_safe_to_repeat(pipeline: Pipeline) -> None:
     org = _org()
     traceparent = new_traceparent()
@@ -285,7 +295,20 @@ async def test_dlq_replay_filters_and_is_safe_to_repeat(pipeline: Pipeline) -> N
     assert before < first < last
 
     selection = ReplayFilter(reason="processing_error", from_offset=first, to_offset=last)
-    assert (await replay(pipeline.kafka_settings(), selection, watch_seconds=0)).replayed == 2
+    async with pipeline.db() as conn:
+        first_row = await conn.fetchval(
+            "SELECT id FROM dead_letters WHERE dlq_topic = $1 AND dlq_partition = 0 AND dlq_offset = $2",
+            pipeline.topics["dlq"],
+            first,
+        )
+    assert first_row is None  # written here, not by the worker: `replay` records it as it reads
+    assert (await _replay(pipeline, pipeline.kafka_settings(), selection)).replayed == 2
+    async with pipeline.db() as conn:
+        first_row = await conn.fetchval(
+            "SELECT id FROM dead_letters WHERE dlq_topic = $1 AND dlq_partition = 0 AND dlq_offset = $2",
+            pipeline.topics["dlq"],
+            first,
+        )
 
     replayed = {
         payload(r)["message_id"]: r
@@ -295,20 +318,24 @@ async def test_dlq_replay_filters_and_is_safe_to_repeat(pipeline: Pipeline) -> N
     assert trace_id(header_dict(replayed[commands["a"]["message_id"]])["traceparent"].decode()) == trace_id(traceparent)
 
     # Again: the commands are duplicates now, answered with no new event.
-    assert (await replay(pipeline.kafka_settings(), selection, watch_seconds=0)).replayed == 2
+    assert (await _replay(pipeline, pipeline.kafka_settings(), selection)).replayed == 2
     await pipeline.sync()
     every = [commands[name]["message_id"] for name in commands]
     events = await pipeline.events_for(every, count=2, settle=0.5)
     assert sorted(payload(r)["external_id"] for r in events) == ["cus_a", "cus_c"]
 
-    # What was republished: key, value and the original headers, without the dlq-* ones.
+    # What was republished: key, value and the original headers, without the dlq-* ones; plus the replay job's
+    # x-replay-job and x-replay-item (each run is a job of its own).
     republished = await read_topic(
         pipeline.bootstrap,
         pipeline.topics["commands"],
         until=lambda rs: sum(r.value == encode(commands["a"]) for r in rs) >= 2,
     )
     copies = [r for r in republished if r.value == encode(commands["a"])]
-    assert [(r.key, list(r.headers)) for r in copies] == [(f"{org}:parked".encode(), tp_headers)] * 2
+    assert [(r.key, list(r.headers)[:-2]) for r in copies] == [(f"{org}:parked".encode(), tp_headers)] * 2
+    jobs = [header_dict(r)["x-replay-job"] for r in copies]
+    assert len(set(jobs)) == 2
+    assert {header_dict(r)["x-replay-item"] for r in copies} == {str(first_row).encode()}
 
 
 async def test_an_update_in_a_later_batch_gets_customer_updated(pipeline: Pipeline) -> None:
@@ -366,6 +393,6 @@ async def test_dlq_replay_republishes_every_letter_of_one_dead_letter_batch(pipe
     parked = await read_topic(pipeline.bootstrap, dlq_topic, until=lambda rs: len(rs) >= 3)
     assert [r.value for r in parked] == [encode(d) for d in documents]
 
-    assert (await replay(settings, ReplayFilter(), watch_seconds=0)).replayed == 3
+    assert (await _replay(pipeline, settings, ReplayFilter())).replayed == 3
     copies = await read_topic(pipeline.bootstrap, target, until=lambda rs: len(rs) >= 3)
     assert [r.value for r in copies] == [encode(d) for d in documents]

@@ -586,7 +586,7 @@ async def test_health_server_stops_and_reports_no_port() -> None:
 async def test_retries_are_logged_through_redaction_not_by_stamina(
     json_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from worker.service import until_done
+    from worker.retries import until_done
 
     calls = 0
     seen: list[tuple[str, bool]] = []

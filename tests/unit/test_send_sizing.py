@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from worker.settings import KafkaSettings
 from worker.transport.producers import KafkaProducer, Message, RecordRefusedError
@@ -27,8 +28,9 @@ class _Recording(KafkaProducer):
         self.sized += 1
         return super().fits(message)
 
-    async def _send_all(self, topic: str, messages: Sequence[Message]) -> None:
+    async def _send_all(self, topic: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
         self.sent.extend(messages)
+        return [(0, len(self.sent) - len(messages) + index) for index in range(len(messages))]
 
 
 SMALL: Message = (b"k", b"v" * 10, [])
@@ -61,10 +63,12 @@ class _Broker(AIOKafkaProducer):  # type: ignore[misc]
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1, 2}
 
-    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[None]:
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[RecordMetadata]:
+        # Acknowledged as a broker does: the batch's base offset (100 per batch handed, so offsets are telling).
+        base = 100 * len(self.handed)
         self.handed.append((partition, batch.closed(), batch.record_count()))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        done.set_result(RecordMetadata(topic, partition, TopicPartition(topic, partition), base, -1, 0, 0))
         return done
 
 
@@ -74,10 +78,15 @@ async def test_batches_are_handed_over_closed_so_that_they_do_not_linger() -> No
     producer._producer = broker
     messages: list[Message] = [(f"customer-{n}".encode(), b"{}", []) for n in range(30)]
     try:
-        await producer.send_all("events", messages, sizes_checked=True)
+        placed = await producer.send_all("events", messages, sizes_checked=True)
     finally:
         await broker.stop()
     assert broker.handed, "nothing was sent"
+    # Each message's (partition, offset), in the order given: its batch's base offset plus its place in the batch.
+    bases = {partition: 100 * n for n, (partition, _, _) in enumerate(broker.handed)}
+    for partition, base in bases.items():
+        offsets = [offset for p, offset in placed if p == partition]
+        assert offsets == list(range(base, base + len(offsets)))
     assert all(closed for _, closed, _ in broker.handed)
     assert sum(count for _, _, count in broker.handed) == len(messages)
     assert len({partition for partition, _, _ in broker.handed}) == len(broker.handed)  # one batch per partition

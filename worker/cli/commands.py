@@ -106,8 +106,10 @@ async def _until_signal(work: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from worker.ops.dlq import ReplayFilter, format_summary, replay
+    from worker.store.db import create_pool
 
     settings = _settings(KafkaSettings)
+    database = None if args.dry_run else _settings(DatabaseSettings)  # a dry run writes nothing
     selection = ReplayFilter(
         reason=args.reason,
         organization_id=args.organization,
@@ -117,13 +119,24 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     )
 
     async def work(stop: asyncio.Event) -> int:
-        stats = await replay(
-            settings, selection, dry_run=args.dry_run, limit=args.limit, watch_seconds=args.watch, stop=stop
-        )
+        pool = await create_pool(database.database_url, size=3) if database is not None else None
+        try:
+            stats = await replay(
+                settings,
+                selection,
+                pool=pool,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                watch_seconds=args.watch,
+                stop=stop,
+            )
+        finally:
+            if pool is not None:
+                await pool.close()
         print(format_summary(stats, settings), flush=True)
         if stats.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if stats.stuck else EXIT_OK
+        return EXIT_FAILED if stats.stuck or stats.not_replayed else EXIT_OK
 
     return asyncio.run(_until_signal(work))
 
@@ -148,32 +161,6 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_outbox_list(args: argparse.Namespace) -> int:
-    from worker.ops.parked import list_events, selection_of
-
-    settings = _settings(DatabaseSettings)
-    selection = selection_of(args.id, args.reason, args.event_type)
-    lines = asyncio.run(list_events(settings.database_url, selection, args.limit))
-    for line in lines:
-        print(line)
-    if not lines:
-        # stdout stays empty for scripts; a person sees that the command ran and found nothing.
-        filtered = any((args.id, args.reason, args.event_type))
-        print("no parked events" + (" match the filter" if filtered else ""), file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_outbox_republish(args: argparse.Namespace) -> int:
-    from worker.ops.parked import republish, selection_of
-
-    if not (args.all or args.id or args.reason or args.event_type):
-        raise ConfigurationError("outbox republish: choose --all, or --id / --reason / --event-type")
-    settings = _settings(DatabaseSettings)
-    count = asyncio.run(republish(settings.database_url, selection_of(args.id, args.reason, args.event_type)))
-    print(f"moved {count} parked event(s) back to the outbox; a running worker publishes them")
-    return EXIT_OK
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
     from worker.dev.command import default_data_dir, print_env, run_dev
 
@@ -183,7 +170,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from worker.observability import configure_logging
 
     configure_logging("WARNING" if args.demo else "INFO", "console")
-    return asyncio.run(run_dev(data_dir, demo=args.demo, partitions=args.partitions))
+    return asyncio.run(run_dev(data_dir, demo=args.demo, partitions=args.partitions, console=args.console))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -227,3 +214,9 @@ def cmd_bench_validation(args: argparse.Namespace) -> int:
     from worker_bench import validation as bench_validation
 
     return bench_validation.run(args)
+
+
+def cmd_bench_console(args: argparse.Namespace) -> int:
+    from worker_bench import console as bench_console
+
+    return bench_console.run(args)

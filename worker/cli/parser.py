@@ -7,20 +7,20 @@ from pathlib import Path
 
 from worker.cli.commands import (
     cmd_bench,
+    cmd_bench_console,
     cmd_bench_validation,
     cmd_dev,
     cmd_dlq_replay,
     cmd_events_tail,
     cmd_migrate,
-    cmd_outbox_list,
-    cmd_outbox_republish,
     cmd_publish,
     cmd_run,
     cmd_schema,
     cmd_schema_register,
     cmd_topics_create,
 )
-from worker.contract.codes import DlqReason, RefusalReason
+from worker.cli.operator_commands import add_operator_commands
+from worker.contract.codes import DlqReason
 from worker.settings import Settings
 
 DESCRIPTION = (
@@ -47,37 +47,6 @@ def _run_epilog() -> str:
         "  2  bad configuration: a missing or malformed setting, an unreadable file, HTTP_PORT already in use\n"
         "  3  migrations pending (run `customer-worker migrate` first)\n"
     )
-
-
-def _add_outbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    outbox = commands.add_parser(
-        "outbox",
-        help="events the broker refused for good (parked events)",
-        description="Needs DATABASE_URL. Republished events are sent by a running worker.",
-    )
-    actions = outbox.add_subparsers(dest="outbox_command", required=True)
-    filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--id", type=int, action="append", help="a parked event's id (repeatable)")
-    filters.add_argument(
-        "--reason", choices=[reason.value for reason in RefusalReason], help="only this refusal reason"
-    )
-    filters.add_argument("--event-type", help="only this event type, e.g. customer.rejected")
-    listing = actions.add_parser(
-        "list",
-        parents=[filters],
-        help="print parked events, one JSON object per line (payload left out)",
-        description="Needs DATABASE_URL.",
-    )
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    listing.set_defaults(func=cmd_outbox_list)
-    again = actions.add_parser(
-        "republish",
-        parents=[filters],
-        help="move parked events back to the outbox, to be published again by a running worker",
-        description="Needs DATABASE_URL. A running worker publishes the events moved back.",
-    )
-    again.add_argument("--all", action="store_true", help="every parked event (no filter)")
-    again.set_defaults(func=cmd_outbox_republish)
 
 
 def _version() -> str:
@@ -139,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--partitions", type=int, default=3, help="partitions of the topics it creates (default 3)")
     dev.add_argument(
+        "--console",
+        action="store_true",
+        help="also serve the operator console on CONSOLE_PORT (default 8090) with a dev operator token it prints",
+    )
+    dev.add_argument(
         "--print-env",
         action="store_true",
         help='print the export lines of the running dev stack, for eval "$(customer-worker dev --print-env)"',
@@ -164,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="republish dead-lettered records to the commands topic",
         description="Replays the records the DLQ held when it started (never those written afterwards, so it "
         "always ends), minus their dlq-* headers. Prints a summary at the end and on Ctrl-C/SIGTERM "
-        "(exit 130 then). Needs KAFKA_BOOTSTRAP_SERVERS; reads DLQ_TOPIC, writes COMMANDS_TOPIC; the other "
-        "KAFKA_* settings apply.",
+        "(exit 130 then). Runs as an operator job (audited, a result per record, shown by the console). Needs "
+        "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (a dry run: Kafka only); reads DLQ_TOPIC, writes COMMANDS_TOPIC; "
+        "the other KAFKA_* settings apply.",
     )
     replay.add_argument(
         "--reason",
@@ -207,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail_parser.add_argument("--limit", type=int, help="stop after N matching events")
     tail_parser.set_defaults(func=cmd_events_tail)
 
-    _add_outbox(commands)
+    add_operator_commands(commands)
+    from worker.cli.console import add_console
+
+    add_console(commands)
 
     bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
     from worker_bench.args import add_bench_arguments
@@ -220,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(validation)
     validation.set_defaults(func=cmd_bench_validation)
+
+    console_bench = commands.add_parser(
+        "bench-console", help="console page timings with 100,000 dead letters and 100,000 provider jobs"
+    )
+    from worker_bench.console import add_arguments as add_console_bench_arguments
+
+    add_console_bench_arguments(console_bench)
+    console_bench.set_defaults(func=cmd_bench_console)
 
     schema = commands.add_parser("schema", help="write JSON Schema and AsyncAPI files")
     schema.add_argument(

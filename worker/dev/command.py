@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 
 from worker.app import Worker, load_configuration
 from worker.dev import embedded_stack
+from worker.dev.console import with_console
 from worker.errors import ConfigurationError
 from worker.ops.publish import publish_values
 from worker.ops.topics import create_worker_topics
@@ -166,7 +167,7 @@ def exclusive(data_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
+async def run_dev(data_dir: Path, *, demo: bool, partitions: int, console: bool = False) -> int:
     require_embedded_extra()
     with exclusive(data_dir), embedded_stack(data_dir) as (dsn, bootstrap):
         os.environ.update(dev_environment(dsn, bootstrap))
@@ -180,6 +181,8 @@ async def run_dev(data_dir: Path, *, demo: bool, partitions: int) -> int:
             _check_http_port(settings.http_port)  # before announcing a port a client could not reach
             _announce(settings, data_dir)
             try:
+                if console:
+                    return await with_console(worker, settings, data_dir)
                 return await worker.run()
             finally:
                 env_file(data_dir).unlink(missing_ok=True)

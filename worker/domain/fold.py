@@ -227,6 +227,16 @@ class BatchSummary:
     """The provider jobs the batch writes (customer, job, traceparent); not a count like the fields above."""
     events: int = 0
 
+    def outcome_counts(self) -> dict[str, int]:
+        """Records settled per outcome, as the console counts them (`answer_counts.outcome`)."""
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "rejected": self.rejected + self.invalid_signature,
+            "skipped": self.skipped,
+            "duplicate": self.duplicates,
+        }
+
     def add(self, other: BatchSummary) -> None:
         """Fold in the summary of another part of the same batch (poison isolation applies a batch in parts)."""
         self.created += other.created

@@ -1,6 +1,8 @@
-"""Redaction of log entries: personal-data and secret keys dropped, e-mail addresses and URL credentials
-masked, long values and tracebacks truncated. A safety net for mistakes, not a licence: log ids and counts, not
-customer values."""
+"""Redaction of log entries and trace spans: personal-data and secret keys dropped, e-mail addresses and URL
+credentials masked, long values and tracebacks truncated, exception messages without asyncpg's DETAIL or pydantic's
+input values. A safety net for mistakes, not a licence: log ids and counts, not customer values.
+
+The same rules apply to spans (`worker.tracing`, a lower layer, which they are registered with on import)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from worker import tracing
 from worker.contract.fields import PERSONAL_NAMES
 
 #: Event-dict keys dropped by `redact` (compared lower-cased, ``-`` read as ``_``), at any depth: the customer fields
@@ -178,10 +181,7 @@ def _exception_fields(traceback_key: str) -> Processor:
         if exc is not None:
             event_dict["error"] = safe_message(exc)
             event_dict["error_type"] = type(exc).__name__
-            text = "".join(_format_traceback(exc)).rstrip("\n")
-            if len(text) > _MAX_TRACEBACK_CHARS:
-                text = "…" + text[-(_MAX_TRACEBACK_CHARS - 1) :]
-            event_dict[traceback_key] = text
+            event_dict[traceback_key] = safe_traceback(exc)
         stack = event_dict.pop("stack_info", None)
         if isinstance(stack, str):
             event_dict["stack"] = stack
@@ -190,3 +190,50 @@ def _exception_fields(traceback_key: str) -> Processor:
         return event_dict
 
     return processor
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """Python's traceback of `exc` (its causes and contexts too), each message from `safe_message`, cut from the
+    start to `_MAX_TRACEBACK_CHARS`."""
+    text = "".join(_format_traceback(exc)).rstrip("\n")
+    if len(text) > _MAX_TRACEBACK_CHARS:
+        text = "…" + text[-(_MAX_TRACEBACK_CHARS - 1) :]
+    return text
+
+
+# asyncpg's `str()` appends these to the server's message, each on a line of its own (DETAIL can quote a row).
+_SERVER_DETAIL_LINES: Final = ("DETAIL:", "HINT:")
+
+
+def scrub_error_text(text: str, *, long: bool = False) -> str:
+    """An exception text rendered by someone else (`str(exc)`, `traceback.format_exception`), as safe as
+    `safe_message` / `safe_traceback` can make it from the text alone: the server's DETAIL and HINT lines dropped,
+    e-mail addresses and URL credentials masked, cut like them. A message keeps its first line only."""
+    lines = [line for line in text.splitlines() if not line.lstrip(" |").startswith(_SERVER_DETAIL_LINES)]
+    if long:
+        text = "\n".join(lines)
+        if len(text) > _MAX_TRACEBACK_CHARS:  # the end holds the exception itself, as in `safe_traceback`
+            text = "…" + text[-(_MAX_TRACEBACK_CHARS - 1) :].lstrip(_ADDRESS_CHARACTERS)
+        return _scrub_text(text)
+    return _truncate(_scrub_text(_truncate_words(lines[0] if lines else "", _MAX_ERROR_CHARS)), _MAX_ERROR_CHARS)
+
+
+class _SpanRedaction:
+    """The rules above, for `worker.tracing`: a span's attributes are an event dict's fields."""
+
+    def attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        # Attribute names are dotted (`enduser.email`, `http.request.header.authorization`): the last part counts.
+        kept = {key: value for key, value in attributes.items() if not _is_redacted_key(key.rsplit(".", 1)[-1])}
+        return dict(redact(None, "", kept))
+
+    def error_message(self, exc: BaseException) -> str:
+        return safe_message(exc)
+
+    def error_traceback(self, exc: BaseException) -> str:
+        return safe_traceback(exc)
+
+    def error_text(self, text: str, *, long: bool = False) -> str:
+        return scrub_error_text(text, long=long)
+
+
+tracing.use_redaction(_SpanRedaction())

@@ -1,4 +1,6 @@
-"""`customer-worker dlq replay`: republish dead-lettered records to the commands topic (SPEC §7 and §11).
+"""`customer-worker dlq replay`: republish dead-lettered records to the commands topic (SPEC §7 and §11), as a DLQ
+replay job of `worker.ops.jobs` (the console's code): audited, a result per record, marked replayed only once the
+broker acknowledged the republish.
 
 It replays what was in the DLQ when it started, never what it or the worker put there afterwards, so it always
 ends. The boundary is taken before anything is sent, per partition, by reading: end offsets are only a lower
@@ -6,16 +8,19 @@ bound on Tansu (it reports the last batch's base offset + 1), exact on Kafka. Fr
 until the broker has nothing more to give, or until records stamped after the replay started (written by someone
 else meanwhile); the offset after the last record seen is the boundary. Then the DLQ is read from its beginning up
 to the boundary (no consumer group, nothing committed): matching records are sent with their key, value and headers
-minus the `dlq-*` ones. Safe to repeat: the worker answers a command it already applied as a duplicate.
+minus the `dlq-*` ones. Every record read gets its `dead_letters` row if it has none yet (a record written before
+the worker recorded them, or by another tool), and the matching rows are the job's explicit selection. Safe to
+repeat: the worker answers a command it already applied as a duplicate.
 
-After sending, the DLQ past the boundary is watched for a few seconds: a replayed record that comes straight back
-(the cause is not fixed) is reported, and never replayed again by this run.
+After sending, `dead_letters` is watched for a few seconds: a replayed record that comes straight back (the cause is
+not fixed) carries the job's `x-replay-job` header into its DLQ copy, is reported, and never replayed by this job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,17 +29,22 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from worker.ops.dlq_rows import row_of_dlq_record
+from worker.ops.job_cli import run_job_here
+from worker.ops.jobs import Ids
 from worker.ops.progress import ProgressReporter
 from worker.ops.topics import start_consumer
 from worker.settings import KafkaSettings
+from worker.store.console import ids_at, job_items, record_dead_letters, returned_from
+from worker.store.jobs import Pool
 from worker.transport.options import client_options
-from worker.transport.producers import DLQ_HEADERS, KafkaProducer, Message
 
 DEFAULT_WATCH_SECONDS = 5.0
 _POLL_MS = 1000
 _IDLE_MS = 1500
 _STUCK_SECONDS = 60.0
 _CHUNK = 500
+_WATCH_POLL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,8 @@ class ReplayStats:
     filtered_by: Counter[str] = field(default_factory=Counter)
     returned: list[Returned] = field(default_factory=list)
     boundary: dict[int, int] = field(default_factory=dict)
+    not_replayed: Counter[str] = field(default_factory=Counter)
+    job_id: int | None = None
     limit_reached: bool = False
     interrupted: bool = False
     stuck: str | None = None
@@ -113,24 +125,68 @@ def _organization_of(value: bytes | None) -> str | None:
     return organization_id if isinstance(organization_id, str) else None
 
 
-def _fingerprint(key: bytes | None, value: bytes | None) -> bytes:
-    digest = hashlib.sha256()
-    for part in (key, value):
-        digest.update(b"\x00" if part is None else b"\x01%d:" % len(part) + part)
-    return digest.digest()
-
-
 async def replay(
     settings: KafkaSettings,
     selection: ReplayFilter,
     *,
+    pool: Pool | None,
     dry_run: bool = False,
     limit: int | None = None,
     watch_seconds: float = DEFAULT_WATCH_SECONDS,
     stop: asyncio.Event | None = None,
+    rate_per_second: float = 1000.0,
 ) -> ReplayStats:
-    """Replay (or, with `dry_run`, count) the matching records the DLQ held at start; `stop` ends it early."""
-    run = _Replay(settings, selection, ReplayStats(dry_run=dry_run), stop or asyncio.Event())
+    """Replay (or, with `dry_run`, count) the matching records the DLQ held at start; `stop` ends it early. A dry
+    run needs no database (`pool` may be None): it writes nothing."""
+    if pool is None and not dry_run:
+        raise ValueError("a replay needs the database (its job and the dead letters' rows)")
+    stop = stop or asyncio.Event()
+    stats = ReplayStats(dry_run=dry_run)
+    chosen = await _index(settings, selection, pool, stats, limit=limit, stop=stop)
+    if stop.is_set():
+        stats.interrupted = True
+        return stats
+    if dry_run or not chosen or pool is None:
+        for _, reason, partition in chosen:
+            stats.replayed_by_reason[reason] += 1
+            stats.replayed_by_partition[partition] += 1
+        return stats
+    status = await run_job_here(
+        pool,
+        "dlq_replay",
+        Ids(tuple(item for item, _, _ in chosen)),
+        kafka=settings,
+        stop=stop,
+        rate_per_second=rate_per_second,
+    )
+    stats.job_id = status.id
+    results = await job_items(pool, status.id)
+    for item, reason, partition in chosen:
+        result, detail = results.get(item, ("skipped", "not reached"))
+        if result in ("sent", "returned"):
+            stats.replayed_by_reason[reason] += 1
+            stats.replayed_by_partition[partition] += 1
+        else:
+            stats.not_replayed[detail or result] += 1
+    if stats.replayed and watch_seconds > 0 and not stop.is_set():
+        print(f"dlq replay: watching {settings.dlq_topic} {watch_seconds:g} s for returns", file=sys.stderr, flush=True)
+        await _watch_returns(pool, status.id, stats, watch_seconds, stop)
+    stats.interrupted = stop.is_set()
+    return stats
+
+
+async def _index(
+    settings: KafkaSettings,
+    selection: ReplayFilter,
+    pool: Pool | None,
+    stats: ReplayStats,
+    *,
+    limit: int | None,
+    stop: asyncio.Event,
+) -> list[tuple[int, str, int]]:
+    """Read the DLQ up to its end at start; every record gets its `dead_letters` row; the matching ones, in DLQ
+    order, as (row id, reason, partition)."""
+    run = _Replay(settings, selection, stats, stop, None if stats.dry_run else pool)
     started_ms = int(time.time() * 1000)
     consumer = run.consumer
     await start_consumer(consumer)
@@ -141,40 +197,59 @@ async def replay(
             if selection.partition in (None, p)  # read only the partition asked for
         ]
         if not partitions:
-            return run.stats
+            return []
         consumer.assign(partitions)
         ends = await run.snapshot_ends(partitions, started_ms)
-        run.stats.boundary = {tp.partition: end for tp, end in ends.items()}
+        stats.boundary = {tp.partition: end for tp, end in ends.items()}
         starts = await consumer.beginning_offsets(partitions)
         to_offset = selection.to_offset
         bounds = {tp: ends[tp] if to_offset is None else min(ends[tp], to_offset + 1) for tp in ends}
         first = {tp: max(starts[tp], selection.from_offset or 0) for tp in partitions}
         total = sum(max(bounds[tp] - first[tp], 0) for tp in partitions)
-        with ProgressReporter("dlq replay", total) as progress:
-            await run.read_and_send(first, bounds, limit, progress, send=not dry_run)
-            if run.sent and watch_seconds > 0 and not run.stop.is_set():
-                progress.note(f"dlq replay: watching {settings.dlq_topic} {watch_seconds:g} s for returns")
-                await run.watch_returns(ends, watch_seconds)
-        run.stats.interrupted = run.stop.is_set()
+        with ProgressReporter("dlq replay: reading the DLQ", total) as progress:
+            await run.read_and_index(first, bounds, limit, progress)
     finally:
-        await run.producer.stop()
         await consumer.stop()
-    return run.stats
+    return run.chosen
+
+
+async def _watch_returns(
+    pool: Pool, job_id: int, stats: ReplayStats, watch_seconds: float, stop: asyncio.Event
+) -> None:
+    """Wait `watch_seconds`, or until every replayed record came back, for the rows of records that returned."""
+    deadline = time.monotonic() + watch_seconds
+    while not stop.is_set():
+        rows = await returned_from(pool, job_id)
+        if len(rows) >= stats.replayed or time.monotonic() >= deadline:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=min(_WATCH_POLL, max(deadline - time.monotonic(), 0.01)))
+    stats.returned = [
+        Returned(r["dlq_partition"], r["dlq_offset"], r["reason"]) for r in await returned_from(pool, job_id)
+    ]
 
 
 class _Replay:
-    """One run: its consumer and producer, what it sent (fingerprints) and what it counted."""
+    """One run's reading of the DLQ: its consumer, the rows it indexed and what it chose."""
 
-    def __init__(self, settings: KafkaSettings, selection: ReplayFilter, stats: ReplayStats, stop: asyncio.Event):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        selection: ReplayFilter,
+        stats: ReplayStats,
+        stop: asyncio.Event,
+        pool: Pool | None,
+    ):
+        # Without a pool (a dry run) nothing is written: the matching records are only counted.
         self.settings = settings
         self.selection = selection
         self.stats = stats
         self.stop = stop
-        self.sent: Counter[bytes] = Counter()
+        self.pool = pool
+        self.chosen: list[tuple[int, str, int]] = []
         self.consumer = AIOKafkaConsumer(
             **client_options(settings), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
         )
-        self.producer = KafkaProducer(settings)  # started on the first send only
 
     async def snapshot_ends(self, partitions: list[TopicPartition], started_ms: int) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last record the DLQ held at start, found by reading (see the
@@ -200,14 +275,12 @@ class _Replay:
         consumer.resume(*partitions)
         return ends
 
-    async def read_and_send(
+    async def read_and_index(
         self,
         first: dict[TopicPartition, int],
         bounds: dict[TopicPartition, int],
         limit: int | None,
         progress: ProgressReporter,
-        *,
-        send: bool,
     ) -> None:
         consumer, stats = self.consumer, self.stats
         active = {tp for tp in bounds if bounds[tp] > first[tp]}
@@ -219,8 +292,8 @@ class _Replay:
         idle_since = time.monotonic()
         while active and not self.stop.is_set() and not stats.limit_reached:
             batches = await consumer.getmany(*active, timeout_ms=_POLL_MS, max_records=_CHUNK)
-            messages: list[Message] = []
-            chosen: list[tuple[str, int]] = []
+            read: list[Any] = []
+            matched: list[tuple[int, int, str]] = []
             for tp, records in batches.items():
                 for record in records:
                     if record.offset >= bounds[tp] or stats.limit_reached:
@@ -232,19 +305,14 @@ class _Replay:
                     if left_out_by is not None:
                         stats.filtered_by_reason[reason] += 1
                         stats.filtered_by[left_out_by] += 1
-                    elif limit is not None and stats.replayed + len(chosen) >= limit:
+                    elif limit is not None and len(self.chosen) + len(matched) >= limit:
                         stats.limit_reached = True
                         stats.read -= 1  # seen, not handled
+                        break
                     else:
-                        headers = [(k, v) for k, v in record.headers if k not in DLQ_HEADERS]
-                        messages.append((record.key, record.value, headers))
-                        chosen.append((reason, tp.partition))
-            if messages and send:
-                await self.producer.send_all(self.settings.commands_topic, messages)
-                self.sent.update(_fingerprint(key, value) for key, value, _ in messages)
-            for reason, partition in chosen:
-                stats.replayed_by_reason[reason] += 1
-                stats.replayed_by_partition[partition] += 1
+                        matched.append((record.partition, record.offset, reason))
+                    read.append(record)
+            await self._record(read, matched)
             for tp in list(active):
                 if await consumer.position(tp) >= bounds[tp]:
                     active.discard(tp)
@@ -257,23 +325,16 @@ class _Replay:
                 stats.stuck = f"nothing returned for {_STUCK_SECONDS:g} s below the end at start ({', '.join(behind)})"
                 return
 
-    async def watch_returns(self, ends: dict[TopicPartition, int], watch_seconds: float) -> None:
-        """Read the DLQ past the boundary for `watch_seconds`, or until every replayed record came back."""
-        consumer = self.consumer
-        for tp, end in ends.items():
-            consumer.resume(tp)
-            consumer.seek(tp, end)
-        waiting = Counter(self.sent)
-        deadline = time.monotonic() + watch_seconds
-        while waiting.total() and not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            batches = await consumer.getmany(timeout_ms=int(min(left * 1000, _POLL_MS)), max_records=_CHUNK)
-            for records in batches.values():
-                for record in records:
-                    source = bytes(dict(record.headers).get("dlq-source-topic", b"")).decode(errors="replace")
-                    fingerprint = _fingerprint(record.key, record.value)
-                    if waiting[fingerprint] > 0 and source == self.settings.commands_topic:
-                        waiting[fingerprint] -= 1
-                        self.stats.returned.append(Returned(record.partition, record.offset, reason_of(record)))
+    async def _record(self, read: list[Any], matched: list[tuple[int, int, str]]) -> None:
+        if self.pool is None:
+            self.chosen += [(0, reason, partition) for partition, _, reason in matched]
+            return
+        if not read:
+            return
+        topic = self.settings.dlq_topic
+        await record_dead_letters(self.pool, [row_of_dlq_record(topic, record) for record in read], count=False)
+        ids = await ids_at(self.pool, topic, [(partition, offset) for partition, offset, _ in matched])
+        self.chosen += [(ids[partition, offset], reason, partition) for partition, offset, reason in matched]
 
 
 def format_summary(stats: ReplayStats, settings: KafkaSettings) -> str:
@@ -294,6 +355,11 @@ def format_summary(stats: ReplayStats, settings: KafkaSettings) -> str:
         lines.append(f"  {verb} by DLQ partition: {parts}")
     if stats.filtered_by:
         lines.append("  filtered by: " + ", ".join(f"{k} {n}" for k, n in sorted(stats.filtered_by.items())))
+    if stats.not_replayed:
+        why = ", ".join(f"{n} {detail}" for detail, n in sorted(stats.not_replayed.items()))
+        lines.append(f"  not replayed: {why}")
+    if stats.job_id is not None:
+        lines.append(f"  job {stats.job_id} (customer-worker console shows its result per record)")
     if stats.returned:
         where = ", ".join(f"{r.partition}:{r.offset} ({r.reason})" for r in stats.returned)
         lines.append(f"  came straight back to the DLQ, not replayed again: {len(stats.returned)} at {where}")

@@ -1,10 +1,10 @@
-"""`customer-worker outbox list` and `customer-worker outbox republish`: the parked events (SPEC §12).
+"""`customer-worker parked list` (old name: `outbox list`): the parked events (SPEC §12).
 
 An event the broker refused for good (too large for `KAFKA_MAX_REQUEST_SIZE` or the broker's `message.max.bytes`,
 or refused as invalid) is moved by the relay from the outbox to `parked_events`. `list` shows them (one JSON object
-per line, payload left out); `republish` moves the chosen ones back to the end of the outbox, where a running
-worker's relay publishes them with their original `event_id`, or parks them again if they are still refused.
-Only `DATABASE_URL` is needed: nothing is sent from here.
+per line, payload left out). `parked republish` is an operator job (`worker.ops.jobs`): it moves the chosen ones back
+to the end of the outbox, where a running worker's relay publishes them with their original `event_id`, or parks
+them again if they are still refused. Only `DATABASE_URL` is needed: nothing is sent from here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import orjson
 from pydantic import SecretStr
 
 from worker.settings import revealed
-from worker.store.outbox import ParkedFilter, list_parked, republish_parked
+from worker.store.outbox import ParkedFilter, list_parked
 
 
 def _line(row: asyncpg.Record) -> str:
@@ -39,15 +39,6 @@ async def list_events(dsn: SecretStr | str, selection: ParkedFilter, limit: int)
     conn = await asyncpg.connect(revealed(dsn))
     try:
         return [_line(row) for row in await list_parked(conn, selection, limit)]
-    finally:
-        await conn.close()
-
-
-async def republish(dsn: SecretStr | str, selection: ParkedFilter) -> int:
-    conn = await asyncpg.connect(revealed(dsn))
-    try:
-        async with conn.transaction():
-            return await republish_parked(conn, selection)
     finally:
         await conn.close()
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Final
 
 import asyncpg
 
+from worker.contract.decode import Admitted
 from worker.domain.customer import CustomerState
 from worker.domain.events import OutboxEvent
-from worker.domain.fold import CustomerKey, InboxKey, ProviderJob
+from worker.domain.fold import BatchSummary, CustomerKey, InboxKey, Outcome, ProviderJob
+from worker.store.console import count_answers
+from worker.store.db import connection
 from worker.store.outbox import event_arrays, insert_sql
 from worker.store.rows import (
     SELECT_FOR_UPDATE,
@@ -61,7 +65,7 @@ EnqueuedJob = tuple[CustomerState, ProviderJob, str | None]
 @asynccontextmanager
 async def batch_transaction(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[BatchTransaction]:
     """One connection, one transaction: committed when the block ends, rolled back if it raises."""
-    async with pool.acquire() as conn:
+    async with connection(pool) as conn:
         try:
             async with conn.transaction():
                 yield BatchTransaction(conn)
@@ -116,6 +120,12 @@ class BatchTransaction:
         written = await self._conn.fetchval(_WRITE, rows_json(list(customers)), *event_arrays(events))
         if written != len(customers):
             raise IdentityConflictError("a customer id is taken by another organization or external id")
+
+    async def count_for_console(
+        self, fresh: Sequence[Admitted], outcomes: Iterable[Outcome], summary: BatchSummary, now: datetime
+    ) -> None:
+        """The console's counts of this minute (`store.console`), in the batch's transaction."""
+        await count_answers(self._conn, fresh, outcomes, summary.outcome_counts(), now)
 
     async def enqueue_jobs(self, jobs: Sequence[EnqueuedJob]) -> None:
         if not jobs:

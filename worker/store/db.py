@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import SecretStr
 
+from worker.outages import DependencyUnavailableError
 from worker.settings import revealed
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -31,3 +34,16 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Released connections skip asyncpg's server-side reset (`RESET ALL`, `UNLISTEN *`, ...): one round trip saved
     per batch and per relay round. The worker keeps no session state on pooled connections: no SET, no LISTEN, only
     transaction-scoped advisory locks. asyncpg still rolls back a transaction left open before this is called."""
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A pooled connection; failing to get one in time (a connect timeout) is an outage, never a record's timeout."""
+    try:
+        conn = await pool.acquire()
+    except TimeoutError as exc:
+        raise DependencyUnavailableError("no database connection in time") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)

@@ -6,11 +6,15 @@ bloats one transaction.
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Final, NamedTuple
 
 import asyncpg
 
+from worker.store.console import COUNTS_KEPT, HEARTBEAT, PRUNE_CONSOLE, WORKERS_KEPT, worker_id, worker_version
 from worker.store.jobs import Pool, prune_finished
 
 PRUNE_CHUNK: Final = 10_000
@@ -53,3 +57,16 @@ async def open_provider_jobs(pool: Pool, *, statement_timeout: float) -> dict[st
     """Open provider jobs per status (`pending`, `running`)."""
     rows = await pool.fetch(_OPEN_JOBS, timeout=statement_timeout)
     return {row["status"]: row["n"] for row in rows}
+
+
+async def console_heartbeat(
+    pool: Pool,
+    partitions: Iterable[int],
+    *,
+    counts_kept: timedelta = COUNTS_KEPT,
+    workers_kept: timedelta = WORKERS_KEPT,
+) -> None:
+    """Say this process is alive with the partitions it holds (the console lists workers from the database, not
+    from one process's memory), and forget counts and workers older than what the console shows."""
+    await pool.execute(HEARTBEAT, worker_id(), socket.gethostname(), os.getpid(), sorted(partitions), worker_version())
+    await pool.execute(PRUNE_CONSOLE, counts_kept, workers_kept)

@@ -59,14 +59,6 @@ _LIST: Final = (
     "reason, error FROM parked_events WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR "
     "reason = $2) AND ($3::text IS NULL OR event_type = $3) ORDER BY id LIMIT $4"
 )
-# Back to the outbox's end, in parked order: the relay publishes them (and parks them again if still refused).
-_REPUBLISH: Final = (
-    "WITH chosen AS (DELETE FROM parked_events WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND "
-    "($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR event_type = $3) "
-    "RETURNING id, event_id, event_key, event_type, traceparent, payload, schema_id) "
-    "INSERT INTO outbox (event_id, event_key, event_type, traceparent, payload, schema_id) "
-    "SELECT event_id, event_key, event_type, traceparent, payload, schema_id FROM chosen ORDER BY id"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +93,3 @@ async def park(conn: Conn, refusals: Sequence[Refusal]) -> None:
 async def list_parked(conn: Conn, selection: ParkedFilter, limit: int) -> list[asyncpg.Record]:
     ids = list(selection.ids) if selection.ids is not None else None
     return list(await conn.fetch(_LIST, ids, selection.reason, selection.event_type, limit))
-
-
-async def republish_parked(conn: Conn, selection: ParkedFilter) -> int:
-    ids = list(selection.ids) if selection.ids is not None else None
-    status = await conn.execute(_REPUBLISH, ids, selection.reason, selection.event_type)
-    return int(status.split()[-1])

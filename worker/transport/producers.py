@@ -89,8 +89,11 @@ class KafkaProducer:
     def fits(self, message: Message) -> bool:
         return record_size(*message) <= self.max_record_size
 
-    async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> None:
-        """Send (key, value, headers) in order and return when the broker acknowledged every one of them.
+    async def send_all(
+        self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False
+    ) -> list[tuple[int, int]]:
+        """Send (key, value, headers) in order and return when the broker acknowledged every one of them, with
+        each message's (partition, offset), in the order given.
 
         Raises `RecordRefusedError` when a record is over `KAFKA_MAX_REQUEST_SIZE` (nothing is sent then) or the
         broker refuses one for good; `DependencyUnavailableError` for every other failure. `sizes_checked=True`
@@ -102,14 +105,14 @@ class KafkaProducer:
                         RefusalReason.TOO_LARGE, f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})"
                     )
         try:
-            await self._send_all(topic, messages)
+            return await self._send_all(topic, messages)
         except KafkaError as exc:
             refused = refusal(exc)
             if refused is not None:
                 raise refused from exc
             raise DependencyUnavailableError(f"kafka: {type(exc).__name__}") from exc
 
-    async def _send_all(self, topic: str, messages: Sequence[Message]) -> None:
+    async def _send_all(self, topic: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
         # Messages are partitioned as every Kafka client does (murmur2 of the key) and appended to record batches
         # per partition: far less work per message than one `send` each, and the order within a partition is kept.
         if self._producer is None:
@@ -117,28 +120,39 @@ class KafkaProducer:
         producer = self._producer
         assert producer is not None
         partitions = sorted(await producer.partitions_for(topic))
-        by_partition: dict[int, list[Message]] = {}
-        for message in messages:
+        by_partition: dict[int, list[int]] = {}
+        for index, message in enumerate(messages):
             key = message[0]
             partition = partitions[_key_hash(key) % len(partitions)] if key is not None else random.choice(partitions)
-            by_partition.setdefault(partition, []).append(message)
-        pending = []
-        for partition, batch_messages in by_partition.items():
+            by_partition.setdefault(partition, []).append(index)
+        # Each future with the positions of its records: a batch's metadata carries its base offset, and its
+        # records follow it one by one (offset deltas 0, 1, ...).
+        pending: list[tuple[Any, list[int]]] = []
+        for partition, indexes in by_partition.items():
             batch = producer.create_batch()
-            for key, value, headers in batch_messages:
+            in_batch: list[int] = []
+            for index in indexes:
+                key, value, headers = messages[index]
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is not None:
+                    in_batch.append(index)
                     continue
                 if batch.record_count():
-                    pending.append(await _send_closed(producer, batch, topic, partition))
-                    batch = producer.create_batch()
+                    pending.append((await _send_closed(producer, batch, topic, partition), in_batch))
+                    batch, in_batch = producer.create_batch(), []
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # Larger than a batch (a big DLQ copy): the regular path sizes one for it.
-                    pending.append(
-                        await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
-                    )
+                    sent = await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
+                    pending.append((sent, [index]))
+                else:
+                    in_batch.append(index)
             if batch.record_count():
-                pending.append(await _send_closed(producer, batch, topic, partition))
-        await asyncio.gather(*pending)
+                pending.append((await _send_closed(producer, batch, topic, partition), in_batch))
+        acknowledged = await asyncio.gather(*(future for future, _ in pending))
+        coordinates: list[tuple[int, int]] = [(0, 0)] * len(messages)
+        for metadata, (_, indexes) in zip(acknowledged, pending, strict=True):
+            for delta, index in enumerate(indexes):
+                coordinates[index] = (metadata.partition, metadata.offset + delta)
+        return coordinates
 
 
 async def _send_closed(producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int) -> Any:
@@ -160,7 +174,15 @@ class DeadLetterProducer:
         self._topic = topic
         self._on_dropped = on_dropped
 
+    @property
+    def max_record_size(self) -> int:
+        return self._producer.max_record_size
+
     async def send(self, letters: Sequence[tuple[RawRecord, DeadLetter]]) -> None:
+        await self.send_placed(letters)
+
+    async def send_placed(self, letters: Sequence[tuple[RawRecord, DeadLetter]]) -> list[tuple[int, int] | None]:
+        """Each letter's DLQ (partition, offset) once acknowledged, in order; None for a copy dropped (see above)."""
         failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
         limit = self._producer.max_record_size
         copies: list[tuple[Message, Message]] = []
@@ -169,24 +191,23 @@ class DeadLetterProducer:
             copy = fit_dead_letter(record.key, record.value, without_dlq_headers(record.headers), dlq, limit)
             copies.append((copy, stub(dlq, len(record.value or b""))))
         try:
-            await self._producer.send_all(self._topic, [copy for copy, _ in copies])
+            return list(await self._producer.send_all(self._topic, [copy for copy, _ in copies]))
         except RecordRefusedError:
             # Which record the broker refused is not known from a batch: one at a time, in order.
-            for copy, fallback in copies:
-                await self._send_one(copy, fallback)
+            return [await self._send_one(copy, fallback) for copy, fallback in copies]
 
-    async def _send_one(self, copy: Message, fallback: Message) -> None:
+    async def _send_one(self, copy: Message, fallback: Message) -> tuple[int, int] | None:
         try:
-            await self._producer.send_all(self._topic, [copy])
-            return
+            return (await self._producer.send_all(self._topic, [copy]))[0]
         except RecordRefusedError as exc:
             log.warning("dead_letter_refused", reason=exc.reason, detail=exc.detail, stub=True)
         try:
-            await self._producer.send_all(self._topic, [fallback])
+            return (await self._producer.send_all(self._topic, [fallback]))[0]
         except RecordRefusedError as exc:
             log.error("dead_letter_dropped", reason=exc.reason, detail=exc.detail, headers=_dlq_summary(fallback))
             if self._on_dropped is not None:
                 self._on_dropped(1)
+            return None
 
 
 def dlq_headers(record: RawRecord, letter: DeadLetter, failed_at: bytes) -> list[tuple[str, bytes]]:
