@@ -3,14 +3,15 @@
 Salvage contained per partition (case 2; SPEC §12), with crafted fetch responses.
 
 A real aiokafka consumer, with the worker's salvage installed and the worker's isolation level, reads three
-partitions through `FetchRewritingProxy`, which replaces the middle partition's first batch (offset 0) with a shape
-no healthy broker serves: v0/v1 message sets, a bad CRC, a corrupt or overlong length, truncated data, control
-batches. Before the fix, an exception escaped `getmany` and took the records drained from the partition ahead with
-it (their positions already moved: lost, with no dead letter), or an offset was skipped without a trace.
+partitions through `FetchRewritingProxy`, which replaces the middle partition's batch at offset 0 (or at 1, after a
+readable v2 batch in the same fetch) with a shape no healthy broker serves: v0/v1 message sets, a bad CRC, a corrupt
+or overlong length, truncated data, control batches. Before the fix, an exception escaped `getmany` and took the
+records drained from the partition ahead with it (their positions already moved: lost, with no dead letter), or an
+offset was skipped without a trace.
 
 Each case requires: every record of the other partitions delivered exactly once and no poll raising; the damaged
 offset delivered as a record, as an `UnreadableRecord` placeholder, or (a control batch) not at all; and the
-partition's later records delivered after it.
+partition's other records delivered, once each and in order.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class Shape:
     name: str
     crafted: Callable[[], bytes]
     expect: str  # "record", "placeholder" or "skipped"
-    keeps_tail: bool = True  # whether the bytes after the first batch are kept (a corrupt length loses them)
+    keeps_tail: bool = True  # whether the bytes after the batch are kept (a corrupt length loses them)
+    at: int = 0  # the offset whose batch is replaced: 1 puts a readable v2 batch before it in the same fetch
 
 
 SHAPES = [
@@ -116,15 +118,36 @@ SHAPES = [
     Shape("commit marker", lambda: bytes(_control(b"\x00\x00\x00\x01")), "skipped"),
     Shape("abort marker", lambda: bytes(_control(b"\x00\x00\x00\x00")), "skipped"),
     Shape("control batch with an unreadable marker", lambda: bytes(_control(b"\x01")), "skipped"),
+    Shape("v1 message set after a v2 batch", lambda: bytes(_legacy(1, b"legacy-v1")), "record", at=1),
+    Shape("v0 message set after a v2 batch", lambda: bytes(_legacy(0, b"legacy-v0")), "record", at=1),
+    Shape(
+        "length below the minimum after a v2 batch",
+        lambda: b"\x00" * 8 + (4).to_bytes(4, "big") + b"\x00" * 4,
+        "placeholder",
+        at=1,
+    ),
+    Shape(
+        "length past the fetched bytes after a v2 batch",
+        lambda: b"\x00" * 8 + (1 << 30).to_bytes(4, "big") + b"\x00" * 60,
+        "placeholder",
+        keeps_tail=False,
+        at=1,
+    ),
 ]
 
 
-def _first_batch_replaced(crafted: bytes, keeps_tail: bool) -> Callable[[str, int, int, bytes], bytes]:
+def _batch_replaced(shape: Shape) -> Callable[[str, int, int, bytes], bytes]:
+    """Replaces the damaged partition's batch at `shape.at`, wherever it stands in the fetched bytes."""
+    crafted = shape.at.to_bytes(8, "big") + shape.crafted()[8:]  # the offset field starts every format
+
     def rewrite(topic: str, partition: int, offset: int, records: bytes) -> bytes:
-        if partition != DAMAGED or offset != 0 or len(records) < 12:
-            return records
-        first_end = 12 + int.from_bytes(records[8:12], "big")
-        return crafted + (records[first_end:] if keeps_tail else b"")
+        position = 0
+        while partition == DAMAGED and position + 12 <= len(records):
+            end = position + 12 + int.from_bytes(records[position + 8 : position + 12], "big")
+            if int.from_bytes(records[position : position + 8], "big") == shape.at:
+                return records[:position] + crafted + (records[end:] if shape.keeps_tail else b"")
+            position = end
+        return records
 
     return rewrite
 
@@ -199,7 +222,7 @@ async def _read_all(fetching: Fetching, wanted: int) -> tuple[list[ConsumerRecor
 async def test_a_damaged_batch_costs_no_other_partition_a_record_and_its_own_partition_moves_on(
     fetching: Fetching, shape: Shape
 ) -> None:
-    fetching.proxy.rewrite = _first_batch_replaced(shape.crafted(), shape.keeps_tail)
+    fetching.proxy.rewrite = _batch_replaced(shape)
     wanted = 3 * PER_PARTITION - (1 if shape.expect == "skipped" else 0)
     got, raised = await _read_all(fetching, wanted)
 
@@ -213,19 +236,19 @@ async def test_a_damaged_batch_costs_no_other_partition_a_record_and_its_own_par
         assert values == [f"p{partition}-{index}".encode() for index in range(PER_PARTITION)]
 
     damaged = by_partition[DAMAGED]
-    later = [record for record in damaged if record.offset > 0]
-    assert [(record.offset, record.value) for record in later] == [
-        (index, f"p{DAMAGED}-{index}".encode()) for index in range(1, PER_PARTITION)
-    ], "the partition moves on past the damaged offset, each later record once"
-    at_zero = [record for record in damaged if record.offset == 0]
+    others = [record for record in damaged if record.offset != shape.at]
+    assert [(record.offset, record.value) for record in others] == [
+        (index, f"p{DAMAGED}-{index}".encode()) for index in range(PER_PARTITION) if index != shape.at
+    ], "the partition moves on past the damaged offset, each other record once and in order"
+    at_damaged = [record for record in damaged if record.offset == shape.at]
     if shape.expect == "skipped":
-        assert at_zero == []
+        assert at_damaged == []
     elif shape.expect == "record":
-        [record] = at_zero
+        [record] = at_damaged
         assert not isinstance(record, UnreadableRecord)
         assert record.value is not None and record.value.startswith(b"legacy")
     else:
-        [placeholder] = at_zero
+        [placeholder] = at_damaged
         assert isinstance(placeholder, UnreadableRecord)
         assert (placeholder.key, placeholder.value) == (None, None)
         assert "not readable" in placeholder.unreadable or "CRC" in placeholder.unreadable

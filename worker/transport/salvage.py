@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
-from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.memory_records import MemoryRecords, _MemoryRecordsPy
 from aiokafka.structs import ConsumerRecord
 
 _MAX_PLACEHOLDERS: Final = 1000  # a corrupt header may claim any offset range: past this, one covers the rest
@@ -50,16 +50,27 @@ def _placeholders(tp: Any, first: int, end: int, reason: str) -> Iterator[Unread
         yield UnreadableRecord(tp.topic, tp.partition, offset, -1, 0, None, None, None, -1, -1, (), reason)
 
 
+class _FormatChangedError(Exception):
+    """The fetched bytes switch from v2 batches to v0/v1 message sets: the rest is read by the next fetch."""
+
+
+_MAGIC_AT: Final = 16  # the same place in every format: v2 batch header and v0/v1 message
+
+
 class _SplittableRecords:
-    """The fetched bytes split into batches by aiokafka's pure-Python splitter, which reads each batch's format from
-    its own magic byte: the compiled one reads every batch after a v0/v1 message set as v0/v1 (a v2 batch after it
-    fails with `SystemError`). Splitting costs one length read per batch; the batches are still the compiled ones.
-    Bytes holding no whole batch at the fetch position (a length that runs past them) are one more batch to read,
-    which fails: aiokafka would skip the offset with an exception instead."""
+    """The fetched bytes split into batches. aiokafka's compiled splitter reads every batch in the format of the
+    first (a v2 batch after a v0/v1 message set fails with `SystemError`; a v0/v1 set after v2 batches is misread),
+    so a fetch that starts with a v0/v1 set is split by its pure-Python one, which reads each batch's own magic
+    byte (slower, and only ever met on topics that still hold old-format data); a fetch of v2 batches ends where a
+    v0/v1 set follows them, and the next fetch starts there. Bytes holding no whole batch at the fetch position (a
+    length that runs past them) are one more batch to read, which fails: aiokafka would skip the offset with an
+    exception instead."""
 
     def __init__(self, data: bytes) -> None:
-        self._records = _MemoryRecordsPy(data)
+        self._legacy_first = len(data) > _MAGIC_AT and data[_MAGIC_AT] < 2
+        self._records = _MemoryRecordsPy(data) if self._legacy_first else MemoryRecords(data)
         self._unsplittable = not self._records.has_next() and self._records.size_in_bytes() > 0
+        self.started = False  # whether a batch was split off: a failure after that is met again by the next fetch
 
     def size_in_bytes(self) -> int:
         return int(self._records.size_in_bytes())
@@ -71,7 +82,11 @@ class _SplittableRecords:
         if self._unsplittable:
             self._unsplittable = False
             raise CorruptRecordException("batch length runs past the fetched bytes")
-        return self._records.next_batch()
+        batch = self._records.next_batch()
+        if not self._legacy_first and getattr(batch, "magic", 2) < 2:
+            raise _FormatChangedError
+        self.started = True
+        return batch
 
 
 def _unpack_records(self: Any) -> Iterator[ConsumerRecord[Any, Any]]:
@@ -82,7 +97,11 @@ def _unpack_records(self: Any) -> Iterator[ConsumerRecord[Any, Any]]:
             if not records.has_next():
                 return
             batch = records.next_batch()
+        except _FormatChangedError:
+            return
         except Exception as exc:  # noqa: BLE001 - the bytes from here on cannot be split into batches
+            if getattr(records, "started", False):
+                return  # the next fetch starts at this batch: its own format, or the case below
             # Only the position's offset is known; the next fetch starts after it (its batch, if longer, is met
             # again there and placeholders go on one offset per fetch until it is passed).
             reason = f"record batch not readable by the Kafka client: {type(exc).__name__}"
