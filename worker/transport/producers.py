@@ -77,9 +77,10 @@ UNEXPLAINED_ATTEMPTS: Final = 3  # sends of one record alone before its unexplai
 
 
 def raise_outage(exc: BaseException) -> None:
-    """Re-raise a retriable broker error, or one that names no cause (-1), as the service's
-    DependencyUnavailableError (then retried without limit)."""
-    if isinstance(exc, KafkaError) and (exc.retriable or unexplained(exc)):
+    """Re-raise a retriable broker error as the service's DependencyUnavailableError (then retried without limit).
+    Not `UnknownError`: at start it is what a broker without idempotent producers answers InitProducerId, a setting
+    to change (`KAFKA_ENABLE_IDEMPOTENCE=false`), not an outage to wait out."""
+    if isinstance(exc, KafkaError) and exc.retriable:
         raise DependencyUnavailableError(f"kafka: {type(exc).__name__}") from exc
 
 
