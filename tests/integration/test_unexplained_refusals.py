@@ -28,6 +28,7 @@ from worker.relay import OutboxRelay
 from worker.store.outbox import write_events
 from worker.tools.devstack import create_topics, free_port
 from worker.transport.producers import DeadLetterProducer, _key_hash
+from worker.transport.records import UnexplainedRefusalError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,3 +235,32 @@ async def test_a_dead_letter_refused_alone_with_minus_one_becomes_its_stub_when_
     assert by_offset[0].value == b"{not json 0" and by_offset[2].value == b"{not json 2"
     assert (by_offset[1].key, by_offset[1].value) == (None, None)
     assert header_dict(by_offset[1])["dlq-truncated"] == b"true"
+
+
+async def test_a_row_refused_alone_with_no_later_row_on_its_partition_is_held_not_parked(
+    broker: Broker, pool: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    # Nothing shows that the record is at fault rather than its partition: it waits (an outage when it is all there
+    # is; held while rows of other partitions go out), and is never parked on that evidence.
+    broker.proxy.marker = MARKER
+    refused_key = "org_u:cus_alone"
+    elsewhere = _key_on((_partition(refused_key) + 1) % PARTITIONS, avoid=set())
+    lonely = _event("alone", refused_key, MARKER)
+    async with pool.acquire() as conn:
+        await write_events(conn, [lonely])
+    producer = await broker.producer()
+    relay = OutboxRelay(pool=pool, sender=producer, topic=broker.topics["events"])
+    try:
+        with pytest.raises(UnexplainedRefusalError):
+            await relay.publish_once()
+        async with pool.acquire() as conn:
+            await write_events(conn, [_event("other-partition", elsewhere)])
+        with capture_logs() as logs:
+            assert await relay.publish_once() == 1  # the other row; the lonely one is held
+    finally:
+        await producer.stop()
+    assert relay.stats.parked == 0
+    assert [entry["count"] for entry in logs if entry["event"] == "events_held"] == [1]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
+        assert await conn.fetchval("SELECT event_id FROM outbox") == lonely.event_id
