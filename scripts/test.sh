@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: README and CI both call this. Extra arguments go to pytest, e.g. `scripts/test.sh -m slow`.
-# Without arguments it runs everything except the slow fault tests (crash, SIGTERM, outages).
+# Without arguments it runs everything except the slow tests: those under tests/faults/, tests/soak/ and
+# tests/release/, marked by folder in tests/conftest.py (docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh "${EXTRAS:-test}"

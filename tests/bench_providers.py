@@ -19,9 +19,9 @@ import asyncpg
 
 from tests.fakes.stripe_fake import FakeStripe
 from tests.integration.test_providers_jobs import ProviderHarness, connection
+from worker.dev import EmbeddedPostgres
 from worker.observability import configure_logging
 from worker.store import migrations
-from worker.tools.devstack import EmbeddedPostgres
 
 
 async def run(rate: int, seconds: float, concurrency: int) -> int:

@@ -1,37 +1,72 @@
-"""Shared fixtures: PostgreSQL and Kafka for the session, started only when a test asks for them.
+"""Shared fixtures, and which tests are slow.
 
+The servers: PostgreSQL and Kafka for the session, started only when a test asks for them.
 `DATABASE_URL` / `KAFKA_BOOTSTRAP_SERVERS` point the fixtures at servers you run yourself; without them an
 embedded PostgreSQL (`fast=True`) and an in-memory Tansu broker are started on loopback for the session.
+
+What runs where follows the folders (docs/testing.md): every test under one of `SLOW_FOLDERS` is marked `slow` here
+and runs only with `scripts/test.sh -m slow`; everything else runs by default. A `slow` marker written on a test
+outside them is refused, so the folders stay the one place that says it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Final
 
-import asyncpg
 import pytest
 
 from tests.containers import postgres_container
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics
+from tests.harness.database import new_database
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics
+
+TESTS: Final = Path(__file__).resolve().parent
+# faults: the worker killed, signalled, cut off from its servers; soak: long runs and memory bounds under heavy
+# input, the benchmark; release: the container image and a real Prometheus (podman, promtool, prometheus).
+SLOW_FOLDERS: Final = frozenset({"faults", "soak", "release"})
+_OWN_BASETEMP: Final = pytest.StashKey[str]()
+
+
+def is_slow_path(path: Path) -> bool:
+    relative = path.resolve().relative_to(TESTS)
+    return len(relative.parts) > 1 and relative.parts[0] in SLOW_FOLDERS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A base temporary folder of this session's own, unless `--basetemp` is given. pytest keeps only the three
+    newest `/tmp/pytest-of-USER/pytest-N` folders, so another session started meanwhile on the machine deletes an
+    older one in use: a fault test's PostgreSQL data and worker logs vanished under it (pg_ctl: permission denied)."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="cw-pytest-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's own base folder goes when everything passed; after a failure it stays, for the logs."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        if is_slow_path(item.path):
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow") is not None:
+            misplaced.append(item.nodeid)
+    if misplaced:
+        folders = ", ".join(f"tests/{name}/" for name in sorted(SLOW_FOLDERS))
+        raise pytest.UsageError(f"marked slow outside the slow folders ({folders}): {', '.join(misplaced)}")
+
 
 DEFAULT_TEST_PARTITIONS = 3
-
-
-def dsn_with_database(dsn: str, database: str) -> str:
-    """`dsn` with its database name replaced (query string, user and host kept)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")
@@ -66,25 +101,6 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.start()
     finally:
         broker.stop()
-
-
-@contextlib.asynccontextmanager
-async def new_database(server_dsn: str, prefix: str = "test") -> AsyncIterator[str]:
-    """DSN of a new, empty database on the server of `server_dsn`; dropped on exit."""
-    name = unique_name(prefix)
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield dsn_with_database(server_dsn, name)
-    finally:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest.fixture

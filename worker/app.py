@@ -26,7 +26,7 @@ from worker.observability import CommandOutcome, Health, HealthServer, Metrics, 
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
-from worker.providers.runner import ProviderJobRunner
+from worker.providers.runner import ProviderJobRunner, runner_options
 from worker.relay import OutboxRelay
 from worker.runtime import seconds_since_process_start, tune_garbage_collector, tune_malloc
 from worker.security import SigningKeys, load_signing_keys, unsigned_provider_organizations
@@ -160,8 +160,7 @@ class Worker:
             registry,
             adapters,
             self.metrics,
-            concurrency=settings.provider_concurrency,
-            max_attempts=settings.provider_max_attempts,
+            **runner_options(settings),
             drain_timeout=settings.shutdown_timeout * 0.3,
             on_events=relay.notify,
         )

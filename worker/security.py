@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, yaml_problem
 
 SIGNATURE_HEADER = "x-signature"
 _PREFIX = b"sha256="
@@ -88,9 +88,7 @@ def load_signing_keys(path: Path | None, *, require_signatures: bool) -> Signing
     except OSError as exc:
         raise ConfigurationError(f"SIGNING_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigurationError(
-            f"SIGNING_KEYS_FILE: {path} is not valid YAML or JSON ({type(exc).__name__})"
-        ) from None
+        raise ConfigurationError(f"SIGNING_KEYS_FILE: {path} is not valid YAML or JSON ({yaml_problem(exc)})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -96,7 +96,7 @@ class SigningSettings(BaseSettings):
 
 
 class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
-    """Everything `customer-worker run` needs; names beyond SPEC §10 are documented in the README."""
+    """Everything `customer-worker run` needs; every one is documented in docs/configuration.md."""
 
     providers_file: Path | None = None
     require_signatures: bool = False
@@ -104,7 +104,7 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     # Where /healthz, /readyz and /metrics listen; the processes of `WORKER_PROCESSES` > 1 listen on 127.0.0.1.
     http_host: str = "0.0.0.0"
-    # Worker processes in this replica (one core each), under one HTTP endpoint: see README "Processes".
+    # Worker processes in this replica (one core each), under one HTTP endpoint: see docs/operations.md "Processes".
     worker_processes: int = Field(default=1, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -116,9 +116,39 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     db_pool_size: int = Field(default=4, ge=1)
     relay_batch_size: int = Field(default=1_000, ge=1)
     relay_idle_interval: float = Field(default=0.05, gt=0)
-    provider_max_attempts: int = Field(default=6, ge=1)
+    provider_max_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="attempts of a provider job that may end through a fault of the worker (a crash, a lost lease, "
+        "an internal error); waiting on the provider is not bounded (contract §9)",
+    )
     provider_concurrency: int = Field(default=8, ge=1)
     provider_sync_budget: float = Field(default=5.0, gt=0)
+    # Provider jobs wait out everything that says nothing about the customer (SPEC §9, settled 2026-12-06).
+    provider_backoff_max: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="seconds: cap of the backoff between two attempts of a waiting provider job (minutes, not hours)",
+    )
+    provider_connection_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="provider jobs of one connection in hand at once per worker; unset: PROVIDER_CONCURRENCY less a "
+        "quarter (at least 1), so other connections always find a free slot",
+    )
+    provider_credential_check_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds between test calls of a connection whose credentials were refused (401/403); the first "
+        "that succeeds resumes its jobs on every replica",
+    )
+    provider_search_window: float = Field(
+        default=3600.0,
+        ge=0,
+        description="seconds search must keep missing after a dead end (stored 5xx, key mismatch) before a create "
+        "under a derived key: Stripe's search can lag writes by up to an hour during incidents",
+    )
     # Seconds an `occurred_at` may be ahead of the worker's clock before it is `value_is_invalid` (SPEC §12).
     max_clock_skew: float = Field(default=3600.0, ge=0)
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.adversarial.helpers import (
+from tests.harness.adversarial import (
     MiB,
     Stack,
     answers,

@@ -212,6 +212,8 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._stopping: asyncio.Event | None = None
+        self._site: web.SockSite | None = None
+        self._refusing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -308,13 +310,46 @@ class FakeServer:
         self.setup_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
+        self._runner = runner
+        await self._listen(0)
+
+    async def _listen(self, port: int) -> None:
+        assert self._runner is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
-        site = web.SockSite(runner, sock)
+        sock.bind((self.host, port))
+        site = web.SockSite(self._runner, sock)
         await site.start()
-        self._runner = runner
+        self._site = site
         self._port = sock.getsockname()[1]
+
+    async def _unlisten(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    def refuse_connections(self) -> None:
+        """Stop listening, as a host that is down: new connections are refused (ECONNREFUSED), and a request on a
+        connection kept alive from before is cut without an answer. `accept_connections()` ends it."""
+        with self._lock:
+            self._refusing = True
+        self._on_loop(self._unlisten())
+
+    def accept_connections(self) -> None:
+        """Listen again, on the same port."""
+        self._on_loop(self._listen(self.port))
+        with self._lock:
+            self._refusing = False
+
+    def _on_loop(self, work: Awaitable[None]) -> None:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+
+        async def run() -> None:
+            await work
+
+        asyncio.run_coroutine_threadsafe(run(), loop).result(10)
 
     async def _serve_stop(self) -> None:
         if self._runner is not None:
@@ -365,7 +400,10 @@ class FakeServer:
             return sum(f.remaining for f in self._faults)
 
     def reset(self) -> None:
-        """Forget requests, faults, rate limiting and idempotency keys (subclasses also clear their resources)."""
+        """Forget requests, faults, rate limiting and idempotency keys (subclasses also clear their resources); a
+        server refusing connections listens again."""
+        if self._refusing and self._loop is not None:
+            self.accept_connections()
         with self._lock:
             self._requests.clear()
             self._faults.clear()
@@ -608,6 +646,11 @@ class FakeServer:
         body = self.parse_body(request, raw)
         request[BODY_KEY] = body
         rec = self._record(request, raw, body)
+        with self._lock:
+            refusing = self._refusing
+        if refusing:
+            self._finish(rec, None, "dropped")
+            return self._drop(request)
         fault = self._take_fault(request.method, request.path)
 
         if fault is not None and fault.kind == "fail" and not fault.after_processing:

@@ -130,6 +130,7 @@ class FakeGoCardless(FakeServer):
 
     def setup_routes(self, app: web.Application) -> None:
         app.router.add_post("/customers", self._wrap(self._create_customer))
+        app.router.add_get("/customers", self._wrap(self._list_customers))
         app.router.add_get("/customers/{id}", self._wrap(self._get_customer))
         app.router.add_put("/customers/{id}", self._wrap(self._update_customer))
         app.router.add_post("/billing_requests", self._wrap(self._create_billing_request))
@@ -316,6 +317,14 @@ class FakeGoCardless(FakeServer):
         customer = self._new_customer(params)
         request[RESOURCE_ID_KEY] = customer["id"]
         return self.json_response({"customers": customer}, status=201)
+
+    def _list_customers(self, request: web.Request) -> web.Response:
+        limit = int(request.query.get("limit") or 50)
+        with self._lock:
+            found = list(self.customers.values())[:limit]
+        return self.json_response(
+            {"customers": found, "meta": {"cursors": {"before": None, "after": None}, "limit": limit}}
+        )
 
     def _get_customer(self, request: web.Request) -> web.Response:
         return self.json_response({"customers": self._customer_or_404(request.match_info["id"])})

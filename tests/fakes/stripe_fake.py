@@ -154,6 +154,7 @@ class FakeStripe(FakeServer):
     - `invalid_emails`: e-mails answered with 400 `email_invalid` (param `email`); an e-mail without `@` is
       also invalid.
     - `checkout_base_url`: prefix of the returned Checkout Session `url`.
+    - `search_lag`: seconds before a created customer is found by search (0 by default).
     """
 
     name = "stripe"
@@ -171,6 +172,10 @@ class FakeStripe(FakeServer):
         self.checkout_base_url = checkout_base_url
         self.customers: dict[str, dict[str, Any]] = {}
         self.checkout_sessions: dict[str, dict[str, Any]] = {}
+        #: Seconds before a new customer shows in search results (Stripe: "usually within a minute", up to an hour
+        #: during outages; search is not for read-after-write).
+        self.search_lag = 0.0
+        self._searchable_at: dict[str, float] = {}
 
     @property
     def api_key(self) -> str:
@@ -182,11 +187,14 @@ class FakeStripe(FakeServer):
         with self._lock:
             self.customers.clear()
             self.checkout_sessions.clear()
+            self._searchable_at.clear()
+            self.search_lag = 0.0
 
     # ------------------------------------------------------------------ routes
 
     def setup_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/customers", self._wrap(self._create_customer))
+        app.router.add_get("/v1/customers", self._wrap(self._list_customers))
         app.router.add_get("/v1/customers/search", self._wrap(self._search_customers))
         app.router.add_get("/v1/customers/{id}", self._wrap(self._get_customer))
         app.router.add_post("/v1/customers/{id}", self._wrap(self._update_customer))
@@ -412,8 +420,17 @@ class FakeStripe(FakeServer):
         }
         with self._lock:
             self.customers[customer_id] = customer
+            self._searchable_at[customer_id] = time.monotonic() + self.search_lag
         request[RESOURCE_ID_KEY] = customer_id
         return self.json_response(customer)
+
+    def _list_customers(self, request: web.Request) -> web.Response:
+        limit = int(request.query.get("limit") or 10)
+        with self._lock:
+            found = sorted(self.customers.values(), key=lambda c: (-c["created"], c["id"]))
+        return self.json_response(
+            {"object": "list", "data": found[:limit], "has_more": len(found) > limit, "url": "/v1/customers"}
+        )
 
     def _search_customers(self, request: web.Request) -> web.Response:
         query = request.query.get("query")
@@ -421,8 +438,10 @@ class FakeStripe(FakeServer):
             raise StripeApiError(400, "Missing required param: query.", code="parameter_missing", param="query")
         matches = parse_search_query(query)
         limit = int(request.query.get("limit") or 10)
+        now = time.monotonic()
         with self._lock:
-            found = sorted((c for c in self.customers.values() if matches(c)), key=lambda c: (-c["created"], c["id"]))
+            indexed = (c for c in self.customers.values() if self._searchable_at.get(c["id"], 0.0) <= now)
+            found = sorted((c for c in indexed if matches(c)), key=lambda c: (-c["created"], c["id"]))
         return self.json_response(
             {
                 "object": "search_result",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Launcher, migrate_database
-from worker.tools.devstack import EmbeddedPostgres
+from tests.harness.database import migrate_database
+from tests.harness.processes import Launcher
+from worker.dev import EmbeddedPostgres
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     WorkerProcess,
     check_commits_cover_only_applied,
@@ -29,8 +29,6 @@ from tests.faults.harness import (
     wait_for_progress,
     worker_env,
 )
-
-pytestmark = [pytest.mark.slow]
 
 COMMANDS = 3_000
 CUSTOMERS = 300

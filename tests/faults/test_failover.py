@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     WorkerProcess,
     check_exactly_once,
@@ -32,8 +32,6 @@ from tests.faults.harness import (
     wait_for_progress,
     worker_env,
 )
-
-pytestmark = [pytest.mark.slow]
 
 READ_ONLY_SECONDS = 10.0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     WorkerProcess,
     check_commits_cover_only_applied,
@@ -31,9 +31,7 @@ from tests.faults.harness import (
     wait_for_progress,
     worker_env,
 )
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
-
-pytestmark = [pytest.mark.slow]
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port
 
 SHUTDOWN_TIMEOUT = 10.0
 
@@ -44,6 +42,20 @@ def _dependency_retries(worker: WorkerProcess, dependency: str) -> int:
         for record in worker.log_records()
         if record.get("event") == "dependency_retry" and record.get("dependency") == dependency
     )
+
+
+async def _more_retries(worker: WorkerProcess, dependency: str, *, count: int, timeout: float) -> set[int | None]:  # noqa: ASYNC109
+    """Wait until the worker has logged `count` more retries of `dependency`, alive all along; the /readyz statuses
+    seen meanwhile. A state to wait for, rather than a time in which nothing must happen."""
+    target = _dependency_retries(worker, dependency) + count
+    deadline = time.monotonic() + timeout
+    readiness: set[int | None] = set()
+    while _dependency_retries(worker, dependency) < target:
+        assert worker.alive, f"{worker.name} exited with {worker.returncode}\n{worker.tail()}"
+        assert time.monotonic() < deadline, f"fewer than {count} more {dependency} retries in {timeout} s"
+        readiness.add(await worker.http_status("/readyz"))
+        await asyncio.sleep(0.1)
+    return readiness
 
 
 async def _stop(worker: WorkerProcess) -> float:
@@ -81,8 +93,9 @@ async def test_start_while_postgres_is_down_waits_not_ready_then_recovers(
     # One command per customer: this test is about start-up, not about updates (see the crash tests for those).
     commands = make_commands(300, 300, seed=random.randrange(2**32))
     await publish_commands(kafka_bootstrap, unique_topics["commands"], commands)
-    await asyncio.sleep(1.0)
-    assert worker.alive
+    # Commands are waiting and the worker keeps trying PostgreSQL: alive, not ready, attempts going on.
+    await _more_retries(worker, "postgres", count=1, timeout=30)
+    assert await worker.http_status("/readyz") == 503
     await asyncio.to_thread(own_postgres.start)
     ready_after = await worker.wait_http("/readyz", 200, timeout=30)
     await wait_for_completion(
@@ -117,19 +130,16 @@ async def test_postgres_killed_mid_drain_commits_nothing_past_and_recovers(
         own_postgres.dsn, org, at_least=rng.randint(200, 1_500), workers=[worker], timeout=60
     )
     await asyncio.to_thread(own_postgres.kill)
-    killed = time.monotonic()
 
-    # The outage: the worker stays up, turns not ready, and commits nothing (nothing can be applied).
-    await asyncio.sleep(1.0)  # a commit for a batch applied just before the kill may still be under way
+    # The outage: the worker stays up, turns not ready, and commits nothing (nothing can be applied). Once it has
+    # failed on PostgreSQL, the batch applied before the kill has had its offsets committed (one batch at a time);
+    # from then on, several more failed attempts must leave the committed offsets where they were.
+    await _more_retries(worker, "postgres", count=1, timeout=30)
     committed_early = await committed_offsets(kafka_bootstrap, group_id, unique_topics["commands"])
-    readiness: set[int | None] = set()
-    while time.monotonic() - killed < 8.0:
-        assert worker.alive, f"the worker exited during the outage\n{worker.tail()}"
-        readiness.add(await worker.http_status("/readyz"))
-        await asyncio.sleep(0.25)
+    readiness = await _more_retries(worker, "postgres", count=3, timeout=60)
     committed_late = await committed_offsets(kafka_bootstrap, group_id, unique_topics["commands"])
     assert committed_late == committed_early, "offsets were committed while PostgreSQL was down"
-    assert 503 in readiness, f"/readyz answered {readiness} during an 8 s PostgreSQL outage"
+    assert 503 in readiness, f"/readyz answered {readiness} during a PostgreSQL outage"
 
     await asyncio.to_thread(own_postgres.start)
     recovered = await wait_for_completion(own_postgres.dsn, org, len(commands), workers=[worker], timeout=90)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     check_exactly_once,
     make_commands,
@@ -18,8 +18,6 @@ from tests.faults.harness import (
     wait_for_completion,
     worker_env,
 )
-
-pytestmark = [pytest.mark.slow]
 
 COMMANDS = 6_000
 CUSTOMERS = 600

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from tests.faults.harness import (
+from tests.harness.processes import (
     Command,
     Launcher,
     WorkerProcess,
@@ -34,7 +34,6 @@ from tests.faults.harness import (
 )
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes/text content:DeprecationWarning"),
 ]
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (
+from tests.harness.processes import (
     Launcher,
     check_commits_cover_only_applied,
     check_exactly_once,
@@ -22,8 +22,6 @@ from tests.faults.harness import (
     wait_for_progress,
     worker_env,
 )
-
-pytestmark = [pytest.mark.slow]
 
 SHUTDOWN_TIMEOUT = 10.0
 COMMANDS = 20_000

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database
 from worker.store.db import create_pool
 
 

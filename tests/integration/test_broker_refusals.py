@@ -1,5 +1,5 @@
 """SPEC §12 refusals by the broker itself, which the embedded broker never makes: a Kafka-protocol proxy
-(`tests.faults.proxy.RefusingProxy`) stands in front of a real Tansu and answers a Produce request that carries a
+(`tests.harness.proxy.RefusingProxy`) stands in front of a real Tansu and answers a Produce request that carries a
 marker with a permanent error code (MESSAGE_TOO_LARGE, CORRUPT_MESSAGE, INVALID_RECORD), as a production broker does.
 The worker's real aiokafka producer sends; the rest of the traffic reaches Tansu unchanged.
 
@@ -21,10 +21,11 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from tests.faults.proxy import ProxiedTansu, RefusingProxy
-from tests.integration.helpers import RecordFactory, header_dict, payload, read_topic
+from tests.harness.proxy import ProxiedTansu, RefusingProxy
+from tests.harness.records import RecordFactory, header_dict, payload, read_topic
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
+from worker.dev import create_topics, free_port
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay
@@ -32,7 +33,6 @@ from worker.security import SigningKeys
 from worker.service import BatchService
 from worker.settings import KafkaSettings
 from worker.store.outbox import write_events
-from worker.tools.devstack import create_topics, free_port
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
 MARKER = b"REFUSE-ME-8d1f"

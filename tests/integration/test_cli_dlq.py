@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.cli_stack import Stack, running_stack
-from tests.integration.helpers import command, encode, header_dict, key_of, read_topic
+from tests.harness.in_process import Stack, running_stack
+from tests.harness.records import command, encode, header_dict, key_of, read_topic
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import environ_without, run_cli
+from tests.harness.records import environ_without, run_cli
 from worker.cli import build_parser
 from worker.settings import Settings
 

@@ -1,5 +1,5 @@
 """Metrics of a live worker (issue 14): build info, provider jobs counted from the database, no `_created` series,
-and the README's list of metrics equal to what `/metrics` serves."""
+and the list of metrics in docs/operations.md equal to what `/metrics` serves."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.cli_stack import Stack, running_stack
-from tests.integration.helpers import command, encode, key_of, payload, read_topic
+from tests.harness.in_process import Stack, running_stack
+from tests.harness.records import command, encode, key_of, payload, read_topic
 
 pytestmark = pytest.mark.timeout(120)
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +47,17 @@ def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
-def readme_metrics() -> set[str]:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("### HTTP", 1)[1].split("\n### ", 1)[0]
+def documented_metrics() -> set[str]:
+    text = OPERATIONS.read_text(encoding="utf-8")
+    section = text.split("\n## HTTP endpoints and metrics\n", 1)[1].split("\n## ", 1)[0]
     return set(re.findall(r"`(customer_worker_[a-z_]+)`", section))
 
 
-async def test_readme_lists_exactly_the_metrics_served(stack: Stack) -> None:
+async def test_the_operations_guide_lists_exactly_the_metrics_served(stack: Stack) -> None:
     text = await _scrape(stack)
     served = set(re.findall(r"^# TYPE (customer_worker_[a-z_]+) ", text, flags=re.MULTILINE))
     assert served, text[:500]
-    assert readme_metrics() == served
+    assert documented_metrics() == served
 
 
 async def test_no_created_series_and_build_info_carries_the_version(stack: Stack) -> None:

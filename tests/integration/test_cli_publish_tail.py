@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.cli_stack import Stack, running_stack
-from tests.integration.helpers import command, encode, key_of, read_topic, run_cli
+from tests.harness.in_process import Stack, running_stack
+from tests.harness.records import command, encode, key_of, read_topic, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from worker.tools.devstack import free_port
+from worker.dev import free_port
 
 pytestmark = [pytest.mark.timeout(300)]
 

@@ -15,8 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker.tools import devstack
-from worker.tools.devstack import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port, wait_for_kafka
+from worker import dev as devstack
+from worker.dev import EmbeddedPostgres, EmbeddedTansu, create_topics, free_port, wait_for_kafka
 
 pytestmark = pytest.mark.timeout(120)
 

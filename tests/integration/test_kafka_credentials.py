@@ -24,11 +24,11 @@ from aiokafka.protocol.admin import (
     SaslHandShakeResponse_v1,
 )
 
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database
+from worker.dev import free_port
 from worker.outages import DependencyUnavailableError, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.settings import KafkaSettings
-from worker.tools.devstack import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

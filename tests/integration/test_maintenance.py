@@ -7,7 +7,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from tests.integration.helpers import migrate_database
+from tests.harness.database import migrate_database
 from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
 
 pytestmark = [pytest.mark.timeout(60)]

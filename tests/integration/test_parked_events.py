@@ -10,7 +10,7 @@ import uuid
 import asyncpg
 import orjson
 
-from tests.integration.helpers import header_dict, payload, read_topic, run_cli
+from tests.harness.records import header_dict, payload, read_topic, run_cli
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.integration.helpers import environ_without, run_cli
-from worker.tools.devstack import free_port
+from tests.harness.records import environ_without, run_cli
+from worker.dev import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,8 +34,10 @@ _OURS = (
 
 
 def run_worker(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`python -m worker run` from `cwd`, with only the given worker settings in its environment."""
-    return run_cli("run", cwd=cwd, env=environ_without(_OURS, **env))
+    """`python -m worker run` from `cwd`, with only the given worker settings in its environment, and a free
+    HTTP_PORT unless given: the default 8080 may be taken by another worker on the machine, and a run that got past
+    its configuration would exit 2 on the port instead."""
+    return run_cli("run", cwd=cwd, env=environ_without(_OURS, **{"HTTP_PORT": str(free_port()), **env}))
 
 
 # Nothing listens there: a run that got past its configuration would wait for it instead of exiting.

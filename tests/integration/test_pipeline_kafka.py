@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.helpers import (
+from tests.harness.in_process import RunningWorker, running_worker
+from tests.harness.records import (
     command,
     encode,
     header_dict,
@@ -25,14 +26,13 @@ from tests.integration.helpers import (
     read_topic,
     trace_id,
 )
-from tests.integration.worker_stack import RunningWorker, running_worker
 from worker.contract.codes import DlqReason
 from worker.contract.decode import DeadLetter
 from worker.contract.events import CustomerCreated, CustomerRejected, CustomerUpdated
 from worker.contract.framing import frame
+from worker.dev import create_topics
+from worker.ops.dlq import ReplayFilter, replay
 from worker.service import RawRecord
-from worker.tools.devstack import create_topics
-from worker.tools.dlq import ReplayFilter, replay
 from worker.transport.producers import DLQ_HEADERS, DeadLetterProducer, KafkaProducer
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,12 +14,12 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from tests.integration.helpers import (
+from tests.harness.database import migrate_database
+from tests.harness.records import (
     RecordFactory,
     RecordingSink,
     command,
     encode,
-    migrate_database,
     new_message_id,
     new_traceparent,
 )

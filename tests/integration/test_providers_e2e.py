@@ -16,13 +16,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import new_database
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from tests.integration.helpers import command, encode, key_of, migrate_database, payload, read_topic
+from tests.harness.database import migrate_database, new_database
+from tests.harness.records import command, encode, key_of, payload, read_topic
 from worker.app import EXIT_OK, Worker, load_configuration
 from worker.contract.events import CustomerCreated, PaymentProviderCreated
+from worker.dev import create_topics, free_port
 from worker.settings import Settings
-from worker.tools.devstack import create_topics, free_port
 
 pytestmark = pytest.mark.timeout(90)
 

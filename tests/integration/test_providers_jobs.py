@@ -25,12 +25,13 @@ from tests.fakes.adyen_fake import DEFAULT_ADYEN_KEY, DEFAULT_MERCHANT_ACCOUNT, 
 from tests.fakes.base import FakeServer
 from tests.fakes.gocardless_fake import DEFAULT_GOCARDLESS_TOKEN, FakeGoCardless
 from tests.fakes.stripe_fake import DEFAULT_STRIPE_KEY, FakeStripe
-from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database, new_traceparent
+from tests.harness.database import migrate_database
+from tests.harness.records import RecordFactory, RecordingSink, command, encode, new_traceparent
 from worker.contract.connections import Connection, ConnectionConfig, ProviderName, ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.contract.events import AnyEvent
 from worker.domain.customer import CustomerState, columns_of
-from worker.domain.jobs import JobResult
+from worker.domain.jobs import ConnectionTurn, JobResult
 from worker.observability import Metrics
 from worker.providers.factory import AdapterFactory
 from worker.providers.idempotency import idempotency_key
@@ -134,10 +135,15 @@ class ProviderHarness:
             "poll_interval": 0.05,
             "backoff_base": 0.05,
             "backoff_max": 0.2,
-            "search_settle": 0.1,
+            "search_window": 0.0,
+            "state_refresh_interval": 0.05,
         }
         settings.update(options)
         return ProviderJobRunner(self.pool, self.registry, factory, self.metrics, **settings)
+
+    def turns(self) -> list[ConnectionTurn]:
+        """Every connection, with room for any number of jobs (for claims made by a test itself)."""
+        return [ConnectionTurn(c.organization_id, c.code, c.provider, 100, 0) for c in self.connections]
 
     async def add_customer(
         self,
@@ -489,57 +495,63 @@ async def test_lost_answer_is_retried_with_the_same_key(harness: ProviderHarness
     assert len(created_ids(fake)) == 1
 
 
-async def test_retries_stop_after_max_attempts(harness: ProviderHarness) -> None:
+async def test_503s_beyond_max_attempts_wait_then_link(harness: ProviderHarness) -> None:
+    """Issue 18 case 5: the old horizon (`max_attempts` failed calls) failed the job for good; a 5xx now waits."""
     fake = harness.fakes["gocardless"]
-    fake.fail_next(503, times=3, method="POST", path="/customers")
+    fake.fail_next(503, times=8, method="POST", path="/customers")
     customer = await harness.add_customer("gocardless")
-    _, message_id, _ = await harness.add_job(customer)
+    await harness.add_job(customer)
 
     await harness.drive(harness.runner(max_attempts=3))
 
-    (job,) = await harness.jobs()
-    assert (job["status"], job["attempts"]) == ("failed", 3)
-    assert job["last_error"]["error_code"] == "server_error"
-    (event,) = await harness.events()
-    assert event.event_type == "customer.payment_provider_error"
-    assert event.body["message_id"] == message_id
-    assert event.body["provider_error"] == {
-        "provider": "gocardless",
-        "error_code": "server_error",
-        "message": "the provider failed to process the request (HTTP 503)",
-        "http_status": 503,
-    }
-    assert len(creates(fake, "gocardless")) == 3
+    create = next(job for job in await harness.jobs() if job["kind"] == "create")
+    assert (create["status"], create["attempts"]) == ("done", 9)
+    assert await harness.provider_customer_id(customer) in created_ids(fake)
+    assert len(created_ids(fake)) == 1
+    assert "customer.payment_provider_error" not in [event.event_type for event in await harness.events()]
 
 
 # ------------------------------------------------------------------------------------------------ final failures
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_401_fails_and_breaks_the_connection(harness: ProviderHarness, provider: ProviderName) -> None:
+async def test_401_pauses_the_connection_until_a_test_call_succeeds(
+    harness: ProviderHarness, provider: ProviderName
+) -> None:
+    """Issue 18 case 5: a 401 failed the job for good (and refused the connection's other jobs for a minute)."""
     fake = harness.fakes[provider]
-    bad = harness.add_connection(
-        connection(provider, fake, code=f"{provider}_revoked", key="sk_test_revoked_key_0000000000")
-    )
+    revoked = "sk_test_revoked_key_0000000000"
+    bad = harness.add_connection(connection(provider, fake, code=f"{provider}_revoked", key=revoked))
     customers = [await harness.add_customer(provider, code=bad.code) for _ in range(3)]
     for customer in customers:
         await harness.add_job(customer)
+    runner = harness.runner(concurrency=1, check_interval=0.3)
 
-    await harness.drive(harness.runner(concurrency=1))
+    async def paused() -> bool:
+        state = await harness.pool.fetchval("SELECT state FROM provider_connections WHERE code = $1", bad.code)
+        return state == "credentials_refused" and len(fake.requests) >= 2  # the 401, then a refused test call
 
-    assert len(fake.requests) == 1  # the first job's call; the others failed without one
+    await harness.drive(runner, until=paused)
+    assert [request.status for request in fake.requests][:2] == [401, 401]
+    assert len(creates(fake, provider)) == 1  # the other jobs made no call: the connection is paused
     jobs = await harness.jobs()
-    assert [(job["status"], job["attempts"], job["last_error"]["http_status"]) for job in jobs] == [
-        ("failed", 1, 401)
-    ] * 3
-    events = await harness.events()
-    assert [event.event_type for event in events] == ["customer.payment_provider_error"] * 3
-    for event, customer in zip(events, customers, strict=True):
-        assert event.body["external_id"] == customer.external_id
-        assert event.body["provider_error"]["http_status"] == 401
-        assert event.body["provider_error"]["error_code"] == "unauthorized"
-        assert event.body["customer"]["billing_configuration"]["provider_customer_id"] is None
-    assert created_ids(fake) == []
+    assert [job["status"] for job in jobs] == ["pending"] * 3
+    assert await harness.events() == []
+
+    fake.api_keys.add(revoked)  # the key works again (rotated back, re-enabled at the provider)
+    try:
+        await harness.drive(runner, until=lambda: _all_linked(harness, customers))
+    finally:
+        fake.api_keys.discard(revoked)
+    assert await harness.pool.fetchval("SELECT state FROM provider_connections WHERE code = $1", bad.code) == "working"
+    assert len(created_ids(fake)) == 3
+    events = [event.event_type for event in await harness.events()]
+    assert "customer.payment_provider_error" not in events
+    assert events.count("customer.payment_provider_created") == 3
+
+
+async def _all_linked(harness: ProviderHarness, customers: list[CustomerState]) -> bool:
+    return all([await harness.provider_customer_id(customer) is not None for customer in customers])
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -657,9 +669,9 @@ async def test_inline_create_then_background_job_reuses_the_key(harness: Provide
 async def test_a_stale_claim_writes_nothing(harness: ProviderHarness) -> None:
     customer = await harness.add_customer("stripe")
     await harness.add_job(customer)
-    (first,) = await claim_due(harness.pool, 10, 30.0)
+    (first,) = await claim_due(harness.pool, 10, 30.0, harness.turns())
     await harness.pool.execute("UPDATE provider_jobs SET lease_until = now() - interval '1 second'")
-    (second,) = await claim_expired(harness.pool, 10, 30.0)
+    (second,) = await claim_expired(harness.pool, 10, 30.0, harness.turns())
     assert (first.id, first.attempts, second.attempts) == (second.id, 1, 2)
 
     with pytest.raises(LeaseLostError):
@@ -689,43 +701,13 @@ async def test_graceful_stop_gives_jobs_back(harness: ProviderHarness) -> None:
 async def test_crash_loops_end_in_a_failure_without_a_call(harness: ProviderHarness) -> None:
     customer = await harness.add_customer("adyen")
     await harness.add_job(customer)
-    await harness.pool.execute("UPDATE provider_jobs SET attempts = 3")  # three claims that never recorded an outcome
+    # Three claims that never recorded an outcome (the runner died in each).
+    await harness.pool.execute("UPDATE provider_jobs SET attempts = 3, worker_faults = 3")
     await harness.drive(harness.runner(max_attempts=3))
     (job,) = await harness.jobs()
     assert (job["status"], job["last_error"]["error_code"]) == ("failed", "attempts_exhausted")
     assert harness.fakes["adyen"].requests == []
     assert [event.event_type for event in await harness.events()] == ["customer.payment_provider_error"]
-
-
-async def test_broken_connection_is_probed_until_a_call_succeeds(harness: ProviderHarness) -> None:
-    fake = harness.fakes["gocardless"]
-    revoked = "revoked_token_for_the_probe_test"
-    harness.add_connection(connection("gocardless", fake, code="gc_rotating", key=revoked))
-    runner = harness.runner(concurrency=1, probe_interval=0.5)
-
-    first = await harness.add_customer("gocardless", code="gc_rotating")
-    await harness.add_job(first)
-    await harness.drive(runner)  # 401: the connection is broken
-    second = await harness.add_customer("gocardless", code="gc_rotating")
-    await harness.add_job(second)
-    await harness.drive(runner)  # within the minute: fails without a call
-    assert len(fake.requests) == 1
-
-    fake.api_keys.add(revoked)  # the key works again (e.g. re-enabled at the provider)
-    try:
-        await asyncio.sleep(0.5)
-        third = await harness.add_customer("gocardless", code="gc_rotating")
-        await harness.add_job(third)
-        await harness.drive(runner)  # the probe call succeeds and clears the mark
-        fourth = await harness.add_customer("gocardless", code="gc_rotating")
-        await harness.add_job(fourth)
-        await harness.drive(runner)
-    finally:
-        fake.api_keys.discard(revoked)
-    statuses = [(job["kind"], job["status"]) for job in await harness.jobs()]
-    assert statuses[:2] == [("create", "failed"), ("create", "failed")]
-    assert await harness.provider_customer_id(third) is not None
-    assert await harness.provider_customer_id(fourth) is not None
 
 
 # ------------------------------------------------------------------------------------------------ with the batch

@@ -1,10 +1,10 @@
 """Personal data and secrets never leave through logs or metrics on the provider paths (SPEC §8, README "Logs").
 
 Marker values are planted in every personal field, in the API keys and in a signing secret; the provider scenarios
-then run (success, checkout, 429, 500, timeout, 401 with a broken connection, validation errors whose provider text
-quotes the request, an update, an inline call that runs out of budget, a signed command through the batch). No marker
-may appear in the structlog entries, on stderr (the JSON pipeline, library loggers included), in the metrics, or in
-the stored `provider_error` / `last_error` objects.
+then run (success, checkout, 429, 500, timeout, 401 pausing a connection and its test calls, validation errors whose
+provider text quotes the request, an update, an inline call that runs out of budget, a signed command through the
+batch). No marker may appear in the structlog entries, on stderr (the JSON pipeline, library loggers included), in
+the metrics, or in the stored `provider_error` / `last_error` objects.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from structlog.testing import capture_logs
 from tests.fakes.adyen_fake import adyen_error_body
 from tests.fakes.gocardless_fake import FakeGoCardless
 from tests.fakes.stripe_fake import FakeStripe
+from tests.harness.records import RecordFactory, RecordingSink, command, encode
 from tests.integration import test_providers_jobs as support
-from tests.integration.helpers import RecordFactory, RecordingSink, command, encode
-from tests.integration.test_providers_jobs import CREATE_PATH, ORG, PROVIDERS, ProviderHarness, connection
+from tests.integration.test_providers_jobs import CREATE_PATH, FINISHED, ORG, PROVIDERS, ProviderHarness, connection
 from worker.contract.decode import DecodeContext
 from worker.observability import configure_logging
 from worker.security import SIGNATURE_HEADER, SigningKeys, sign
@@ -148,14 +148,28 @@ async def run_suite(harness: ProviderHarness, round_: str) -> None:
                 provider, external_id=f"{round_}-{provider}-bad", **{**PERSONAL, "email": BAD_EMAIL}
             )
         await harness.add_job(invalid)
-        # 401: the first job is refused by the provider, the second by the broken-connection gate
+        # 401: the first job is refused by the provider and pauses the connection; both wait for a test call
         for index in range(2):
             revoked = await harness.add_customer(
                 provider, code=f"{provider}_revoked", external_id=f"{round_}-{provider}-revoked-{index}", **PERSONAL
             )
             await harness.add_job(revoked)
-    runner = harness.runner(concurrency=2)
-    await harness.drive(runner, timeout=30)
+    runner = harness.runner(concurrency=2, check_interval=0.1)
+
+    async def settled() -> bool:
+        """Every job finished but the revoked connections', which wait after a refused test call."""
+        jobs = await harness.jobs()
+        if any(job["status"] not in FINISHED for job in jobs if not job["connection_code"].endswith("_revoked")):
+            return False
+        tested = all(
+            any(r.method == "GET" and r.status == 401 for r in fake.requests) for fake in harness.fakes.values()
+        )
+        paused = await harness.pool.fetchval(
+            "SELECT count(*) FROM provider_connections WHERE state = 'credentials_refused'"
+        )
+        return tested and paused == len(PROVIDERS)
+
+    await harness.drive(runner, until=settled, timeout=30)
 
     # a Stripe update, and an inline call that runs out of budget
     stripe_conn = next(c for c in harness.connections if c.code == "stripe_main")
@@ -166,14 +180,14 @@ async def run_suite(harness: ProviderHarness, round_: str) -> None:
         **PERSONAL,
     )
     await harness.add_job(linked, "update")
-    await harness.drive(runner)
+    await harness.drive(runner, until=settled)
     _stripe(harness).delay_next(1.0, after_processing=True, method="POST", path="/v1/customers")
     inline = await harness.add_customer("stripe", external_id=f"{round_}-stripe-inline", **PERSONAL)
     assert (await runner.create_inline(stripe_conn, inline, str(uuid.uuid4()), 0.2)).provider_customer_id is None
 
     # a signed command through the batch: its job is run like the others
     await run_signed_command(harness, round_)
-    await harness.drive(runner)
+    await harness.drive(runner, until=settled)
     for factory in harness.factories:
         await factory.aclose_all()
     harness.factories.clear()
@@ -210,8 +224,9 @@ async def run_signed_command(harness: ProviderHarness, round_: str) -> None:
 
 async def check_stored_errors(harness: ProviderHarness) -> None:
     errors = [event.body["provider_error"] for event in await harness.events() if "provider_error" in event.body]
-    assert {error["http_status"] for error in errors} >= {401, 400, 422}
+    assert {error["http_status"] for error in errors} >= {400, 422}
     jobs = await harness.jobs()
+    assert 401 in {job["last_error"]["http_status"] for job in jobs if job["status"] == "pending"}  # waiting
     assert {job["kind"] for job in jobs} >= {"create", "checkout", "update"}
     notes = [job["last_error"] for job in jobs if job["last_error"] is not None]
     assert leaks(orjson.dumps(errors).decode()) == []
@@ -227,9 +242,11 @@ async def test_no_personal_data_or_secret_in_logs_or_metrics(
     events = {entry["event"] for entry in entries}
     assert {
         "provider_job_done",
-        "provider_job_retry",
+        "provider_job_waits",
         "provider_job_failed",
-        "provider_connection_unauthorized",
+        "provider_connection_credentials_refused",
+        "provider_connection_state",
+        "provider_credentials_check_failed",
     } <= events
     assert leaks(repr(entries)) == []
     await check_stored_errors(harness)

@@ -16,8 +16,8 @@ import pytest
 import stripe
 
 from tests.fakes.stripe_fake import FakeStripe
+from tests.harness.records import command, encode
 from tests.integration import test_providers_jobs
-from tests.integration.helpers import command, encode
 from tests.integration.test_providers_jobs import ORG, ProviderHarness
 from worker.contract.connections import Connection
 from worker.contract.decode import Command, DecodeContext, decode
@@ -150,9 +150,9 @@ async def test_one_claim_never_takes_two_jobs_of_one_customer(harness: ProviderH
     first, _, _ = await harness.add_job(customer, "update")
     await harness.add_job(customer, "update")
 
-    claimed = await claim_due(harness.pool, 10, 5.0)
+    claimed = await claim_due(harness.pool, 10, 5.0, harness.turns())
     assert [job.id for job in claimed] == [first]
-    assert await claim_due(harness.pool, 10, 5.0) == []  # the second waits while the first runs
+    assert await claim_due(harness.pool, 10, 5.0, harness.turns()) == []  # the second waits while the first runs
 
 
 # ------------------------------------------------------------------------------------------------ latest fields
@@ -291,4 +291,4 @@ async def test_retry_after_of_an_inline_attempt_delays_the_background_job(harnes
     (job,) = await harness.jobs()
     assert job["status"] == "pending"
     assert (job["next_attempt_at"] - job["created_at"]).total_seconds() >= 29
-    assert await claim_due(harness.pool, 10, 5.0) == []  # not due before Retry-After
+    assert await claim_due(harness.pool, 10, 5.0, harness.turns()) == []  # not due before Retry-After

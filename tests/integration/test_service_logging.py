@@ -8,7 +8,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from tests.integration.helpers import RecordFactory, RecordingSink, command, encode, migrate_database
+from tests.harness.database import migrate_database
+from tests.harness.records import RecordFactory, RecordingSink, command, encode
 from worker.contract.connections import ProviderRegistry
 from worker.contract.decode import DecodeContext
 from worker.security import SigningKeys

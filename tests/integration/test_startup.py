@@ -15,12 +15,12 @@ import orjson
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from tests.integration.worker_stack import RunningWorker, running_worker
+from tests.harness.in_process import RunningWorker, running_worker
 from worker.app import EXIT_PENDING_MIGRATIONS, Configuration, Worker
 from worker.contract.connections import ProviderRegistry
 from worker.security import SigningKeys
 from worker.settings import Settings
-from worker.tools.bench_start import start_breakdown
+from worker_bench.start import start_breakdown
 
 
 class _GatedPool:

@@ -13,7 +13,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.integration.helpers import (
+from tests.harness.in_process import RunningWorker, running_worker
+from tests.harness.records import (
     command,
     encode,
     header_dict,
@@ -23,7 +24,6 @@ from tests.integration.helpers import (
     read_topic,
     trace_id,
 )
-from tests.integration.worker_stack import RunningWorker, running_worker
 from worker import tracing
 
 pytestmark = pytest.mark.timeout(90)

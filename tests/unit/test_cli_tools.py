@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from worker.dev import command as dev
+from worker.ops import progress
+from worker.ops.dlq import ReplayStats, Returned, format_summary
+from worker.ops.events import EventFilter, readable
+from worker.ops.publish import check, line_error
 from worker.settings import KafkaSettings
-from worker.tools import dev, progress
-from worker.tools.dlq import ReplayStats, Returned, format_summary
-from worker.tools.events import EventFilter, readable
-from worker.tools.publish import check, line_error
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,11 @@ def test_readable_event_line_and_filter() -> None:
     assert EventFilter("org_a", frozenset({"customer.rejected"})).matches(event)
     assert not EventFilter("org_b").matches(event)
     assert not EventFilter(event_types=frozenset({"customer.created"})).matches(event)
+
+
+def test_progress_off_a_terminal_ends_with_the_final_count() -> None:
+    stream = io.StringIO()
+    with progress.ProgressReporter("dlq replay", 9, stream=stream) as reporter:
+        for _ in range(9):
+            reporter.advance()
+    assert stream.getvalue().splitlines() == ["dlq replay: 1/9", "dlq replay: 9/9"]

@@ -25,10 +25,10 @@ from worker.contract.fields import (
     event_fields,
     in_place,
 )
+from worker.dev.schema import event_file
 from worker.domain.customer import COLUMNS, CustomerState, patch_of
 from worker.domain.events import lago_customer
 from worker.observability.redaction import REDACTED_KEYS
-from worker.tools.schema import event_file
 
 SCHEMAS: Final = Path(__file__).resolve().parents[2] / "schemas"
 NOW: Final = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -1,5 +1,6 @@
 """Provider adapters through the real SDKs against the local fakes (no database): what each sends, how each SDK
-failure is classified, and the pieces of the runner that need no database (keys, backoff, the 401 gate, inline)."""
+failure is classified, and the pieces of the runner that need no database (keys, backoff, the credentials gate,
+inline)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from worker.domain.customer import CustomerState, stripe_setup_methods
 from worker.observability import Metrics
 from worker.providers.base import ProviderError, parse_retry_after
 from worker.providers.caller import ConnectionGate, ProviderCaller, backoff_delay
+from worker.providers.connections import metric_label
 from worker.providers.factory import AdapterFactory
 from worker.providers.idempotency import MAX_KEY_LENGTH, derived_key, idempotency_key
 from worker.providers.stripe import create_params, update_params
@@ -156,27 +158,15 @@ def test_backoff_is_exponential_capped_jittered_and_honours_retry_after() -> Non
     assert backoff_delay(1, base=1.0, cap=30.0, retry_after=7.0) == 7.0
 
 
-def test_gate_lets_one_call_a_minute_through_a_broken_connection() -> None:
-    clock = [100.0]
-    gate = ConnectionGate(60.0, clock=lambda: clock[0])
-    key = ("org", "code")
-    assert gate.admit(key) == "call"
-    gate.unauthorized(key)
-    assert gate.admit(key) == "refuse"
-    clock[0] += 59.0
-    assert gate.admit(key) == "refuse"
-    clock[0] += 1.0
-    assert gate.admit(key) == "probe"
-    assert gate.admit(key) == "refuse"  # one probe at a time
-    gate.probe_over(key)
-    gate.unauthorized(key)  # the probe got 401 again
-    clock[0] += 30.0
-    assert gate.admit(key) == "refuse"
-    clock[0] += 30.0
-    assert gate.admit(key) == "probe"
-    gate.succeeded(key)
-    gate.probe_over(key)
-    assert gate.admit(key) == "call"
+def test_gate_mirrors_refused_connections() -> None:
+    gate = ConnectionGate()
+    key, other = ("org", "code"), ("org", "other")
+    assert not gate.is_refused(key)
+    assert gate.refuse(key) is True  # news: logged once
+    assert gate.refuse(key) is False
+    assert gate.is_refused(key) and not gate.is_refused(other)
+    gate.mirror([other])  # the shared state: resumed elsewhere, the other one refused
+    assert not gate.is_refused(key) and gate.is_refused(other)
 
 
 # ---------------------------------------------------------------------------------------------------- stripe
@@ -243,7 +233,8 @@ async def test_stripe_classifies_failures(fake_stripe: FakeStripe, factory: Adap
         Connection(config=revoked.config.model_copy(update={"code": "bad"}), secret=revoked.secret)
     )
     error = await failure(bad.create_customer(state, "k-5"))
-    assert (error.error_code, error.retryable, error.http_status) == ("unauthorized", False, 401)
+    assert (error.error_code, error.retryable, error.http_status) == ("unauthorized", True, 401)
+    assert error.credentials
     assert "SECRET" not in error.message and "9999" not in error.message and "sk_test" not in error.message
 
 
@@ -346,7 +337,7 @@ async def test_adyen_classifies_failures(fake_adyen: FakeAdyen, factory: Adapter
         secret=SecretStr(DEFAULT_ADYEN_KEY),
     )
     error = await failure(factory.adapter_for(wrong_account).create_customer(state, "ad-3"))
-    assert (error.error_code, error.http_status, error.retryable) == ("901", 403, False)
+    assert (error.error_code, error.http_status, error.retryable, error.credentials) == ("901", 403, True, True)
 
     unset = Connection(
         config=connection("adyen", fake_adyen).config.model_copy(
@@ -355,7 +346,7 @@ async def test_adyen_classifies_failures(fake_adyen: FakeAdyen, factory: Adapter
         secret=SecretStr(DEFAULT_ADYEN_KEY),
     )
     error = await failure(factory.adapter_for(unset).create_customer(state, "ad-4"))
-    assert (error.error_code, error.retryable) == ("configuration_error", False)
+    assert (error.error_code, error.retryable) == ("configuration_error", True)  # waits for a fixed PROVIDERS_FILE
 
 
 # ---------------------------------------------------------------------------------------------------- factory, inline
@@ -387,3 +378,19 @@ async def test_inline_create(fake_gc: FakeGoCardless, factory: AdapterFactory) -
     assert (await caller.create_inline(conn, state, "msg-3", 0.4)).provider_customer_id is None
     assert asyncio.get_running_loop().time() - started < 0.6
     fake_gc.clear_faults()
+
+
+def test_a_connection_metric_label_names_the_code_never_the_organization() -> None:
+    label = metric_label("org_acme_secret_tenant", "stripe main/€")
+    assert label.startswith("stripe_main__~") and "org_acme" not in label
+    assert label == metric_label("org_acme_secret_tenant", "stripe main/€")  # stable across replicas and restarts
+    assert label != metric_label("org_other", "stripe main/€")  # one series per connection
+    metrics = Metrics(process_metrics=False)
+    metrics.provider_connection("stripe", label, "rate_limited", 12.5)
+    sample = metrics.registry.get_sample_value
+    labels = {"provider": "stripe", "connection": label}
+    assert sample("customer_worker_provider_connection_state", {**labels, "state": "rate_limited"}) == 1.0
+    assert sample("customer_worker_provider_connection_state", {**labels, "state": "working"}) == 0.0
+    assert sample("customer_worker_provider_connection_oldest_job_seconds", labels) == 12.5
+    with pytest.raises(ValueError, match="connection"):
+        metrics.provider_connection("stripe", "org_acme/stripe_main", "working", 0.0)

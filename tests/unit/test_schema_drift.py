@@ -15,9 +15,9 @@ import yaml
 
 from worker.contract.codes import DlqReason
 from worker.contract.events import EVENT_MODELS
+from worker.dev.schema import ASYNCAPI_FILE, COMMAND_FILE, EVENTS_FILE, drift, event_file, generate, write
 from worker.domain.customer import CustomerState, MetadataEntry
 from worker.domain.events import build_event
-from worker.tools.schema import ASYNCAPI_FILE, COMMAND_FILE, EVENTS_FILE, drift, event_file, generate, write
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SCHEMAS: Final = REPO_ROOT / "schemas"

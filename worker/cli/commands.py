@@ -67,7 +67,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from worker.tools.topics import create_worker_topics
+    from worker.ops.topics import create_worker_topics
 
     settings = _settings(KafkaSettings)
     created = asyncio.run(create_worker_topics(settings, partitions=args.partitions, replication=args.replication))
@@ -78,10 +78,11 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from worker.ops.publish import publish_file
     from worker.security import load_signing_keys
-    from worker.tools.publish import publish_file
 
-    settings = _settings(KafkaSettings)
+    # A dry run only reads the file: it needs no broker.
+    settings = None if args.dry_run else _settings(KafkaSettings)
     signing = _settings(SigningSettings)
     keys = load_signing_keys(signing.signing_keys_file, require_signatures=False)
     return asyncio.run(
@@ -107,7 +108,7 @@ async def _until_signal(work: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from worker.tools.dlq import ReplayFilter, format_summary, replay
+    from worker.ops.dlq import ReplayFilter, format_summary, replay
 
     settings = _settings(KafkaSettings)
     selection = ReplayFilter(
@@ -131,7 +132,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
-    from worker.tools.events import EventFilter, tail
+    from worker.ops.events import EventFilter, tail
 
     settings = _settings(KafkaSettings)
     selection = EventFilter(organization_id=args.organization, event_types=frozenset(args.type or ()))
@@ -151,17 +152,22 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
-    from worker.tools.outbox import list_events, selection_of
+    from worker.ops.parked import list_events, selection_of
 
     settings = _settings(DatabaseSettings)
     selection = selection_of(args.id, args.reason, args.event_type)
-    for line in asyncio.run(list_events(settings.database_url, selection, args.limit)):
+    lines = asyncio.run(list_events(settings.database_url, selection, args.limit))
+    for line in lines:
         print(line)
+    if not lines:
+        # stdout stays empty for scripts; a person sees that the command ran and found nothing.
+        filtered = any((args.id, args.reason, args.event_type))
+        print("no parked events" + (" match the filter" if filtered else ""), file=sys.stderr)
     return 0
 
 
 def cmd_outbox_republish(args: argparse.Namespace) -> int:
-    from worker.tools.outbox import republish, selection_of
+    from worker.ops.parked import republish, selection_of
 
     if not (args.all or args.id or args.reason or args.event_type):
         raise ConfigurationError("outbox republish: choose --all, or --id / --reason / --event-type")
@@ -172,7 +178,7 @@ def cmd_outbox_republish(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from worker.tools.dev import default_data_dir, print_env, run_dev
+    from worker.dev.command import default_data_dir, print_env, run_dev
 
     data_dir = args.data_dir or default_data_dir()
     if args.print_env:
@@ -184,7 +190,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from worker.tools import schema
+    from worker.dev import schema
 
     written = schema.write(args.out)
     for path in written:
@@ -197,7 +203,7 @@ def cmd_schema_register(args: argparse.Namespace) -> int:
     SCHEMA_REGISTRY_PASSWORD when set."""
     import os
 
-    from worker.tools.schema_registry import RegistryError, register
+    from worker.ops.schema_registry import RegistryError, register
 
     topics = {
         "commands": os.environ.get("COMMANDS_TOPIC", "customers.upsert.v1"),
@@ -215,12 +221,12 @@ def cmd_schema_register(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from worker.tools import bench
+    from worker_bench import bench
 
     return bench.main(args)
 
 
 def cmd_bench_validation(args: argparse.Namespace) -> int:
-    from worker.tools import bench_validation
+    from worker_bench import validation as bench_validation
 
     return bench_validation.run(args)

@@ -23,7 +23,10 @@ from worker.cli.commands import (
 from worker.contract.codes import DlqReason
 from worker.settings import Settings
 
-DESCRIPTION = "The `customer-worker` command (SPEC §10). Each subcommand reads only the settings it needs."
+DESCRIPTION = (
+    "Keeps Lago-shaped customer records in sync: Kafka commands in, PostgreSQL, result events out. Each command "
+    "reads only the settings (environment variables) it needs: `customer-worker COMMAND --help` names them."
+)
 
 
 def _run_epilog() -> str:
@@ -47,14 +50,21 @@ def _run_epilog() -> str:
 
 
 def _add_outbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    outbox = commands.add_parser("outbox", help="events the broker refused for good (parked events)")
+    outbox = commands.add_parser(
+        "outbox",
+        help="events the broker refused for good (parked events)",
+        description="Needs DATABASE_URL. Republished events are sent by a running worker.",
+    )
     actions = outbox.add_subparsers(dest="outbox_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--id", type=int, action="append", help="a parked event's id (repeatable)")
     filters.add_argument("--reason", choices=["too_large", "invalid_record"], help="only this refusal reason")
     filters.add_argument("--event-type", help="only this event type, e.g. customer.rejected")
     listing = actions.add_parser(
-        "list", parents=[filters], help="print parked events, one JSON object per line (payload left out)"
+        "list",
+        parents=[filters],
+        help="print parked events, one JSON object per line (payload left out)",
+        description="Needs DATABASE_URL.",
     )
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     listing.set_defaults(func=cmd_outbox_list)
@@ -62,6 +72,7 @@ def _add_outbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "republish",
         parents=[filters],
         help="move parked events back to the outbox, to be published again by a running worker",
+        description="Needs DATABASE_URL. A running worker publishes the events moved back.",
     )
     again.add_argument("--all", action="store_true", help="every parked event (no filter)")
     again.set_defaults(func=cmd_outbox_republish)
@@ -137,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish commands from a JSON-lines file ('-' for stdin)",
         description="Every non-empty line must be one JSON object (a command, SPEC §2). Lines are sent byte for "
         "byte, keyed {organization_id}:{external_id}, signed with the organization's first key of "
-        "SIGNING_KEYS_FILE. Nothing is sent when a line is invalid, unless --skip-invalid.",
+        "SIGNING_KEYS_FILE. Nothing is sent when a line is invalid, unless --skip-invalid. Needs "
+        "KAFKA_BOOTSTRAP_SERVERS (not for --dry-run); COMMANDS_TOPIC and the other KAFKA_* settings apply.",
     )
     publish.add_argument("file", help="JSON-lines file of commands, or '-' to read stdin")
     publish.add_argument("--dry-run", action="store_true", help="check every line and count, send nothing")
@@ -150,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="republish dead-lettered records to the commands topic",
         description="Replays the records the DLQ held when it started (never those written afterwards, so it "
         "always ends), minus their dlq-* headers. Prints a summary at the end and on Ctrl-C/SIGTERM "
-        "(exit 130 then).",
+        "(exit 130 then). Needs KAFKA_BOOTSTRAP_SERVERS; reads DLQ_TOPIC, writes COMMANDS_TOPIC; the other "
+        "KAFKA_* settings apply.",
     )
     replay.add_argument(
         "--reason",
@@ -177,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tail",
         help="follow the events topic",
         description="Prints events as they are published, until Ctrl-C: one JSON object per line, or a readable "
-        "line per event on a terminal.",
+        "line per event on a terminal. Needs KAFKA_BOOTSTRAP_SERVERS; reads EVENTS_TOPIC; the other KAFKA_* "
+        "settings apply.",
     )
     tail_parser.add_argument("--organization", help="only events of this organization_id")
     tail_parser.add_argument("--type", action="append", metavar="EVENT_TYPE", help="only this event type (repeatable)")
@@ -194,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_outbox(commands)
 
     bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
-    from worker.tools.bench_args import add_bench_arguments
+    from worker_bench.args import add_bench_arguments
 
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
     validation = commands.add_parser("bench-validation", help="validation throughput on one core")
-    from worker.tools.bench_validation import add_arguments
+    from worker_bench.validation import add_arguments
 
     add_arguments(validation)
     validation.set_defaults(func=cmd_bench_validation)

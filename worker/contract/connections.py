@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError
 
 from worker.contract.codes import ErrorCode
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, yaml_problem
 
 ProviderName = Literal["stripe", "adyen", "gocardless"]
 
@@ -126,7 +126,7 @@ def load_registry(path: Path | None, environ: Mapping[str, str] | None = None) -
     except OSError as exc:
         raise ConfigurationError(f"PROVIDERS_FILE: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigurationError(f"PROVIDERS_FILE: {path} is not valid YAML or JSON ({type(exc).__name__})") from None
+        raise ConfigurationError(f"PROVIDERS_FILE: {path} is not valid YAML or JSON ({yaml_problem(exc)})") from None
     try:
         parsed = ProvidersFile.model_validate(raw if raw is not None else {})
     except ValidationError as exc:

@@ -26,6 +26,25 @@ class ClaimedJob:
     """A create's request snapshot (the customer as the command left it); None for other kinds and older jobs."""
     last_error_code: str | None = None
     """The error code the previous attempt ended with, if any."""
+    search_missed_for: float | None = None
+    """After a dead end (SPEC §12): seconds since search first failed to find the customer (database clock)."""
+    search_misses: int = 0
+    """After a dead end: how many searches have missed so far."""
+    worker_faults: int = 0
+    """Attempts that ended through a fault of the worker (a lost lease, an internal error), this one included when
+    it is a claim over a lost lease. Only these are bounded; waiting on the provider is not."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTurn:
+    """What a fair claim needs of one connection this replica knows: how many more of its jobs it may take now
+    (`room`) and how many it already has in hand (`busy`), so the next free slot goes to the least busy."""
+
+    organization_id: str
+    code: str
+    provider: str
+    room: int
+    busy: int
 
 
 @dataclass(frozen=True, slots=True)

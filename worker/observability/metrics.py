@@ -4,6 +4,7 @@ dependencies, providers, partition numbers); organization ids, external ids and 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, get_args
 
@@ -24,6 +25,7 @@ from worker.contract.connections import ProviderName
 from worker.observability.health import Health
 from worker.outages import Dependency
 from worker.providers.base import ProviderCallOutcome
+from worker.store.connections import CONNECTION_STATES, ConnectionState
 
 CommandOutcome = Literal["created", "updated", "rejected", "skipped", "duplicate", "dead_lettered", "invalid_signature"]
 
@@ -38,6 +40,7 @@ PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 PROVIDER_CALL_OUTCOMES: Final[tuple[ProviderCallOutcome, ...]] = get_args(ProviderCallOutcome)
 
 _NAMESPACE: Final = "customer_worker"
+_CONNECTION_LABEL: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}~[0-9a-f]{8}")
 #: Statuses of `customer_worker_provider_jobs`: the open jobs (finished ones are counted by the provider call counters).
 PROVIDER_JOB_STATUSES: Final[tuple[str, ...]] = ("pending", "running")
 
@@ -169,6 +172,7 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self._init_provider_connections(ns, reg)
         # Known label values start at 0, so rates and absent-series alerts work from the first scrape.
         primed: tuple[tuple[Counter, str, tuple[str, ...]], ...] = (
             (self.commands_total, "outcome", COMMAND_OUTCOMES),
@@ -240,6 +244,51 @@ class Metrics:
         """Open jobs by status, as just counted; a status with no row is 0."""
         for status in PROVIDER_JOB_STATUSES:
             self.provider_jobs.labels(status=status).set(counts.get(status, 0))
+
+    # ---------------------------------------------------------------- provider connections (SPEC §9, 2026-12-06)
+    # The `connection` label is `code~digest` (worker.providers.connections.metric_label): one per connection of
+    # PROVIDERS_FILE, a closed set, without the organization id; the log line `provider_connection_state` pairs it
+    # with the organization.
+
+    def _init_provider_connections(self, ns: str, reg: CollectorRegistry) -> None:
+        self.provider_connection_state = Gauge(
+            "provider_connection_state",
+            "1 for the connection's current state (working, credentials_refused, rate_limited), 0 for the others.",
+            ["provider", "connection", "state"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.provider_connection_oldest_job_seconds = Gauge(
+            "provider_connection_oldest_job_seconds",
+            "Age of the connection's oldest open (waiting or running) provider job; 0 when it has none.",
+            ["provider", "connection"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.provider_jobs_oldest_open_seconds = Gauge(
+            "provider_jobs_oldest_open_seconds",
+            "Age of the oldest open provider job of any connection, one no replica knows included (database-wide).",
+            namespace=ns,
+            registry=reg,
+        )
+
+    def provider_connection(
+        self, provider: ProviderName, connection: str, state: ConnectionState, oldest_open_seconds: float
+    ) -> None:
+        checked = _check(provider, PROVIDERS, "provider")
+        if not _CONNECTION_LABEL.fullmatch(connection):
+            raise ValueError("connection must be a metric label from metric_label()")
+        current = _check(state, CONNECTION_STATES, "state")
+        for value in CONNECTION_STATES:
+            self.provider_connection_state.labels(provider=checked, connection=connection, state=value).set(
+                1 if value == current else 0
+            )
+        self.provider_connection_oldest_job_seconds.labels(provider=checked, connection=connection).set(
+            max(oldest_open_seconds, 0.0)
+        )
+
+    def provider_jobs_oldest_open(self, seconds: float) -> None:
+        self.provider_jobs_oldest_open_seconds.set(max(seconds, 0.0))
 
     @property
     def content_type(self) -> str:

@@ -62,6 +62,9 @@ def link_request(customer: CustomerState, connection: Connection) -> dict[str, A
     return request
 
 
+_CHECK_LINK_ID: Final = "PLCREDENTIALCHECK0000"
+
+
 def _error(exc: Exception) -> ProviderError:
     if isinstance(exc, requests.RequestException):
         return network_error(_PROVIDER, timed_out=isinstance(exc, requests.Timeout))
@@ -139,6 +142,15 @@ class AdyenAdapter:
         if recent is not None:
             return recent
         return await self._create_link(customer, key)
+
+    async def check_credentials(self) -> None:
+        """Reads a payment link that does not exist: Adyen has no cheaper read in the Checkout API, and its 404
+        (or 422) shows that the credentials were accepted."""
+        call = partial(self._links.get_payment_link, _CHECK_LINK_ID)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except (requests.RequestException, Adyen.AdyenError) as exc:
+            raise _error(exc) from None
 
     async def aclose(self) -> None:
         self._recent.clear()

@@ -6,8 +6,12 @@ turns every SDK failure into a `ProviderError` whose fields are safe to store, l
 quote the request: Stripe answers "Invalid email address: <the address>", and its 401 repeats part of the key), the
 HTTP status, and whether a retry may succeed.
 
-Retryable: network errors and timeouts, 429, 5xx, Stripe 409 `idempotency_key_in_use` and Adyen 422 `704` (the same
-idempotency key is still being processed), GoCardless 409 `idempotent_request_in_progress`. Any other 4xx is final.
+Retryable (SPEC §9, settled 2026-12-06: they say nothing about the customer, so the job waits for as long as it
+takes): network errors and timeouts, 429, 5xx (an unreadable answer such as a proxy's HTML page included), 401 and
+403 (`credentials`: the connection is paused on every replica until a test call succeeds), a connection that
+cannot work as configured, Stripe 409 `idempotency_key_in_use` and Adyen 422 `704` (the same idempotency key is
+still being processed), GoCardless 409 `idempotent_request_in_progress`. Any other 4xx is an answer about the
+customer's own data, and final.
 
 Dead ends (`dead_end`): the key can never bring an answer any more. Stripe refuses a key reused with other parameters
 (400 `idempotency_error`) and replays a stored 5xx for ever (`Stripe-Should-Retry: false`). A create job that meets
@@ -92,6 +96,11 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
 
+    @property
+    def credentials(self) -> bool:
+        """The provider refused the connection's credentials (401) or their permissions (403)."""
+        return self.http_status in (401, 403)
+
     def as_event(self) -> dict[str, Any]:
         """The `provider_error` object of a `customer.payment_provider_error` event (SPEC §6)."""
         return {
@@ -140,6 +149,11 @@ class ProviderAdapter(Protocol):
 
     async def checkout_url(self, customer: CustomerState, provider_customer_id: str, key: str) -> str:
         """Make a checkout / payment-method setup link; returns its URL."""
+        ...
+
+    async def check_credentials(self) -> None:
+        """A cheap read call that tests the connection's credentials; raises ProviderError. Any answer other than
+        401/403 (even a 404) shows that they were accepted."""
         ...
 
     async def aclose(self) -> None: ...
@@ -222,17 +236,18 @@ def status_error(
     retry_after: float | None = None,
     in_progress: bool = False,
 ) -> ProviderError:
-    """The error for an HTTP answer, classified by status (SPEC §9): 429 and 5xx retryable, other 4xx final."""
+    """The error for an HTTP answer, classified by status (SPEC §9): 401, 403, 429 and 5xx retryable, other 4xx
+    final."""
     if in_progress:
         code, retryable = IDEMPOTENCY_IN_PROGRESS, True
     elif http_status == 401:
-        code, retryable = UNAUTHORIZED, False
+        code, retryable = UNAUTHORIZED, True
     elif http_status == 429:
         code, retryable = RATE_LIMITED, True
     elif http_status is not None and http_status >= 500:
         code, retryable = SERVER_ERROR, True
     elif http_status == 403:
-        code, retryable = safe_code(provider_code, FORBIDDEN), False
+        code, retryable = safe_code(provider_code, FORBIDDEN), True
     elif http_status is None:
         code, retryable = UNEXPECTED_RESPONSE, True
     else:
@@ -253,8 +268,9 @@ def network_error(provider: ProviderName, *, timed_out: bool) -> ProviderError:
 
 
 def configuration_error(provider: ProviderName, what: str) -> ProviderError:
-    """A connection that cannot work as configured (e.g. Adyen without `merchant_account`): final."""
-    return ProviderError(provider, CONFIGURATION_ERROR, f"the connection is misconfigured: {what}")
+    """A connection that cannot work as configured (e.g. Adyen without `merchant_account`): nothing about the
+    customer, so the job waits (visibly) until an operator fixes PROVIDERS_FILE and restarts the worker."""
+    return ProviderError(provider, CONFIGURATION_ERROR, f"the connection is misconfigured: {what}", retryable=True)
 
 
 def response_error(provider: ProviderName) -> ProviderError:

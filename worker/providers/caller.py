@@ -1,10 +1,11 @@
 """Every provider call, in the background or inline, goes through `ProviderCaller`: the per-connection rate limit,
-the broken-connection gate, the adapter and the call metrics.
+the refused-credentials gate, the adapter and the call metrics.
 
-Broken connections: after a 401 a connection is marked broken, in the memory of this process (each replica learns
-it from its own first 401; a restart forgets it). While broken, its jobs fail at once with `http_status: 401`
-without a call, except one call per `probe_interval` (60 s) that tests the credentials; the first success clears
-the mark.
+Refused credentials (401/403) pause the connection on every replica: the state lives in PostgreSQL
+(`worker.store.connections`), written and read by the runner, which mirrors it into this process's
+`ConnectionGate`. While a connection is refused, calls through it are refused at once, without a request (a
+retryable error: its jobs wait); the runner's test call (`check`) goes around the gate, and its success resumes
+the connection everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Literal, Protocol, TypeVar, get_args
 
 import structlog
@@ -29,6 +30,7 @@ from worker.providers.base import (
 )
 from worker.providers.factory import AdapterFactory
 from worker.providers.idempotency import idempotency_key
+from worker.store.connections import ConnectionState
 from worker.tracing import provider_call
 
 log = structlog.get_logger("worker.providers")
@@ -43,12 +45,18 @@ class CallMetrics(Protocol):
 
     def provider_runner_running(self, running: bool) -> None: ...
 
+    def provider_connection(
+        self, provider: ProviderName, connection: str, state: ConnectionState, oldest_open_seconds: float
+    ) -> None: ...
+
+    def provider_jobs_oldest_open(self, seconds: float) -> None: ...
+
 
 T = TypeVar("T")
-Admission = Literal["call", "probe", "refuse"]
 
 DEFAULT_INLINE_BUDGET: Final = 5.0
 DEFAULT_PROBE_INTERVAL: Final = 60.0
+"""Seconds between test calls of a connection whose credentials were refused (PROVIDER_CREDENTIAL_CHECK_INTERVAL)."""
 LATENCY_ALLOWANCE: Final = 0.1
 """Seconds of calls kept out of the rate limiter's burst (at least one call): slack for uneven network latency."""
 PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
@@ -77,36 +85,25 @@ def provider_name(name: str) -> ProviderName:
 
 
 class ConnectionGate:
-    """Which connections answered 401 lately (this process only), and when the next test call may go out."""
+    """The connections whose credentials were refused, as this process knows it (its own 401s and 403s, and the
+    shared state the runner reads from PostgreSQL)."""
 
-    def __init__(self, probe_interval: float = DEFAULT_PROBE_INTERVAL, clock: Callable[[], float] = time.monotonic):
-        self._interval = probe_interval
-        self._clock = clock
-        self._next_probe: dict[tuple[str, str], float] = {}
-        self._probing: set[tuple[str, str]] = set()
+    def __init__(self) -> None:
+        self._refused: set[tuple[str, str]] = set()
 
-    def is_broken(self, key: tuple[str, str]) -> bool:
-        return key in self._next_probe
+    def is_refused(self, key: tuple[str, str]) -> bool:
+        return key in self._refused
 
-    def admit(self, key: tuple[str, str]) -> Admission:
-        next_probe = self._next_probe.get(key)
-        if next_probe is None:
-            return "call"
-        now = self._clock()
-        if key in self._probing or now < next_probe:
-            return "refuse"
-        self._probing.add(key)
-        self._next_probe[key] = now + self._interval
-        return "probe"
+    def refuse(self, key: tuple[str, str]) -> bool:
+        """True when this is news to the process."""
+        if key in self._refused:
+            return False
+        self._refused.add(key)
+        return True
 
-    def unauthorized(self, key: tuple[str, str]) -> None:
-        self._next_probe[key] = self._clock() + self._interval
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        self._next_probe.pop(key, None)
-
-    def probe_over(self, key: tuple[str, str]) -> None:
-        self._probing.discard(key)
+    def mirror(self, refused: Iterable[tuple[str, str]]) -> None:
+        """The shared state, as the runner last read it."""
+        self._refused = set(refused)
 
 
 class ProviderCaller:
@@ -117,14 +114,13 @@ class ProviderCaller:
         factory: AdapterFactory,
         metrics: CallMetrics,
         *,
-        probe_interval: float = DEFAULT_PROBE_INTERVAL,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
     ) -> None:
         self._factory = factory
         self._metrics = metrics
         self.metrics = metrics
-        self.gate = ConnectionGate(probe_interval)
+        self.gate = ConnectionGate()
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -147,38 +143,43 @@ class ProviderCaller:
         self, connection: Connection, operation: Callable[[ProviderAdapter], Awaitable[T]], *, cost: int = 1
     ) -> T:
         """Run `operation` on the connection's adapter once, after its rate limiter lets `cost` requests through.
-        Raises ProviderError (refused without a call when the connection is broken)."""
+        Raises ProviderError (refused without a call while the connection's credentials are refused)."""
         key = (connection.organization_id, connection.code)
         provider = connection.provider
-        admission = self.gate.admit(key)
+        if self.gate.is_refused(key):
+            raise refused(provider)
+        limiter = self.limiter(connection)
+        await limiter.acquire(min(float(cost), limiter.max_rate))
+        if self.gate.is_refused(key):
+            raise refused(provider)  # a 401 arrived while this call waited for the rate limiter
+        return await self._measured(connection, operation)
+
+    async def check(self, connection: Connection) -> None:
+        """The test call of a connection whose credentials were refused: around the gate, within the rate."""
+        await self.limiter(connection).acquire()
+        await self._measured(connection, lambda adapter: adapter.check_credentials())
+
+    async def _measured(self, connection: Connection, operation: Callable[[ProviderAdapter], Awaitable[T]]) -> T:
+        provider = connection.provider
+        adapter = self._factory.adapter_for(connection)
+        started = time.perf_counter()
         try:
-            if admission == "refuse":
-                raise refused(provider)
-            limiter = self.limiter(connection)
-            await limiter.acquire(min(float(cost), limiter.max_rate))
-            if admission == "call" and self.gate.is_broken(key):
-                raise refused(provider)  # a 401 arrived while this call waited for the rate limiter
-            adapter = self._factory.adapter_for(connection)
-            started = time.perf_counter()
-            try:
-                result = await operation(adapter)
-            except ProviderError as error:
-                outcome: Literal["retryable_error", "permanent_error"] = (
-                    "retryable_error" if error.retryable else "permanent_error"
+            result = await operation(adapter)
+        except ProviderError as error:
+            outcome: Literal["retryable_error", "permanent_error"] = (
+                "retryable_error" if error.retryable else "permanent_error"
+            )
+            self._metrics.provider_call(provider, outcome, time.perf_counter() - started)
+            if error.credentials and self.gate.refuse((connection.organization_id, connection.code)):
+                log.warning(
+                    "provider_connection_credentials_refused",
+                    provider=provider,
+                    connection=connection.code,
+                    http_status=error.http_status,
                 )
-                self._metrics.provider_call(provider, outcome, time.perf_counter() - started)
-                if error.http_status == 401:
-                    self.gate.unauthorized(key)
-                    log.warning("provider_connection_unauthorized", provider=provider, connection=connection.code)
-                raise
-            self._metrics.provider_call(provider, "success", time.perf_counter() - started)
-            if self.gate.is_broken(key):
-                log.info("provider_connection_recovered", provider=provider, connection=connection.code)
-            self.gate.succeeded(key)
-            return result
-        finally:
-            if admission == "probe":
-                self.gate.probe_over(key)
+            raise
+        self._metrics.provider_call(provider, "success", time.perf_counter() - started)
+        return result
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         return backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, retry_after=retry_after)
@@ -211,8 +212,9 @@ class ProviderCaller:
                 log.info("provider_inline_budget_spent", provider=connection.provider, attempts=attempt)
                 return InlineResult()
             except ProviderError as error:
-                if not error.retryable:
-                    log.info("provider_inline_failed", provider=connection.provider, error_code=error.error_code)
+                if not error.retryable or error.credentials:
+                    # Final, or refused credentials: the background job reports it, or waits for the connection.
+                    log.info("provider_inline_handed_over", provider=connection.provider, error_code=error.error_code)
                     return InlineResult()
                 delay = self.backoff(attempt, error.retry_after)
                 if loop.time() + delay >= deadline:
@@ -224,9 +226,11 @@ class ProviderCaller:
 
 
 def refused(provider: ProviderName) -> ProviderError:
+    """A call not made: the connection's credentials are refused (waits until a test call succeeds)."""
     return ProviderError(
         provider,
         UNAUTHORIZED,
-        "not called: the connection's credentials were refused (HTTP 401) within the last minute",
+        "not called: the connection's credentials are refused until a test call succeeds",
         http_status=401,
+        retryable=True,
     )

@@ -181,5 +181,8 @@ class GoCardlessAdapter:
             raise response_error(_PROVIDER)
         return url
 
+    async def check_credentials(self) -> None:
+        await self._run(lambda: self._customers.list(params={"limit": 1}))
+
     async def aclose(self) -> None:
         """requests opens a connection per call here: nothing is held open."""

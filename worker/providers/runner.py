@@ -1,44 +1,53 @@
-"""Provider jobs in the background (SPEC §9, §11): `ProviderJobRunner` claims due jobs (`worker.store.jobs`), runs
-them through `worker.providers.caller.ProviderCaller` with bounded concurrency, retries retryable failures with
-exponential backoff and jitter (honouring `Retry-After`), and records each outcome with its events in one
-transaction.
+"""Provider jobs in the background (SPEC §9, §11, §12): `ProviderJobRunner` claims due jobs fairly across
+connections (`worker.store.jobs`), runs them through `worker.providers.caller.ProviderCaller` with bounded
+concurrency, and records each outcome with its events in one transaction.
+
+What waits and what fails (SPEC §9, settled 2026-12-06): a job fails for good only on an answer about the
+customer's own data (a 4xx such as an invalid e-mail). Everything else waits, for as long as it takes, with
+exponential backoff and jitter capped at `backoff_max` (PROVIDER_BACKOFF_MAX, minutes), never before `Retry-After`:
+network errors, timeouts, 5xx, 429 (the connection is also paused until `Retry-After` on every replica), 401/403
+(the connection is paused on every replica until a test call succeeds, `worker.providers.connections`), and a
+connection this replica does not know (it never claims such a job; a replica that knows it does). Only faults of
+the worker itself (a crash or lost lease, an internal error) are bounded, by `max_attempts`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypedDict
 
 import structlog
 
-from worker.contract.connections import Connection, ProviderRegistry
-from worker.domain.customer import CustomerState
-from worker.domain.jobs import ClaimedJob, JobResult, skip_reason
+from worker.contract.connections import ProviderRegistry
+from worker.domain.jobs import ClaimedJob, ConnectionTurn, JobResult
 from worker.outages import OUTAGES
+from worker.providers.attempt import (
+    DEAD_END_UNRESOLVED,
+    DEFAULT_SEARCH_WINDOW,
+    AttemptResult,
+    JobAttempt,
+    Skip,
+)
 from worker.providers.base import (
-    CONFIGURATION_ERROR,
-    ProviderAdapter,
     ProviderError,
-    network_error,
     utc_now,
 )
 from worker.providers.caller import (
     DEFAULT_PROBE_INTERVAL,
-    PROVIDERS,
     CallMetrics,
     ProviderCaller,
     provider_name,
 )
+from worker.providers.connections import ConnectionWatch
 from worker.providers.factory import AdapterFactory
-from worker.providers.idempotency import derived_key, key_for
+from worker.settings import Settings
 from worker.store.jobs import (
     LeaseLostError,
     Pool,
     claim_due,
     claim_expired,
-    load_customer,
     record_failure,
     record_retry,
     record_skip,
@@ -49,34 +58,31 @@ from worker.tracing import provider_job
 
 log = structlog.get_logger("worker.providers")
 
-ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
 INTERNAL_ERROR: Final = "internal_error"
-DEAD_END_UNRESOLVED: Final = "dead_end_unresolved"
-DEFAULT_SEARCH_SETTLE: Final = 60.0
-"""Seconds a dead end waits before the customer is looked up a second time and, still not found, created under a
-derived key: Stripe's search is eventually consistent (a customer is typically searchable within a minute)."""
-DERIVED_STEPS: Final = ("r1", "r2", "r3")
-"""Keys a create tries after a dead end, in order; each is looked up first, so at most one customer results."""
+DATABASE_UNAVAILABLE: Final = "database_unavailable"
+DEFAULT_BACKOFF_MAX: Final = 300.0
+"""The cap of the backoff between two attempts of a waiting job (PROVIDER_BACKOFF_MAX): five minutes."""
 
 
-def _creator(sent: CustomerState, key: str) -> Callable[[ProviderAdapter], Awaitable[JobResult]]:
-    async def create(adapter: ProviderAdapter) -> JobResult:
-        created = await adapter.create_customer(sent, key)
-        # Adyen: the create made the link; this returns it from the adapter, without a second call.
-        url = await adapter.checkout_url(sent, created, key) if adapter.checkout_with_create else None
-        return JobResult(created, url)
-
-    return create
-
-
-class _Skip:
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+class RunnerOptions(TypedDict):
+    concurrency: int
+    connection_concurrency: int | None
+    max_attempts: int
+    backoff_max: float
+    check_interval: float
+    search_window: float
 
 
-AttemptResult = JobResult | ProviderError | _Skip
+def runner_options(settings: Settings) -> RunnerOptions:
+    """The runner's settings (README "Configuration")."""
+    return RunnerOptions(
+        concurrency=settings.provider_concurrency,
+        connection_concurrency=settings.provider_connection_concurrency,
+        max_attempts=settings.provider_max_attempts,
+        backoff_max=settings.provider_backoff_max,
+        check_interval=settings.provider_credential_check_interval,
+        search_window=settings.provider_search_window,
+    )
 
 
 class ProviderJobRunner:
@@ -90,26 +96,34 @@ class ProviderJobRunner:
         metrics: CallMetrics,
         *,
         concurrency: int = 8,
+        connection_concurrency: int | None = None,
         max_attempts: int = 6,
         lease_seconds: float = 60.0,
         poll_interval: float = 1.0,
         backoff_base: float = 1.0,
-        backoff_max: float = 300.0,
-        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        check_interval: float = DEFAULT_PROBE_INTERVAL,
         drain_timeout: float = 10.0,
         on_events: Callable[[], None] | None = None,
-        search_settle: float = DEFAULT_SEARCH_SETTLE,
+        search_window: float = DEFAULT_SEARCH_WINDOW,
+        state_refresh_interval: float = 1.0,
     ) -> None:
         """`lease_seconds` must exceed one job's longest run (rate-limiter wait plus up to two SDK timeouts): a job
         is abandoned (retried later) when 3/4 of it has passed, so its lease never runs out while it is in hand.
-        `on_events` is called after outbox rows were committed (give it the relay's `notify`)."""
+        `connection_concurrency`: jobs of one connection in hand at once (default: all slots but a quarter, at
+        least one, so other connections always find a free slot). `max_attempts`: attempts that may end through a
+        fault of the worker (never waits on the provider). `check_interval`: seconds between test calls of a
+        connection whose credentials were refused. `on_events` is called after outbox rows were committed (give it
+        the relay's `notify`)."""
         if concurrency < 1 or max_attempts < 1 or lease_seconds <= 0:
             raise ValueError("concurrency, max_attempts and lease_seconds must be positive")
         self._pool = pool
         self._registry = registry
-        self.caller = ProviderCaller(
-            factory, metrics, probe_interval=probe_interval, backoff_base=backoff_base, backoff_max=backoff_max
+        self.caller = ProviderCaller(factory, metrics, backoff_base=backoff_base, backoff_max=backoff_max)
+        self.watch = ConnectionWatch(
+            pool, registry, self.caller, metrics, check_interval=check_interval, refresh_interval=state_refresh_interval
         )
+        self._connection_concurrency = connection_concurrency or max(1, concurrency - max(1, concurrency // 4))
         # The create call of `sync: true` (the service's InlineCreate port) shares the caller's gate and limits.
         self.create_inline = self.caller.create_inline
         self._concurrency = concurrency
@@ -118,7 +132,14 @@ class ProviderJobRunner:
         self._work_budget = lease_seconds * 0.75
         self._poll = poll_interval
         self._drain_timeout = drain_timeout
-        self._search_settle = search_settle
+        self._attempt = JobAttempt(
+            pool,
+            registry,
+            self.caller,
+            max_attempts=max_attempts,
+            work_budget=self._work_budget,
+            search_window=search_window,
+        )
         self._sweep_interval = min(max(lease_seconds / 2, 0.5), 15.0)
         self._on_events = on_events
         self._wake = asyncio.Event()
@@ -150,21 +171,23 @@ class ProviderJobRunner:
                 self._wake.clear()
                 free = self._concurrency - len(self._running)
                 claimed: list[ClaimedJob] = []
-                if free > 0:
-                    try:
-                        claimed = await claim_due(self._pool, free, self._lease)
+                try:
+                    await self.watch.tick(loop.time())
+                    if free > 0:
+                        turns = self._turns()
+                        claimed = await claim_due(self._pool, free, self._lease, turns)
                         if len(claimed) < free and loop.time() >= next_sweep:
-                            claimed += await claim_expired(self._pool, free - len(claimed), self._lease)
+                            claimed += await claim_expired(self._pool, free - len(claimed), self._lease, turns)
                             next_sweep = loop.time() + self._sweep_interval
-                        outage_delay = 0.0
-                    except Exception as exc:  # noqa: BLE001 - any error: logged, backed off, tried again
-                        # Outages and anything else alike: the runner must outlive every error (a dead runner
-                        # would leave every job pending until a restart).
-                        outage_delay = min(max(outage_delay * 2, 0.1), 5.0)
-                        level = log.warning if isinstance(exc, OUTAGES) else log.error
-                        level("provider_jobs_claim_failed", error_type=type(exc).__name__, retry_in=outage_delay)
-                        await self._sleep(outage_delay)
-                        continue
+                    outage_delay = 0.0
+                except Exception as exc:  # noqa: BLE001 - any error: logged, backed off, tried again
+                    # Outages and anything else alike: the runner must outlive every error (a dead runner
+                    # would leave every job pending until a restart).
+                    outage_delay = min(max(outage_delay * 2, 0.1), 5.0)
+                    level = log.warning if isinstance(exc, OUTAGES) else log.error
+                    level("provider_jobs_claim_failed", error_type=type(exc).__name__, retry_in=outage_delay)
+                    await self._sleep(outage_delay)
+                    continue
                 for job in claimed:
                     task = asyncio.create_task(self._execute(job), name=f"provider-job-{job.id}")
                     self._running[task] = job
@@ -180,7 +203,23 @@ class ProviderJobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
+            await self.watch.aclose()
             self.caller.metrics.provider_runner_running(False)
+
+    def _turns(self) -> list[ConnectionTurn]:
+        """Each known connection's room for more jobs in hand, and how many it has (the fair claim's input)."""
+        busy: dict[tuple[str, str], int] = {}
+        for job in self._running.values():
+            key = (job.organization_id, job.connection_code)
+            busy[key] = busy.get(key, 0) + 1
+        turns = []
+        for connection in self.watch.connections:
+            key = (connection.organization_id, connection.code)
+            in_hand = busy.get(key, 0)
+            room = self._connection_concurrency - in_hand
+            if room > 0 and self.watch.paused.get(key) != "credentials_refused":
+                turns.append(ConnectionTurn(key[0], key[1], connection.provider, room, in_hand))
+        return turns
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
@@ -196,6 +235,8 @@ class ProviderJobRunner:
             timeout = max(min(timeout, until_due), 0.0)
         if len(self._running) >= self._concurrency:
             timeout = self._poll  # nothing can be claimed before a slot frees, which wakes us anyway
+        if self.watch.paused:
+            timeout = min(timeout, self.watch.refresh_interval)  # a pause may end (Retry-After, a test call)
         await self._sleep(timeout)
 
     async def _sleep(self, seconds: float) -> None:
@@ -229,9 +270,15 @@ class ProviderJobRunner:
             try:
                 outcome = await self._attempt(job)
             except OUTAGES as exc:
-                # The customer could not be read: no call was made. The lease runs out and the job is claimed again.
+                # The customer could not be read: no call was made. The job waits (if even that cannot be written,
+                # its lease runs out and it is claimed again).
                 log.warning("provider_job_deferred", error_type=type(exc).__name__)
-                return
+                outcome = ProviderError(
+                    provider_name(job.provider),
+                    DATABASE_UNAVAILABLE,
+                    "the worker could not read the customer; trying again later",
+                    retryable=True,
+                )
             except Exception as exc:  # a bug in one job must not stop the others
                 log.error("provider_job_crashed", error_type=type(exc).__name__, exc_info=True)
                 # Retried like a provider failure, so a lasting bug ends as a failed job with an error event.
@@ -246,99 +293,6 @@ class ProviderJobRunner:
                 await self._record(job, outcome)
             except Exception as exc:  # the job stays leased; once the lease runs out it is run again
                 log.error("provider_job_unrecorded", error_type=type(exc).__name__, exc_info=True)
-
-    async def _attempt(self, job: ClaimedJob) -> AttemptResult:
-        if job.provider not in PROVIDERS:
-            return _Skip("unknown_provider")
-        provider = provider_name(job.provider)
-        connection = self._registry.get(job.organization_id, job.connection_code)
-        if connection is None or connection.provider != provider:
-            return ProviderError(
-                provider, CONFIGURATION_ERROR, "the job's connection is not in PROVIDERS_FILE (any more)"
-            )
-        if job.attempts > self._max_attempts:
-            # Claimed more often than allowed without an outcome recorded: the runner died during each attempt.
-            return ProviderError(provider, ATTEMPTS_EXHAUSTED, f"no outcome after {self._max_attempts} attempts")
-        state = await load_customer(self._pool, job.customer_id)
-        reason = skip_reason(job, state)
-        if reason is not None or state is None:
-            return _Skip(reason or "customer_missing")
-        key = key_for(job)
-        try:
-            async with asyncio.timeout(self._work_budget):
-                return await self._call(connection, job, state, key)
-        except ProviderError as error:
-            return error
-        except TimeoutError:
-            return network_error(provider, timed_out=True)
-
-    async def _call(self, connection: Connection, job: ClaimedJob, state: CustomerState, key: str) -> JobResult:
-        pid = state.provider_customer_id
-        if job.kind == "create":
-            return await self._create(connection, job, job.request or state, key)
-        assert pid is not None  # skip_reason holds the other kinds back without a provider customer
-        if job.kind == "update":
-
-            async def update(adapter: ProviderAdapter) -> JobResult:
-                await adapter.update_customer(state, pid, key)
-                return JobResult(pid)
-
-            return await self.caller.call(connection, update)
-        if job.kind == "checkout":
-
-            async def checkout(adapter: ProviderAdapter) -> JobResult:
-                return JobResult(pid, await adapter.checkout_url(state, pid, key))
-
-            # GoCardless needs two requests (billing request, then its flow): both count against the rate.
-            cost = 2 if connection.provider == "gocardless" else 1
-            return await self.caller.call(connection, checkout, cost=cost)
-        raise ProviderError(connection.provider, CONFIGURATION_ERROR, "unknown job kind")
-
-    async def _create(self, connection: Connection, job: ClaimedJob, sent: CustomerState, key: str) -> JobResult:
-        """The create, with the job's snapshot. A dead end (the key refused for other parameters, or a stored 5xx
-        replayed for ever) is resolved without a second provider customer (SPEC §12): look the customer up; link it
-        if found; otherwise create it under a key derived from the first (`-r1`, `-r2`: the same on every retry, so
-        a lost answer is replayed rather than done twice)."""
-
-        try:
-            return await self.caller.call(connection, _creator(sent, key))
-        except ProviderError as error:
-            if not error.dead_end:
-                raise
-            return await self._resolve(connection, job, sent, key, error)
-
-    async def _resolve(
-        self, connection: Connection, job: ClaimedJob, sent: CustomerState, key: str, error: ProviderError
-    ) -> JobResult:
-        log.info("provider_create_dead_end", kind=job.kind, provider=job.provider, error_code=error.error_code)
-        for step in DERIVED_STEPS:
-            found = await self.caller.call(connection, lambda adapter: adapter.find_customer(sent))
-            if found is not None:
-                log.info("provider_customer_found", provider=job.provider)
-                return JobResult(found)
-            if step == DERIVED_STEPS[0] and self._defer_after_dead_end(job):
-                # Not found yet: search may lag a fresh create. Look again later before creating anything.
-                raise ProviderError(
-                    connection.provider,
-                    DEAD_END_UNRESOLVED,
-                    "the idempotency key cannot be used any more and the customer was not found yet; "
-                    "looking it up again later",
-                    retryable=True,
-                    retry_after=self._search_settle,
-                )
-            try:
-                return await self.caller.call(connection, _creator(sent, derived_key(key, step)))
-            except ProviderError as again:
-                if not again.dead_end:
-                    raise
-                error = again
-        raise error
-
-    def _defer_after_dead_end(self, job: ClaimedJob) -> bool:
-        """Once per job, while an attempt is left for the second look-up."""
-        return (
-            self._search_settle > 0 and job.last_error_code != DEAD_END_UNRESOLVED and job.attempts < self._max_attempts
-        )
 
     async def _record(self, job: ClaimedJob, outcome: AttemptResult) -> None:
         """Write the outcome; PostgreSQL outages are retried while the lease lasts (after that, another runner
@@ -360,26 +314,45 @@ class ProviderJobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    async def _wait(self, job: ClaimedJob, error: ProviderError) -> float:
+        """Seconds the job waits; a refused credential or a rate limit also pauses its connection everywhere."""
+        delay = self.caller.backoff(job.attempts, error.retry_after)
+        connection = self._registry.get(job.organization_id, job.connection_code)
+        if connection is None:
+            return delay
+        if error.credentials:
+            await self.watch.credentials_refused(connection, error)
+            # Due again soon after a successful test call resumes the connection (never claimed before).
+            return min(delay, max(self.watch.check_interval, error.retry_after or 0.0))
+        if error.http_status == 429:
+            await self.watch.rate_limited(connection, error.retry_after or self.caller.backoff(1, None))
+        return delay
+
     async def _write(self, job: ClaimedJob, outcome: AttemptResult) -> None:
         fields = {"kind": job.kind, "provider": job.provider, "attempts": job.attempts}
-        if isinstance(outcome, _Skip):
+        if isinstance(outcome, Skip):
             await record_skip(self._pool, job, outcome.reason)
             log.info("provider_job_skipped", reason=outcome.reason, **fields)
             return
         if isinstance(outcome, JobResult):
+            connection = self._registry.get(job.organization_id, job.connection_code)
+            if connection is not None:
+                await self.watch.succeeded(connection)
             events = await record_success(self._pool, job, outcome, utc_now())
             log.info("provider_job_done", events=len(events), **fields)
             if events and self._on_events is not None:
                 self._on_events()
             return
         error = outcome
-        if error.retryable and job.attempts < self._max_attempts:
-            delay = self.caller.backoff(job.attempts, error.retry_after)
-            await record_retry(self._pool, job, error, delay)
+        fault = error.error_code == INTERNAL_ERROR
+        if error.retryable and not (fault and job.worker_faults + 1 >= self._max_attempts):
+            delay = await self._wait(job, error)
+            missed = error.error_code == DEAD_END_UNRESOLVED
+            await record_retry(self._pool, job, error, delay, search_missed=missed, worker_fault=fault)
             due = asyncio.get_running_loop().time() + delay
             self._next_due = due if self._next_due is None else min(self._next_due, due)
             log.info(
-                "provider_job_retry",
+                "provider_job_waits",
                 error_code=error.error_code,
                 http_status=error.http_status,
                 retry_in=round(delay, 3),

@@ -172,5 +172,11 @@ class StripeAdapter:
             raise response_error(_PROVIDER)
         return session.url
 
+    async def check_credentials(self) -> None:
+        try:
+            await self._client.v1.customers.list_async({"limit": 1})
+        except stripe.StripeError as exc:
+            raise _error(exc) from None
+
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]

@@ -29,7 +29,14 @@ import structlog
 
 from worker.domain.customer import COLUMNS, CustomerState
 from worker.domain.events import OutboxEvent, provider_event
-from worker.domain.jobs import ClaimedJob, JobResult, needs_checkout_after_create, needs_push, superseded_reason
+from worker.domain.jobs import (
+    ClaimedJob,
+    ConnectionTurn,
+    JobResult,
+    needs_checkout_after_create,
+    needs_push,
+    superseded_reason,
+)
 from worker.store.db import Conn
 from worker.store.outbox import write_events
 from worker.store.rows import state_from_json, state_from_row
@@ -40,36 +47,65 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"  # a string: asyncpg.Pool is ge
 
 _RETURNING: Final = (
     "RETURNING j.id, j.organization_id, j.customer_id, j.message_id, j.kind, j.provider, j.connection_code, "
-    "j.traceparent, j.attempts, j.request, j.last_error->>'error_code' AS last_error_code"
+    "j.traceparent, j.attempts, j.request, j.last_error->>'error_code' AS last_error_code, "
+    "extract(epoch FROM now() - j.search_missed_since)::float8 AS search_missed_for, j.search_misses, j.worker_faults"
 )
-# One job at a time per customer, oldest first: a job is due only when no older job of its customer is pending or
-# running, and no job of its customer is running. So a push never overtakes a create or an older push, and two
-# replicas never call for one customer at once (a concurrent claim sees the older job still pending and skips
-# this one). Uses provider_jobs_ready_idx and provider_jobs_customer_active_idx.
+# The connections this replica knows, as arrays (organization, code, provider, room, busy), less those paused on
+# every replica (credentials refused until a test call succeeds; rate limited until Retry-After has passed).
+_CONNECTIONS: Final = (
+    "conn AS (SELECT c.* FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[]) "
+    "AS c(organization_id, code, provider, room, busy) WHERE c.room > 0 AND NOT EXISTS (SELECT 1 FROM "
+    "provider_connections AS s WHERE s.organization_id = c.organization_id AND s.code = c.code "
+    "AND (s.state = 'credentials_refused' OR s.paused_until > now())))"
+)
+# Fair across connections (SPEC §9): each connection offers its due jobs oldest first, at most its `room`; a job's
+# turn is its rank within its connection plus the jobs that connection already has in hand, and the claim takes
+# the lowest turns. So a free slot goes to the least busy connection: one connection's backlog, slow calls or
+# rate limit delays another's jobs by at most one call. A job of a connection this replica does not know is never
+# claimed here (a replica that knows it takes it). One job at a time per customer, oldest first: a job is due only
+# when no older job of its customer is pending or running, and no job of its customer is running (a push never
+# overtakes a create, two replicas never call for one customer at once). Indexes: provider_jobs_connection_due_idx,
+# provider_jobs_customer_active_idx.
 _CLAIM_DUE: Final = (
-    "WITH due AS (SELECT id FROM provider_jobs AS d WHERE status = 'pending' AND next_attempt_at <= now() "
+    f"WITH {_CONNECTIONS}, picked AS (SELECT p.id, p.next_attempt_at, c.busy + row_number() OVER "
+    "(PARTITION BY c.organization_id, c.code ORDER BY p.next_attempt_at, p.id) AS turn FROM conn AS c "
+    "CROSS JOIN LATERAL (SELECT d.id, d.next_attempt_at FROM provider_jobs AS d "
+    "WHERE d.organization_id = c.organization_id AND d.connection_code = c.code AND d.provider = c.provider "
+    "AND d.status = 'pending' AND d.next_attempt_at <= now() "
     "AND NOT EXISTS (SELECT 1 FROM provider_jobs AS o WHERE o.customer_id = d.customer_id "
     "AND o.status IN ('pending', 'running') AND (o.id < d.id OR o.status = 'running')) "
-    "ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    "ORDER BY d.next_attempt_at, d.id LIMIT least(c.room, $1) FOR UPDATE SKIP LOCKED) AS p), "
+    "due AS (SELECT id FROM picked ORDER BY turn, next_attempt_at, id LIMIT $1) "
     "UPDATE provider_jobs AS j SET status = 'running', lease_until = now() + make_interval(secs => $2), "
     "attempts = j.attempts + 1, updated_at = now() FROM due WHERE j.id = due.id " + _RETURNING
 )
-# Leases that ran out: their runner died or hung. Run only every few seconds (see the runner).
+# Leases that ran out: their runner died or hung, which counts as a worker fault. Run only every few seconds.
 _CLAIM_EXPIRED: Final = (
-    "WITH due AS (SELECT id FROM provider_jobs WHERE status = 'running' AND lease_until < now() "
-    "ORDER BY lease_until, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    f"WITH {_CONNECTIONS}, due AS (SELECT d.id FROM provider_jobs AS d JOIN conn AS c "
+    "ON d.organization_id = c.organization_id AND d.connection_code = c.code AND d.provider = c.provider "
+    "WHERE d.status = 'running' AND d.lease_until < now() "
+    "ORDER BY d.lease_until, d.id LIMIT $1 FOR UPDATE OF d SKIP LOCKED) "
     "UPDATE provider_jobs AS j SET lease_until = now() + make_interval(secs => $2), "
-    "attempts = j.attempts + 1, updated_at = now() FROM due WHERE j.id = due.id " + _RETURNING
+    "attempts = j.attempts + 1, worker_faults = j.worker_faults + 1, updated_at = now() "
+    "FROM due WHERE j.id = due.id " + _RETURNING
 )
 _FENCE: Final = "id = $1 AND status = 'running' AND attempts = $2"
 _FINISH: Final = (
     "UPDATE provider_jobs SET status = $3, lease_until = NULL, last_error = $4::jsonb, updated_at = now() "
     f"WHERE {_FENCE} RETURNING id"
 )
+# $5: the attempt searched after a dead end and missed; $6: it ended through a fault of the worker.
 _RESCHEDULE: Final = (
     "UPDATE provider_jobs SET status = 'pending', lease_until = NULL, "
-    "next_attempt_at = now() + make_interval(secs => $3), last_error = $4::jsonb, updated_at = now() "
+    "next_attempt_at = now() + make_interval(secs => $3), last_error = $4::jsonb, updated_at = now(), "
+    "search_missed_since = CASE WHEN $5 THEN coalesce(search_missed_since, now()) ELSE search_missed_since END, "
+    "search_misses = search_misses + $5::int, worker_faults = worker_faults + $6::int "
     f"WHERE {_FENCE} RETURNING id"
+)
+_CANCEL: Final = (
+    "UPDATE provider_jobs SET status = 'cancelled', lease_until = NULL, updated_at = now(), "
+    "last_error = coalesce(last_error, '{}'::jsonb) || jsonb_build_object('cancelled', true) "
+    "WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'running') RETURNING id"
 )
 _RELEASE: Final = (
     "UPDATE provider_jobs AS j SET status = 'pending', lease_until = NULL, next_attempt_at = now(), "
@@ -85,7 +121,7 @@ _INSERT_JOB: Final = (
 )
 _PRUNE: Final = (
     "DELETE FROM provider_jobs WHERE id = ANY(ARRAY(SELECT id FROM provider_jobs "
-    "WHERE status IN ('done', 'skipped', 'failed') AND updated_at < now() - $1::interval LIMIT $2))"
+    "WHERE status IN ('done', 'skipped', 'failed', 'cancelled') AND updated_at < now() - $1::interval LIMIT $2))"
 )
 
 
@@ -115,6 +151,9 @@ def _job(row: asyncpg.Record) -> ClaimedJob:
         attempts=row["attempts"],
         request=None if row["request"] is None else state_from_json(row["request"]),
         last_error_code=row["last_error_code"],
+        search_missed_for=row["search_missed_for"],
+        search_misses=row["search_misses"],
+        worker_faults=row["worker_faults"],
     )
 
 
@@ -122,16 +161,34 @@ def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-async def claim_due(pool: Pool, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    return await _claim(pool, _CLAIM_DUE, limit, lease_seconds)
+async def claim_due(
+    pool: Pool, limit: int, lease_seconds: float, connections: Sequence[ConnectionTurn]
+) -> list[ClaimedJob]:
+    """Up to `limit` due jobs of `connections`, fairly: round-robin by connection, least busy first."""
+    return await _claim(pool, _CLAIM_DUE, limit, lease_seconds, connections)
 
 
-async def claim_expired(pool: Pool, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    return await _claim(pool, _CLAIM_EXPIRED, limit, lease_seconds)
+async def claim_expired(
+    pool: Pool, limit: int, lease_seconds: float, connections: Sequence[ConnectionTurn]
+) -> list[ClaimedJob]:
+    return await _claim(pool, _CLAIM_EXPIRED, limit, lease_seconds, connections)
 
 
-async def _claim(pool: Pool, statement: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    rows = await pool.fetch(statement, limit, lease_seconds)
+async def _claim(
+    pool: Pool, statement: str, limit: int, lease_seconds: float, connections: Sequence[ConnectionTurn]
+) -> list[ClaimedJob]:
+    if not connections or limit < 1:
+        return []
+    rows = await pool.fetch(
+        statement,
+        limit,
+        lease_seconds,
+        [turn.organization_id for turn in connections],
+        [turn.code for turn in connections],
+        [turn.provider for turn in connections],
+        [turn.room for turn in connections],
+        [turn.busy for turn in connections],
+    )
     return sorted(map(_job, rows), key=lambda job: job.id)
 
 
@@ -210,9 +267,27 @@ async def record_failure(pool: Pool, job: ClaimedJob, error: FailureReport, now:
     return events
 
 
-async def record_retry(pool: Pool, job: ClaimedJob, error: FailureReport, delay: float) -> None:
-    if await pool.fetchval(_RESCHEDULE, job.id, job.attempts, delay, _json(error.as_record())) is None:
+async def record_retry(
+    pool: Pool,
+    job: ClaimedJob,
+    error: FailureReport,
+    delay: float,
+    *,
+    search_missed: bool = False,
+    worker_fault: bool = False,
+) -> None:
+    """The job waits `delay` seconds (fenced). `search_missed`: a search after a dead end found nothing;
+    `worker_fault`: the attempt failed through a fault of the worker (counted against PROVIDER_MAX_ATTEMPTS)."""
+    record = _json(error.as_record())
+    if await pool.fetchval(_RESCHEDULE, job.id, job.attempts, delay, record, search_missed, worker_fault) is None:
         raise LeaseLostError
+
+
+async def cancel_jobs(pool: Pool, job_ids: Sequence[int]) -> list[int]:
+    """An operator's cancel: the jobs among `job_ids` still pending or running end as `cancelled`, without a call
+    or an event (a running one's outcome is then not written: its fence fails). Returns the ids cancelled."""
+    rows = await pool.fetch(_CANCEL, list(job_ids))
+    return sorted(row["id"] for row in rows)
 
 
 async def record_skip(pool: Pool, job: ClaimedJob, reason: str) -> None:
@@ -227,7 +302,8 @@ async def release(pool: Pool, jobs: Sequence[ClaimedJob]) -> None:
 
 
 async def prune_finished(pool: Pool, older_than: timedelta, *, chunk: int = 10_000) -> int:
-    """Delete finished jobs (`done`, `skipped`, `failed`) last changed before `older_than`; returns how many."""
+    """Delete finished jobs (`done`, `skipped`, `failed`, `cancelled`) last changed before `older_than`; returns how
+    many."""
     total = 0
     while True:
         deleted = int((await pool.execute(_PRUNE, older_than, chunk)).split()[-1])

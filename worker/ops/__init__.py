@@ -1,0 +1,1 @@
+"""What operators run in production: DLQ replay, parked events, events tail, publish, topics, schema registry."""
