@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from tests.adversarial.helpers import Stack, answers, assert_every_partition_answers, command, encode, event_body
+from tests.harness.adversarial import Stack, answers, assert_every_partition_answers, command, encode, event_body
 from worker.contract.framing import frame
 
 QUOTE_COLON_ID = int.from_bytes(b'\x00\x00":', "big")  # 8762

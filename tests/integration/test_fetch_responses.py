@@ -32,11 +32,11 @@ from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 from pydantic import SecretStr
 
-from tests.faults.fetch_proxy import FetchRewritingProxy
-from tests.faults.proxy import ProxiedTansu
+from tests.harness.fetch_proxy import FetchRewritingProxy
+from tests.harness.proxy import ProxiedTansu
+from worker.dev import create_topics, free_port
 from worker.service import RawRecord
 from worker.settings import Settings
-from worker.tools.devstack import create_topics, free_port
 from worker.transport.consumer import CommandConsumer, Finish, start_broker
 from worker.transport.salvage import UnreadableRecord, install
 

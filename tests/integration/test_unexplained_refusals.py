@@ -19,14 +19,14 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from tests.faults.proxy import ProxiedTansu, RefusingProxy
-from tests.integration.helpers import RecordFactory, header_dict, payload, read_topic
+from tests.harness.proxy import ProxiedTansu, RefusingProxy
+from tests.harness.records import RecordFactory, header_dict, payload, read_topic
 from tests.integration.test_broker_refusals import Broker, _service
+from worker.dev import create_topics, free_port
 from worker.domain.events import OutboxEvent
 from worker.observability import Metrics
 from worker.relay import OutboxRelay
 from worker.store.outbox import write_events
-from worker.tools.devstack import create_topics, free_port
 from worker.transport.producers import DeadLetterProducer, _key_hash
 from worker.transport.records import UnexplainedRefusalError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka.protocol import fetch
 
-from tests.faults.proxy import TcpProxy, _frame, _read_frame
+from tests.harness.proxy import TcpProxy, _frame, _read_frame
 
 Rewrite = Callable[[str, int, int, bytes], bytes]
 """(topic, partition, fetch offset, record bytes as fetched) -> the record bytes to hand the client."""
