@@ -14,7 +14,6 @@ from typing import Final
 
 import asyncpg
 import structlog
-from aiokafka import TopicPartition
 
 from worker.contract.codes import DlqReason
 from worker.contract.connections import Connection, ProviderRegistry, load_registry
@@ -22,7 +21,9 @@ from worker.contract.decode import DecodeContext
 from worker.domain.customer import CustomerState
 from worker.domain.jobs import InlineResult
 from worker.errors import ConfigurationError
+from worker.lag import LagCollector
 from worker.observability import CommandOutcome, Health, HealthServer, Metrics, export_readiness
+from worker.observability.liveness import ConsumerProgress, EventLoopWatchdog
 from worker.outages import Dependency, rejected_setting
 from worker.preflight import check_kafka_credentials
 from worker.providers.factory import AdapterFactory
@@ -35,6 +36,7 @@ from worker.settings import Settings
 from worker.store import migrations
 from worker.store.db import create_pool
 from worker.store.maintenance import open_provider_jobs, outbox_backlog, prune_retained
+from worker.supervision import LoopSupervisor
 from worker.transport.consumer import CommandConsumer, Finish, start_broker
 from worker.transport.producers import DeadLetterProducer, KafkaProducer
 
@@ -80,7 +82,14 @@ class Worker:
         self._config = configuration
         self._settings = configuration.settings
         self.metrics = metrics or Metrics()
-        self.health = Health()
+        settings = self._settings
+        self.loops = LoopSupervisor(
+            give_up_after=settings.liveness_loop_failing, on_change=self.metrics.background_loop
+        )
+        self.watchdog = EventLoopWatchdog(settings.liveness_event_loop_stall, on_stall=self.metrics.event_loop_stalled)
+        # A reading older than three intervals says nothing: the collector could not read the offsets since.
+        self.progress = ConsumerProgress(settings.liveness_consumer_stall, max_age=settings.consumer_lag_interval * 3)
+        self.health = Health(loops=self.loops, event_loop=self.watchdog, consumer=self.progress)
         export_readiness(self.metrics, self.health)
         self._stop = asyncio.Event()
         self._partitions: set[int] = set()
@@ -115,11 +124,13 @@ class Worker:
             ) from None
         pool = await create_pool(settings.database_url, size=settings.db_pool_size)
         producer = KafkaProducer(settings)
+        self.watchdog.start()
         try:
             return await self._serve(pool, producer)
         finally:
             await self._close(pool, producer)
             await http.stop()
+            self.watchdog.stop()
 
     async def _close(self, pool: asyncpg.Pool[asyncpg.Record], producer: KafkaProducer) -> None:
         """Within what is left of SHUTDOWN_TIMEOUT whatever the dependencies' state: a producer with sends pending
@@ -188,6 +199,8 @@ class Worker:
 
         async def on_batch(records: Sequence[RawRecord]) -> Finish:
             started = time.perf_counter()
+            # Records are in offset order per partition: the last one of each is its highest.
+            self.progress.delivered({record.partition: record.offset for record in records})
             decoded = await service.decode(records)
             decoding = time.perf_counter() - started
 
@@ -205,12 +218,19 @@ class Worker:
         if not await self._until_or_stopped(lambda: start_broker(consumer), "kafka"):
             return EXIT_OK
         self.health.broker_ok = True
-        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        loops = self.loops
+        relay_task = loops.spawn("relay", relay.run)
         # Jobs exist only for configured connections: without any, there is nothing to poll for.
-        runner_task = asyncio.create_task(runner.run(), name="provider-jobs") if registry.connections else None
-        if runner_task is not None:
-            runner_task.add_done_callback(self._runner_ended)
-        maintenance = asyncio.create_task(self._maintain(pool, consumer), name="maintenance")
+        runner_task = loops.spawn("provider_runner", runner.run) if registry.connections else None
+        maintenance = loops.spawn("maintenance", lambda: self._maintain(pool))
+        lag = LagCollector(
+            lambda: consumer.subscriber.consumer,
+            self.metrics,
+            self.progress,
+            interval=settings.consumer_lag_interval,
+            outage=lambda: not (self.health.database_ok and self.health.broker_ok),
+        )
+        lag_task = loops.spawn("lag_collector", lag.run)
         joined_at = time.monotonic()
         # Where start-up went (the bench's cold-start breakdown reads it): connecting and checking both dependencies,
         # then joining the group, which the broker holds (Tansu: half KAFKA_SESSION_TIMEOUT_MS; Kafka: its
@@ -228,7 +248,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = (self._stop_deadline or loop.time() + settings.shutdown_timeout) - settings.shutdown_timeout * 0.2
         log.info("worker_stopping")
+        loops.stopping()
         maintenance.cancel()
+        lag_task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(consumer.broker.stop(), timeout=settings.shutdown_timeout * 0.7)
         if runner_task is not None:
@@ -311,14 +333,6 @@ class Worker:
             raise
         self.health.database_ok = True
 
-    def _runner_ended(self, task: asyncio.Task[None]) -> None:
-        """The runner outlives every error; should it end anyway before shutdown, `/readyz` names it."""
-        if self._stop.is_set():
-            return
-        self.health.provider_runner_ok = False
-        error = None if task.cancelled() else task.exception()
-        log.error("provider_runner_stopped", error_type=type(error).__name__ if error else None)
-
     def _on_outage(self, dependency: Dependency, available: bool) -> None:
         if dependency == "postgres":
             self.health.database_ok = available
@@ -326,6 +340,7 @@ class Worker:
             self.health.broker_ok = available
         if not available:
             self.metrics.dependency_retry(dependency)
+            self.progress.outage()
 
     def _published(self, count: int) -> None:
         self.metrics.events_published_total.inc(count)
@@ -367,7 +382,7 @@ class Worker:
         if summary.unknown_fields:
             metrics.unknown_fields_total.inc(summary.unknown_fields)
 
-    async def _maintain(self, pool: asyncpg.Pool[asyncpg.Record], consumer: CommandConsumer) -> None:
+    async def _maintain(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         retention = timedelta(days=self._settings.inbox_retention_days)
         while True:
             try:
@@ -378,21 +393,6 @@ class Worker:
                 self.health.database_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.health.database_ok = False
+                self.progress.outage()
                 log.warning("maintenance_failed", error_type=type(exc).__name__)
-            await self._update_lag(consumer)
             await asyncio.sleep(_MAINTENANCE_INTERVAL)
-
-    async def _update_lag(self, consumer: CommandConsumer) -> None:
-        kafka = consumer.subscriber.consumer
-        if kafka is None:
-            return
-        try:
-            assigned: list[TopicPartition] = list(kafka.assignment())
-            if not assigned:
-                return
-            ends = await kafka.end_offsets(assigned)
-            for partition in assigned:
-                committed = await kafka.committed(partition)
-                self.metrics.set_consumer_lag(partition.partition, max(ends[partition] - (committed or 0), 0))
-        except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
-            log.debug("lag_unavailable", error_type=type(exc).__name__)

@@ -151,6 +151,29 @@ class Settings(KafkaSettings, DatabaseSettings, SigningSettings):
     )
     # Seconds an `occurred_at` may be ahead of the worker's clock before it is `value_is_invalid` (SPEC §12).
     max_clock_skew: float = Field(default=3600.0, ge=0)
+    liveness_event_loop_stall: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds the event loop may go without running before /healthz fails (`event_loop`); it "
+        "fails as long again after the loop ran",
+    )
+    liveness_consumer_stall: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds records may wait on an assigned partition with no offset committed, and no database "
+        "or broker outage known, before /healthz fails (`consumer`)",
+    )
+    liveness_loop_failing: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds a background loop may keep failing (restarted with backoff) before /healthz fails",
+    )
+    consumer_lag_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between two readings of the consumer lag and committed offsets (`consumer_lag`, "
+        "the consumer stall check)",
+    )
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -184,7 +184,7 @@ async def test_readyz_names_a_stopped_provider_runner(
         for name, value in env.items():
             patch.setenv(name, value)
         worker = Worker(load_configuration(Settings()))
-    others = {t for t in asyncio.all_tasks() if t.get_name() == "provider-jobs"}  # other workers' runners
+    others = {t for t in asyncio.all_tasks() if t.get_name() == "provider_runner"}  # other workers' runners
     task = asyncio.create_task(worker.run(install_signal_handlers=False))
     base = f"http://127.0.0.1:{env['HTTP_PORT']}"
     try:
@@ -193,7 +193,7 @@ async def test_readyz_names_a_stopped_provider_runner(
                 await asyncio.sleep(0.05)
             assert "customer_worker_provider_runner_up 1.0" in worker.metrics.render().decode()
             # Whatever ends it (the runner itself outlives every error), a stopped runner is not ready.
-            (runner,) = [t for t in asyncio.all_tasks() if t.get_name() == "provider-jobs" and t not in others]
+            (runner,) = [t for t in asyncio.all_tasks() if t.get_name() == "provider_runner" and t not in others]
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner

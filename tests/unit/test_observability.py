@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ValidationError
 
 from worker.observability import (
+    BACKGROUND_LOOPS,
     COMMAND_OUTCOMES,
     DEPENDENCIES,
     DLQ_REASONS,
@@ -402,6 +403,9 @@ METRIC_NAMES = (
     "customer_worker_provider_call_seconds",
     "customer_worker_build_info",
     "customer_worker_provider_jobs",
+    "customer_worker_consumer_stalled_seconds",
+    "customer_worker_event_loop_stalls_total",
+    "customer_worker_background_loop_restarts_total",
 )
 
 ALLOWED_LABEL_VALUES: dict[str, set[str]] = {
@@ -411,6 +415,7 @@ ALLOWED_LABEL_VALUES: dict[str, set[str]] = {
     "provider": set(PROVIDERS),
     "status": set(PROVIDER_JOB_STATUSES),
     "version": {version("customer-worker")},
+    "loop": set(BACKGROUND_LOOPS),
 }
 
 

@@ -10,11 +10,13 @@ and secret keys (also inside nested mappings) and masks e-mail addresses and URL
 Metrics: a `Metrics` object owns its own ``CollectorRegistry``. Label values are closed sets (outcomes, reasons,
 dependencies, providers, partition numbers); organization ids, external ids and personal data are never labels.
 
-Health: `Health` holds the readiness flags, `HealthServer` serves ``/healthz``, ``/readyz`` and ``/metrics``.
+Health: `Health` holds the readiness and liveness checks (`liveness`: the event-loop watchdog and the consumer
+progress), `HealthServer` serves ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
 from worker.contract.codes import DlqReason
 from worker.observability.health import Health, HealthServer
+from worker.observability.liveness import ConsumerProgress, EventLoopWatchdog, Position
 from worker.observability.logs import (
     NOISY_LIBRARIES,
     LogFormat,
@@ -25,6 +27,7 @@ from worker.observability.logs import (
     record_context,
 )
 from worker.observability.metrics import (
+    BACKGROUND_LOOPS,
     COMMAND_OUTCOMES,
     DEPENDENCIES,
     DLQ_REASONS,
@@ -33,6 +36,7 @@ from worker.observability.metrics import (
     PROVIDER_JOB_STATUSES,
     PROVIDERS,
     SKIP_REASONS,
+    BackgroundLoop,
     CommandOutcome,
     Metrics,
     export_readiness,
@@ -42,6 +46,7 @@ from worker.outages import Dependency
 from worker.providers.base import ProviderCallOutcome
 
 __all__ = [
+    "BACKGROUND_LOOPS",
     "COMMAND_OUTCOMES",
     "DEPENDENCIES",
     "DLQ_REASONS",
@@ -52,14 +57,18 @@ __all__ = [
     "PROVIDER_JOB_STATUSES",
     "REDACTED_KEYS",
     "SKIP_REASONS",
+    "BackgroundLoop",
     "CommandOutcome",
+    "ConsumerProgress",
     "Dependency",
     "DlqReason",
+    "EventLoopWatchdog",
     "Health",
     "HealthServer",
     "LogFormat",
     "Logger",
     "Metrics",
+    "Position",
     "ProviderCallOutcome",
     "adopt_library_loggers",
     "configure_logging",

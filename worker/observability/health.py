@@ -1,4 +1,5 @@
-"""Health: `Health` holds the readiness flags, `HealthServer` serves ``/healthz``, ``/readyz`` and ``/metrics``."""
+"""Health: `Health` holds the readiness and liveness checks, `HealthServer` serves ``/healthz``, ``/readyz`` and
+``/metrics``."""
 
 from __future__ import annotations
 
@@ -8,34 +9,70 @@ from typing import Protocol
 from aiohttp import web
 
 
+class Supervised(Protocol):
+    """The background loops (`worker.supervision.LoopSupervisor`)."""
+
+    def down(self) -> list[str]: ...
+
+    def failed(self) -> list[str]: ...
+
+
+class Watchdog(Protocol):
+    def failing(self) -> bool: ...
+
+
+class Progress(Protocol):
+    def stalled(self) -> bool: ...
+
+
 @dataclasses.dataclass(slots=True)
 class Health:
-    """Readiness flags; ready when the database is reachable, the broker connected and partitions assigned."""
+    """Readiness: the database reachable, the broker connected, partitions assigned, no background loop down.
+    Liveness (`/healthz`): the event loop runs, the consumer progresses unless an outage explains why not, no
+    background loop dead or failing past LIVENESS_LOOP_FAILING."""
 
     database_ok: bool = False
     broker_ok: bool = False
     partitions_assigned: bool = False
-    provider_runner_ok: bool = True
-    """False once the provider job runner has stopped while the worker runs (it should never stop by itself)."""
+    loops: Supervised | None = None
+    event_loop: Watchdog | None = None
+    consumer: Progress | None = None
 
     @property
     def ready(self) -> bool:
         return not self.not_ready()
 
     def not_ready(self) -> list[str]:
-        """Names of the failing checks (``database``, ``broker``, ``partitions``, ``provider_runner``), empty when
-        ready."""
+        """Names of the failing checks (``database``, ``broker``, ``partitions``, then the background loops down:
+        ``relay``, ``provider_runner``, ``maintenance``, ``lag_collector``), empty when ready."""
         checks = (
             ("database", self.database_ok),
             ("broker", self.broker_ok),
             ("partitions", self.partitions_assigned),
-            ("provider_runner", self.provider_runner_ok),
         )
-        return [name for name, ok in checks if not ok]
+        failing = [name for name, ok in checks if not ok]
+        return failing + (self.loops.down() if self.loops is not None else [])
+
+    @property
+    def live(self) -> bool:
+        return not self.not_live()
+
+    def not_live(self) -> list[str]:
+        """Names of the failing liveness checks (``event_loop``, ``consumer``, then the dead background loops),
+        empty when alive. A consumer stalled during a known outage is not one: a restart would not help."""
+        failing = []
+        if self.event_loop is not None and self.event_loop.failing():
+            failing.append("event_loop")
+        outage = not (self.database_ok and self.broker_ok)
+        if self.consumer is not None and not outage and self.consumer.stalled():
+            failing.append("consumer")
+        return failing + (self.loops.failed() if self.loops is not None else [])
 
 
 class Readiness(Protocol):
     def not_ready(self) -> list[str]: ...
+
+    def not_live(self) -> list[str]: ...
 
 
 class Exposition(Protocol):
@@ -65,7 +102,12 @@ class HealthServer:
         return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+        failing = self._health.not_live()
+        if not failing:
+            return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            {"status": "failing", "failing": failing}, status=503, headers={"Cache-Control": "no-store"}
+        )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         failing = self._health.not_ready()

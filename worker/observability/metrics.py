@@ -3,7 +3,6 @@ dependencies, providers, partition numbers); organization ids, external ids and 
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, get_args
@@ -23,10 +22,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from worker.contract.codes import DlqReason
 from worker.contract.connections import ProviderName
 from worker.observability.health import Health
+from worker.observability.partition_lag import PartitionLag
 from worker.outages import Dependency
 from worker.providers.base import ProviderCallOutcome
 from worker.store.connections import CONNECTION_STATES, ConnectionState
 
+BackgroundLoop = Literal["relay", "provider_runner", "maintenance", "lag_collector"]
 CommandOutcome = Literal["created", "updated", "rejected", "skipped", "duplicate", "dead_lettered", "invalid_signature"]
 
 ParkReason = Literal["too_large", "invalid_record"]
@@ -38,6 +39,7 @@ DLQ_REASONS: Final[tuple[DlqReason, ...]] = tuple(DlqReason)
 DEPENDENCIES: Final[tuple[Dependency, ...]] = get_args(Dependency)
 PROVIDERS: Final[tuple[ProviderName, ...]] = get_args(ProviderName)
 PROVIDER_CALL_OUTCOMES: Final[tuple[ProviderCallOutcome, ...]] = get_args(ProviderCallOutcome)
+BACKGROUND_LOOPS: Final[tuple[BackgroundLoop, ...]] = get_args(BackgroundLoop)
 
 _NAMESPACE: Final = "customer_worker"
 _CONNECTION_LABEL: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}~[0-9a-f]{8}")
@@ -77,7 +79,8 @@ class Metrics:
     methods check this; the metric attributes are public for ``.time()`` / ``.observe()`` and the like.
 
     ``consumer_lag`` is computed from the partitions' end offsets minus the committed position. Tansu does not keep
-    end offsets the way Kafka does, so on Tansu the value is wrong (treat it as indicative only).
+    end offsets the way Kafka does, so on Tansu the value is wrong (treat it as indicative only). It holds the
+    partitions assigned now only, in multi-process mode too (`PartitionLag`).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
@@ -102,10 +105,31 @@ class Metrics:
             registry=reg,
             buckets=_LATENCY_BUCKETS,
         )
-        self.consumer_lag = Gauge(
-            "consumer_lag",
-            "Records behind the partition's end offset (from end offsets; wrong on Tansu).",
-            ["partition"],
+        self.consumer_lag = PartitionLag(f"{ns}_consumer_lag")
+        reg.register(self.consumer_lag)
+        self.consumer_stalled_seconds = Gauge(
+            "consumer_stalled_seconds",
+            "How long records have waited on an assigned partition with no offset committed, whatever the cause.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.event_loop_stalls_total = Counter(
+            "event_loop_stalls",
+            "Times the event loop did not run for LIVENESS_EVENT_LOOP_STALL seconds or more.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.background_loop_up = Gauge(
+            "background_loop_up",
+            "1 while the background loop runs, 0 while it waits to be restarted or is dead.",
+            ["loop"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.background_loop_restarts_total = Counter(
+            "background_loop_restarts",
+            "Restarts of a background loop after it raised or ended by itself.",
+            ["loop"],
             namespace=ns,
             registry=reg,
         )
@@ -180,6 +204,7 @@ class Metrics:
             (self.dependency_retries_total, "dependency", DEPENDENCIES),
             (self.events_parked_total, "reason", PARK_REASONS),
             (self.records_skipped_total, "reason", SKIP_REASONS),
+            (self.background_loop_restarts_total, "loop", BACKGROUND_LOOPS),
         )
         for counter, label, values in primed:
             for value in values:
@@ -227,14 +252,25 @@ class Metrics:
         self.processing_seconds.observe(seconds)
 
     def set_consumer_lag(self, partition: int, lag: int) -> None:
-        if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
-            raise ValueError("partition must be a non-negative integer")
-        self.consumer_lag.labels(partition=str(partition)).set(max(lag, 0))
+        self.consumer_lag.set(partition, lag)
+
+    def set_consumer_lags(self, lags: Mapping[int, int]) -> None:
+        """The lag of every partition assigned now; the others' series disappear."""
+        self.consumer_lag.replace(lags)
 
     def forget_partition(self, partition: int) -> None:
         """Drop the lag series of a revoked partition."""
-        with contextlib.suppress(KeyError):
-            self.consumer_lag.remove(str(partition))
+        self.consumer_lag.forget(partition)
+
+    def background_loop(self, loop: str, up: bool, restarted: bool) -> None:
+        """A background loop's state changed (`worker.supervision.StateHook`)."""
+        name = _check(loop, BACKGROUND_LOOPS, "loop")
+        self.background_loop_up.labels(loop=name).set(1 if up else 0)
+        if restarted:
+            self.background_loop_restarts_total.labels(loop=name).inc()
+
+    def event_loop_stalled(self) -> None:
+        self.event_loop_stalls_total.inc()
 
     def set_outbox(self, backlog: int, oldest_age_seconds: float) -> None:
         self.outbox_backlog.set(backlog)
@@ -300,8 +336,11 @@ class Metrics:
 
 
 def export_readiness(metrics: Metrics, health: Health) -> None:
-    """`customer_worker_ready`: 1 while /readyz would answer 200, else 0 (read at scrape time), for dashboards and
-    the not-ready alert."""
+    """`customer_worker_ready` and `customer_worker_live`: 1 while /readyz (/healthz) would answer 200, else 0
+    (read at scrape time), for dashboards and alerts."""
     Gauge(
         "ready", "1 when ready (database, broker, partitions), else 0.", namespace=_NAMESPACE, registry=metrics.registry
     ).set_function(lambda: 1.0 if health.ready else 0.0)
+    Gauge(
+        "live", "1 while /healthz answers 200, else 0.", namespace=_NAMESPACE, registry=metrics.registry
+    ).set_function(lambda: 1.0 if health.live else 0.0)
