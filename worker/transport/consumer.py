@@ -163,6 +163,7 @@ class CommandConsumer:
             # The broker holds a fetch up to this long when it has nothing: it bounds the idle latency.
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # a producer's aborted transaction is never applied (issue 18)
             ack_policy=AckPolicy.MANUAL,
             parser=_raw_parser,
             decoder=_raw_decoder,
