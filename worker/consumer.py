@@ -120,6 +120,7 @@ class CommandConsumer(Generic[P]):
             group_id=settings.kafka_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # a producer's aborted transaction is never applied (issue 18)
             # The broker holds a fetch up to this long when it has nothing: it bounds the idle latency.
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             session_timeout_ms=settings.kafka_session_timeout_ms,

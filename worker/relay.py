@@ -8,6 +8,11 @@ the same `event_id` (at least once, SPEC §5).
 A row the broker refuses for good (over `KAFKA_MAX_REQUEST_SIZE`, or refused as too large or invalid) is moved to
 `parked_events` in that same transaction, with its reason, and the relay goes on (SPEC §12). Every other failure is
 an outage: the rows stay and the relay retries with backoff, without limit.
+
+A refusal that names no cause (Kafka's -1, aiokafka's `UnknownError`) is an outage too, unless the rows sent one at a
+time show that one row alone keeps being refused while rows after it on its partition are accepted: that row is
+parked as `invalid_record` (see `KafkaProducer.send_each`). Rows held meanwhile (the suspect, its key's later rows,
+the later rows of a partition that refuses everything) stay in the outbox for the next round, in order.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from worker.faults import crash_point
 from worker.outages import OUTAGES, is_outage
 from worker.store.outbox import Refusal, park
 from worker.tracing import publish_span
-from worker.transport.records import Message, RecordRefusedError, record_size
+from worker.transport.producers import Outcome
+from worker.transport.records import Message, RecordRefusedError, UnexplainedRefusalError, record_size
 
 log = structlog.get_logger("worker.relay")
 
@@ -46,6 +52,9 @@ class EventSender(Protocol):
     async def send_all(self, topic: str, messages: Sequence[Message], *, sizes_checked: bool = False) -> object:
         """Raises RecordRefusedError for a refusal for good, anything else for an outage. `sizes_checked`: the
         caller already held every record to `max_record_size`, so the sender does not size them again."""
+
+    async def send_each(self, topic: str, messages: Sequence[Message]) -> list[Outcome]:
+        """Each alone, in order: None (acknowledged), RecordRefusedError (for good) or HELD, per message."""
 
 
 @dataclass(slots=True)
@@ -138,11 +147,12 @@ class OutboxRelay:
                     )
                 else:
                     messages.append((row["id"], message))
-            refused.extend(await self._send(messages))
+            sent_refused, held = await self._send(messages)
+            refused.extend(sent_refused)
             crash_point("after_relay_publish")
             await park(conn, refused)
-            await conn.execute(_DELETE, [row["id"] for row in rows])
-        published = len(rows) - len(refused)
+            await conn.execute(_DELETE, [row["id"] for row in rows if row["id"] not in held])
+        published = len(rows) - len(refused) - len(held)
         self.stats.published += published
         self.stats.parked += len(refused)
         self.stats.rounds += 1
@@ -150,26 +160,31 @@ class OutboxRelay:
             log.error("event_parked", outbox_id=refusal.outbox_id, reason=refusal.reason, error=refusal.error)
             if self._on_parked is not None:
                 self._on_parked(refusal.reason, 1)
+        if held:
+            log.warning("events_held", count=len(held), cause="broker refusal without a named cause")
         if self._on_published is not None and published:
             self._on_published(published)
-        return len(rows)
+        return len(rows) - len(held)
 
-    async def _send(self, messages: Sequence[tuple[int, Message]]) -> list[Refusal]:
-        """Publish in order; the refused ones are returned. A refused batch does not say which record was at fault:
-        then one at a time (rows already acknowledged in the batch go out twice, with their stable event_id)."""
+    async def _send(self, messages: Sequence[tuple[int, Message]]) -> tuple[list[Refusal], set[int]]:
+        """Publish in order; the refused rows are returned, and the ids of the rows held for a later round. A refused
+        batch does not say which record was at fault: then one at a time (rows already acknowledged in the batch go
+        out twice, with their stable event_id)."""
         if not messages:
-            return []
+            return [], set()
+        batch = [message for _, message in messages]
         try:
-            batch = [message for _, message in messages]
             with publish_span(self._topic, batch):
                 await self._sender.send_all(self._topic, batch, sizes_checked=True)
-            return []
-        except RecordRefusedError:
+            return [], set()
+        except (RecordRefusedError, UnexplainedRefusalError):
             pass
-        refused = []
-        for outbox_id, message in messages:
-            try:
-                await self._sender.send_all(self._topic, [message], sizes_checked=True)
-            except RecordRefusedError as exc:
-                refused.append(Refusal(outbox_id, exc.reason, exc.detail))
-        return refused
+        outcomes = await self._sender.send_each(self._topic, batch)
+        refused: list[Refusal] = []
+        held: set[int] = set()
+        for (outbox_id, _), outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, RecordRefusedError):
+                refused.append(Refusal(outbox_id, outcome.reason, outcome.detail))
+            elif outcome is not None:
+                held.add(outbox_id)
+        return refused, held

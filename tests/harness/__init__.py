@@ -6,6 +6,8 @@
   tracing and observability tests).
 - `processes`: real `python -m worker run` processes, bulk commands and the exactly-once checks (fault tests).
 - `proxy`: a TCP proxy in front of Tansu that cuts and refuses connections (broker outages) or refuses records.
+- `fetch_proxy`: a Kafka-protocol proxy that rewrites the records of Fetch responses (damaged batches, old formats)
+  and records each Fetch request's isolation level.
 - `adversarial`: one worker process per module, tails of its output topics, crafted record batches, the check that
   every partition still answers.
 """

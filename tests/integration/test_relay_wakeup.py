@@ -14,6 +14,7 @@ import pytest
 from worker.domain.events import OutboxEvent
 from worker.relay import OutboxRelay
 from worker.store.outbox import write_events
+from worker.transport.producers import Outcome
 from worker.transport.records import Message
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,6 +44,9 @@ class GatedSender:
         self.sent.extend(value for _, value, _ in messages)
         if len(self.sent) >= 2:
             self.both_sent.set()
+
+    async def send_each(self, topic: str, messages: Sequence[Message]) -> list[Outcome]:
+        raise AssertionError("send_all never refuses here: nothing is sent one at a time")
 
 
 async def test_rows_committed_during_a_round_are_published_without_waiting_for_the_idle_poll(

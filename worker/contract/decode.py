@@ -7,7 +7,9 @@
 * `Command`: a valid command, ready for the domain. The provider-connection checks that need the stored customer
   (a provider or code the command omits) are finished by the domain, before anything is written.
 
-Pure: no I/O, no clock, no logging. Nothing here raises for any input bytes.
+Pure: no I/O, no clock, no logging. Nothing here raises for any input bytes: should a check fail unexpectedly on
+one record (a bug), that record alone is dead-lettered as `processing_error` with the exception's type, never the
+batch retried (a deterministic failure would be met again on every poll, and stall the partition for good).
 """
 
 from __future__ import annotations
@@ -108,6 +110,16 @@ Admitted = Command | Rejection
 
 
 def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Decoded:
+    try:
+        return _decode(value, headers, context)
+    except RecursionError:
+        return DeadLetter(DlqReason.INVALID_JSON, "value is nested too deeply")
+    except Exception as exc:  # noqa: BLE001 - whatever one record makes a check raise is that record's answer
+        # The type only: an exception's message may quote the record's content.
+        return DeadLetter(DlqReason.PROCESSING_ERROR, f"decoding failed: {type(exc).__name__}")
+
+
+def _decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Decoded:
     if not value:
         return DeadLetter(DlqReason.INVALID_JSON, "empty value (tombstone)")
     if len(value) > context.max_value_bytes:
@@ -121,7 +133,9 @@ def decode(value: bytes | None, headers: Headers, context: DecodeContext) -> Dec
         return DeadLetter(DlqReason.INVALID_JSON, _json_error(exc))
     if not isinstance(document, dict):
         return DeadLetter(DlqReason.INVALID_ENVELOPE, f"value is a JSON {_json_type(document)}, not an object")
-    duplicate = duplicate_names(value, document)
+    # The payload the document was parsed from: a frame's id bytes are not JSON (8762 reads `":`), and the check's
+    # second parser would take a leading 0 for UTF-16.
+    duplicate = duplicate_names(unframed.payload, document)
     if duplicate is not None:
         return DeadLetter(DlqReason.INVALID_ENVELOPE, duplicate)
     message_id = document.get("message_id")

@@ -3,7 +3,10 @@ caller awaits the broker's acknowledgement of the whole set before it commits an
 
 A send ends in one of three ways: acknowledged; `RecordRefusedError` (the record's own fault: too large, invalid;
 never worth retrying); or `DependencyUnavailableError` (anything else: connection loss, leader change, timeout,
-throttling, authorization: waited out by the caller without limit)."""
+throttling, authorization: waited out by the caller without limit). `UnexplainedRefusalError`, one of the latter, is
+a refusal that names no cause (-1 and the codes aiokafka has no class for): sent one at a time (`send_each`), a
+record that alone keeps being refused while the records after it on its partition are accepted is refused for good;
+when the broker refuses everything, it is an outage."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import functools
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -31,14 +34,26 @@ from worker.transport.records import (
     TRUNCATED_HEADER,
     Message,
     RecordRefusedError,
+    UnexplainedRefusalError,
     fit_dead_letter,
     record_size,
     refusal,
     stub,
+    unexplained,
     without_dlq_headers,
 )
 
-__all__ = ["DLQ_HEADERS", "DeadLetterProducer", "KafkaProducer", "Message", "RecordRefusedError", "raise_outage"]
+__all__ = [
+    "DLQ_HEADERS",
+    "HELD",
+    "DeadLetterProducer",
+    "KafkaProducer",
+    "Message",
+    "Outcome",
+    "RecordRefusedError",
+    "UnexplainedRefusalError",
+    "raise_outage",
+]
 
 log = structlog.get_logger("worker.producers")
 
@@ -55,10 +70,28 @@ def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
 
 
+HELD: Final = "held"
+"""A `send_each` outcome: not acknowledged, nor shown to be the record's fault; the caller keeps it for later."""
+Outcome = RecordRefusedError | str | None
+"""`send_each`, per message: None (acknowledged), the refusal for good, or HELD."""
+UNEXPLAINED_ATTEMPTS: Final = 3  # sends of one record alone before its unexplained refusal counts against it
+
+
 def raise_outage(exc: BaseException) -> None:
-    """Re-raise a retriable broker error as the service's DependencyUnavailableError (then retried without limit)."""
+    """Re-raise a retriable broker error as the service's DependencyUnavailableError (then retried without limit).
+    Not `UnknownError`: at start it is what a broker without idempotent producers answers InitProducerId, a setting
+    to change (`KAFKA_ENABLE_IDEMPOTENCE=false`), not an outage to wait out."""
     if isinstance(exc, KafkaError) and exc.retriable:
         raise DependencyUnavailableError(f"kafka: {type(exc).__name__}") from exc
+
+
+def _mapped(exc: KafkaError) -> Exception:
+    refused = refusal(exc)
+    if refused is not None:
+        return refused
+    if unexplained(exc):
+        return UnexplainedRefusalError(f"kafka: {type(exc).__name__}")
+    return DependencyUnavailableError(f"kafka: {type(exc).__name__}")
 
 
 class KafkaProducer:
@@ -107,10 +140,100 @@ class KafkaProducer:
         try:
             return await self._send_all(topic, messages)
         except KafkaError as exc:
-            refused = refusal(exc)
-            if refused is not None:
-                raise refused from exc
-            raise DependencyUnavailableError(f"kafka: {type(exc).__name__}") from exc
+            raise _mapped(exc) from exc
+
+    async def partition_for(self, topic: str, key: bytes | None) -> int:
+        """The partition a message with `key` goes to, as every Kafka client picks it (a random one without key)."""
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        partitions = sorted(await self._producer.partitions_for(topic))
+        return int(partitions[_key_hash(key) % len(partitions)] if key is not None else random.choice(partitions))
+
+    async def send_alone(self, topic: str, message: Message, partition: int) -> tuple[int, int]:
+        """One message to `partition`, sent again (with a short backoff) while the broker refuses it without naming
+        a cause, up to UNEXPLAINED_ATTEMPTS sends; its (partition, offset) once acknowledged; raises as `send_all`
+        does."""
+        if not self.fits(message):
+            raise RecordRefusedError(
+                RefusalReason.TOO_LARGE, f"record over KAFKA_MAX_REQUEST_SIZE ({self.max_record_size})"
+            )
+        key, value, headers = message
+        for attempt in range(UNEXPLAINED_ATTEMPTS):
+            if self._producer is None:
+                await self.start()
+            assert self._producer is not None
+            producer = self._producer
+            # A batch of one: `send` refuses a record with neither key nor value (a DLQ stub); one larger than a
+            # batch (a big DLQ copy) goes through `send`, which sizes a batch for it.
+            batch = producer.create_batch()
+            try:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is not None:
+                    metadata = await (await _send_closed(producer, batch, topic, partition))
+                else:
+                    metadata = await (
+                        await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
+                    )
+                return int(metadata.partition), int(metadata.offset)
+            except KafkaError as exc:
+                mapped = _mapped(exc)
+                if not isinstance(mapped, UnexplainedRefusalError) or attempt + 1 == UNEXPLAINED_ATTEMPTS:
+                    raise mapped from exc
+            await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def send_each(self, topic: str, messages: Sequence[Message]) -> list[Outcome]:
+        """Each message alone, in order, after a send of several was refused and did not say which record.
+
+        A record refused without a named cause (`UnexplainedRefusalError`, after UNEXPLAINED_ATTEMPTS sends) is a
+        suspect, and its key's later messages are held behind it (their order is kept). It is refused for good
+        (`invalid_record`) only when a later message on its partition is accepted and it is then refused once more;
+        with no such message it is HELD. A second suspect on a partition with nothing accepted in between means the
+        partition refuses everything: its later messages are HELD without being tried. When nothing at all is
+        accepted, the broker is in an incident: `UnexplainedRefusalError` (an outage) is raised. Other outages
+        raise at once."""
+        partitions = [await self.partition_for(topic, message[0]) for message in messages]
+        outcomes: list[Outcome] = [None] * len(messages)
+        open_suspect: dict[int, int] = {}  # partition -> its suspect with nothing accepted after it
+        confirmed: list[int] = []  # suspects with a later message of their partition accepted
+        held_keys: set[bytes] = set()
+        refusing: set[int] = set()
+        accepted = unexplained_refusals = 0
+        for index, (message, partition) in enumerate(zip(messages, partitions, strict=True)):
+            if partition in refusing or (message[0] is not None and message[0] in held_keys):
+                outcomes[index] = HELD
+                continue
+            try:
+                await self.send_alone(topic, message, partition)
+            except RecordRefusedError as exc:
+                outcomes[index] = exc
+                continue
+            except UnexplainedRefusalError:
+                unexplained_refusals += 1
+                outcomes[index] = HELD
+                if message[0] is not None:
+                    held_keys.add(message[0])
+                if partition in open_suspect:
+                    refusing.add(partition)
+                else:
+                    open_suspect[partition] = index
+                continue
+            accepted += 1
+            if partition in open_suspect:
+                confirmed.append(open_suspect.pop(partition))
+        if unexplained_refusals and not accepted:
+            raise UnexplainedRefusalError("kafka: UnknownError for every record sent alone")
+        for index in confirmed:
+            try:
+                await self.send_alone(topic, messages[index], partitions[index])
+                outcomes[index] = None
+            except UnexplainedRefusalError:
+                outcomes[index] = RecordRefusedError(
+                    RefusalReason.INVALID_RECORD,
+                    f"UnknownError for this record alone ({2 * UNEXPLAINED_ATTEMPTS} sends) while records after it "
+                    "on its partition were accepted",
+                )
+        return outcomes
 
     async def _send_all(self, topic: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
         # Messages are partitioned as every Kafka client does (murmur2 of the key) and appended to record batches
@@ -192,17 +315,24 @@ class DeadLetterProducer:
             copies.append((copy, stub(dlq, len(record.value or b""))))
         try:
             return list(await self._producer.send_all(self._topic, [copy for copy, _ in copies]))
-        except RecordRefusedError:
+        except (RecordRefusedError, UnexplainedRefusalError):
             # Which record the broker refused is not known from a batch: one at a time, in order.
             return [await self._send_one(copy, fallback) for copy, fallback in copies]
 
     async def _send_one(self, copy: Message, fallback: Message) -> tuple[int, int] | None:
+        """The copy, else its stub on the same partition. A copy refused without a named cause is replaced by its
+        stub only when the stub is accepted there: the partition takes records, so the copy was at fault. A stub
+        refused without a named cause raises `UnexplainedRefusalError`, an outage: the batch is retried and no
+        offset is committed, so no dead letter is dropped for a broker incident."""
+        partition = await self._producer.partition_for(self._topic, copy[0])
         try:
-            return (await self._producer.send_all(self._topic, [copy]))[0]
+            return await self._producer.send_alone(self._topic, copy, partition)
         except RecordRefusedError as exc:
             log.warning("dead_letter_refused", reason=exc.reason, detail=exc.detail, stub=True)
+        except UnexplainedRefusalError as exc:
+            log.warning("dead_letter_refused", reason="unexplained", detail=str(exc), stub=True)
         try:
-            return (await self._producer.send_all(self._topic, [fallback]))[0]
+            return await self._producer.send_alone(self._topic, fallback, partition)
         except RecordRefusedError as exc:
             log.error("dead_letter_dropped", reason=exc.reason, detail=exc.detail, headers=_dlq_summary(fallback))
             if self._on_dropped is not None:
