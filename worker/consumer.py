@@ -6,8 +6,9 @@ non-UTF-8 header, its ack commits every assigned partition's position, and nothi
 applied outside the handler. So this module owns the loop, and the rules it keeps:
 * unreadable records (a header key that is not UTF-8, a corrupt batch) become placeholders (`transport.salvage`),
   dead-lettered as `unreadable_record`, instead of sticking their partition;
-* the reset policy is `earliest` (SPEC §11); nothing auto-commits: offsets are committed per partition, only after
-  the batch is settled;
+* the reset policy is `earliest` (SPEC §11), the isolation level `read_committed` (an aborted transaction's
+  records are never applied); nothing auto-commits: offsets are committed per partition, only after the batch is
+  settled;
 * a batch that cannot be settled is sought back to its first offsets, so its records are read again.
 
 Two stages, overlapped, through the sink (`BatchSink`, implemented by `worker.service.BatchService`): `prepare`
