@@ -68,15 +68,14 @@ class Startup:
         """Wait for a dependency through outages (not ready meanwhile); False when a stop came first."""
         task = asyncio.ensure_future(until_done(operation, dependency, self._watch))
         stop = asyncio.ensure_future(self._stop.wait())
-        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
+        try:
+            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this wait is cancelled: a retry loop left behind would retry for nobody
             stop.cancel()
-            task.result()
-            return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return False
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return task in done and task.result() is None
 
     async def _database_ready(self, pool: asyncpg.Pool[asyncpg.Record]) -> int | None:
         if not await self.until_or_stopped(lambda: self._check_database(pool), "postgres"):

@@ -5,6 +5,7 @@ imports neither the tracing SDK nor a provider SDK."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,30 @@ async def test_start_up_logs_where_its_time_went_and_the_bench_reads_it(
         started["prepare_ms"] / 1000,
         started["join_ms"] / 1000,
     )
+
+
+def _retry_loops() -> list[asyncio.Task[Any]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "until_done"
+    ]
+
+
+async def test_a_worker_cancelled_while_waiting_for_its_dependencies_leaves_no_retry_loop() -> None:
+    # Both dependencies unreachable: the worker waits for them in retry loops. Cancelling the worker (an embedding
+    # program's shutdown, a test's timeout) must end those loops too, not leave them retrying for nobody.
+    before = set(_retry_loops())
+    worker = _worker("postgresql://unused@127.0.0.1:9/x")
+    with capture_logs() as logs:
+        task = asyncio.create_task(worker.run(install_signal_handlers=False))
+        for _ in range(200):
+            if any(entry["event"] == "dependency_retry" for entry in logs) and set(_retry_loops()) - before:
+                break
+            await asyncio.sleep(0.05)
+        assert set(_retry_loops()) - before, "the worker never started waiting for its dependencies"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0)  # let cancellations be delivered
+    assert set(_retry_loops()) - before == set()
