@@ -67,9 +67,7 @@ async def test_statement_cancelled_is_an_outage(conn: asyncpg.Connection[Any]) -
     assert is_timeout(exc) and not is_waited_out(exc)
 
 
-async def test_issue18_a_cancel_by_an_administrator_is_no_timeout(
-    conn: asyncpg.Connection[Any], fresh_database: str
-) -> None:
+async def test_a_cancel_by_an_administrator_is_no_timeout(conn: asyncpg.Connection[Any], fresh_database: str) -> None:
     """Same SQLSTATE as a statement timeout (57014), but nothing about the statement: waited out everywhere."""
     victim = await asyncpg.connect(fresh_database)
     try:
@@ -86,7 +84,7 @@ async def test_issue18_a_cancel_by_an_administrator_is_no_timeout(
         await victim.close()
 
 
-async def test_issue18_command_timeout_and_transaction_timeout_are_timeouts(fresh_database: str) -> None:
+async def test_command_timeout_and_transaction_timeout_are_timeouts(fresh_database: str) -> None:
     client = await asyncpg.connect(fresh_database, command_timeout=0.05)
     try:
         exc = await raised(lambda: client.execute("SELECT pg_sleep(5)"))
@@ -113,7 +111,7 @@ async def test_issue18_command_timeout_and_transaction_timeout_are_timeouts(fres
         await server.close()
 
 
-async def test_issue18_idle_in_transaction_timeout_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
+async def test_idle_in_transaction_timeout_is_an_outage(conn: asyncpg.Connection[Any]) -> None:
     """What an inline provider call that ran long leaves: the server ended the session meanwhile."""
     await conn.execute("SET idle_in_transaction_session_timeout = 50")
     transaction = conn.transaction()
@@ -124,7 +122,7 @@ async def test_issue18_idle_in_transaction_timeout_is_an_outage(conn: asyncpg.Co
     assert is_outage(exc) and not is_timeout(exc), (type(exc), exc)
 
 
-def test_issue18_timeout_strikes_count_only_when_others_pass() -> None:
+def test_timeout_strikes_count_only_when_others_pass() -> None:
     strikes = TimeoutStrikes(limit=3)
     assert strikes.timed_out("a", others_pass=False) == 0  # everyone times out: the server's, not the record's
     assert strikes.timed_out("a", others_pass=True) == 1

@@ -11,7 +11,6 @@ from importlib.metadata import version
 from typing import Any
 
 import aiohttp
-import faststream  # noqa: F401 - installs its own stderr handler with propagation off
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
@@ -308,17 +307,23 @@ def test_library_exception_is_one_json_line(json_logging: None, capsys: pytest.C
     assert "exc_info" not in entry
 
 
-def test_faststream_handlers_are_adopted(restore_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_library_logger_with_its_own_handler_is_adopted(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As some libraries do on import: a stderr handler of their own, propagation off.
+    library = logging.getLogger("aiokafka.conn")
+    library.addHandler(logging.StreamHandler(sys.stderr))
+    library.propagate = False
     configure_logging("INFO", "json")
     capsys.readouterr()
     try:
         raise OSError("broker unreachable")
     except OSError:
-        logging.getLogger("faststream").error("subscriber failed", exc_info=True)
-    logging.getLogger("faststream.access.kafka").info("consumed")  # below WARNING for the library
+        library.error("connection failed", exc_info=True)
+    logging.getLogger("aiokafka.conn").info("connected")  # below WARNING for the library
     entry, raw = _single_line(capsys)
     _assert_no_raw_traceback(raw)
-    assert entry["logger"] == "faststream"
+    assert entry["logger"] == "aiokafka.conn"
     assert entry["error_type"] == "OSError"
 
 

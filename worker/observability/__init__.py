@@ -1,7 +1,7 @@
 """Logs, metrics and the health endpoints: `logs` (with `redaction`), `metrics`, `health`.
 
 Logging: one structured line per entry, JSON in production (``LOG_FORMAT=json``) or a console rendering for people.
-Both structlog loggers and stdlib loggers of libraries (aiokafka, faststream, asyncpg, ...) go through the same
+Both structlog loggers and stdlib loggers of libraries (aiokafka, asyncpg, ...) go through the same
 processors, so a library's exception is one structured line with ``error`` / ``error_type`` / ``traceback`` fields,
 never a raw traceback on stderr. Personal data and secrets never belong in a log line: log ids and counts, not
 customer values. The ``redact`` processor is a safety net for mistakes, not a licence: it drops known personal-data

@@ -1,5 +1,5 @@
 """Logging: one structured line per entry, JSON in production (``LOG_FORMAT=json``) or a console rendering for people.
-Both structlog loggers and stdlib loggers of libraries (aiokafka, faststream, asyncpg, ...) go through the same
+Both structlog loggers and stdlib loggers of libraries (aiokafka, asyncpg, ...) go through the same
 processors, so a library's exception is one structured line with ``error`` / ``error_type`` / ``traceback`` fields,
 never a raw traceback on stderr."""
 
@@ -27,7 +27,6 @@ Logger = structlog.stdlib.BoundLogger
 NOISY_LIBRARIES: Final[tuple[str, ...]] = (
     "aiokafka",
     "kafka",
-    "faststream",
     "asyncpg",
     "aiohttp",
     "httpx",
@@ -71,9 +70,9 @@ class _StructuredHandler(logging.StreamHandler[TextIO]):
 def adopt_library_loggers(level: int | None = None) -> None:
     """Make the existing loggers of `NOISY_LIBRARIES` propagate to the root handler, without handlers of their own.
 
-    FastStream installs its own stderr/stdout handlers (``faststream``, ``faststream.access.*``) with propagation
-    off. `configure_logging` calls this; call it again after creating a broker if one was built without an
-    explicit ``logger=``. With `level`, also sets their level to at least WARNING.
+    A library may install stderr/stdout handlers of its own with propagation off: they would print around the
+    structured pipeline. `configure_logging` calls this; call it again after importing such a library. With `level`,
+    also sets their level to at least WARNING.
     """
     manager = logging.Logger.manager
     for name, candidate in list(manager.loggerDict.items()):
