@@ -193,3 +193,22 @@ def test_listing_no_parked_events_says_so(
     out, err = capsys.readouterr()
     assert out == ""
     assert said in err
+
+
+def test_an_install_without_the_benchmarks_runs_and_says_where_they_are(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # As in the container image, which ships `worker` only: every other command still parses and runs.
+    real_find_spec = importlib.util.find_spec
+
+    def without_benchmarks(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == "worker_bench" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_benchmarks)
+    monkeypatch.setitem(sys.modules, "worker_bench", None)  # an import of it fails, as where it is not installed
+    commands = tmp_path / "commands.jsonl"
+    commands.write_text('{"message_id": "m1", "organization_id": "o", "customer": {"external_id": "c"}}\n')
+    assert main(["publish", "--dry-run", str(commands)]) == 0
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("customer-worker bench: the benchmarks (package worker_bench) are not in this install")

@@ -21,6 +21,7 @@ from worker.cli.commands import (
 )
 from worker.cli.operator_commands import add_operator_commands
 from worker.contract.codes import DlqReason
+from worker.errors import ConfigurationError
 from worker.settings import Settings
 
 DESCRIPTION = (
@@ -46,6 +47,43 @@ def _run_epilog() -> str:
         "  0  clean shutdown (SIGTERM or SIGINT)\n"
         "  2  bad configuration: a missing or malformed setting, an unreadable file, HTTP_PORT already in use\n"
         "  3  migrations pending (run `customer-worker migrate` first)\n"
+    )
+
+
+def _add_benchmarks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`bench`, `bench-validation` and `bench-console` live in `worker_bench`, outside the runtime package: an
+    install without it (the container image) keeps the commands, which then say where the benchmarks are."""
+    import importlib.util
+
+    helps = {
+        "bench": "end-to-end throughput and latency benchmark",
+        "bench-validation": "validation throughput on one core",
+        "bench-console": "console page timings with 100,000 dead letters and 100,000 provider jobs",
+    }
+    if importlib.util.find_spec("worker_bench") is None:
+        for name, text in helps.items():
+            missing = commands.add_parser(name, help=f"{text} (not in this install)")
+            missing.set_defaults(func=_benchmarks_missing)
+        return
+    from worker_bench.args import add_bench_arguments
+    from worker_bench.console import add_arguments as add_console_bench_arguments
+    from worker_bench.validation import add_arguments as add_validation_arguments
+
+    bench = commands.add_parser("bench", help=helps["bench"])
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+    validation = commands.add_parser("bench-validation", help=helps["bench-validation"])
+    add_validation_arguments(validation)
+    validation.set_defaults(func=cmd_bench_validation)
+    console_bench = commands.add_parser("bench-console", help=helps["bench-console"])
+    add_console_bench_arguments(console_bench)
+    console_bench.set_defaults(func=cmd_bench_console)
+
+
+def _benchmarks_missing(args: argparse.Namespace) -> int:
+    raise ConfigurationError(
+        f"customer-worker {args.command}: the benchmarks (package worker_bench) are not in this install, such as "
+        "the container image; run them from a checkout or a `pip install .` of the project"
     )
 
 
@@ -187,25 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_console(commands)
 
-    bench = commands.add_parser("bench", help="end-to-end throughput and latency benchmark")
-    from worker_bench.args import add_bench_arguments
-
-    add_bench_arguments(bench)
-    bench.set_defaults(func=cmd_bench)
-
-    validation = commands.add_parser("bench-validation", help="validation throughput on one core")
-    from worker_bench.validation import add_arguments
-
-    add_arguments(validation)
-    validation.set_defaults(func=cmd_bench_validation)
-
-    console_bench = commands.add_parser(
-        "bench-console", help="console page timings with 100,000 dead letters and 100,000 provider jobs"
-    )
-    from worker_bench.console import add_arguments as add_console_bench_arguments
-
-    add_console_bench_arguments(console_bench)
-    console_bench.set_defaults(func=cmd_bench_console)
+    _add_benchmarks(commands)
 
     schema = commands.add_parser("schema", help="write JSON Schema and AsyncAPI files")
     schema.add_argument(
